@@ -1,0 +1,275 @@
+"""The Scenario API: the contract user scenarios are written against.
+
+A scenario is one kind of operation repeated by N concurrent workers::
+
+    from app.scenario import Scenario, Context
+
+    class Checkout(Scenario):
+        name = "checkout"
+        needs = ("postgres",)
+
+        async def setup(self, ctx: Context) -> None: ...
+        async def run(self, ctx: Context) -> None: ...        # raise = failed
+        async def verify(self, ctx: Context) -> list[str]: ... # [] if none
+        async def teardown(self, ctx: Context) -> None: ...
+
+One instance serves all workers of a run, so shared bookkeeping (an operation
+log for `verify`) lives on `self`. The engine times `run`; a scenario never
+times itself. Everything a scenario creates lives under `ctx.prefix` (a
+Postgres schema of that name, which the engine creates before `setup` and
+drops after `teardown`, and Redis keys starting with `ctx.prefix + ":"`, which
+the engine deletes after `teardown`), so cleanup holds even when `teardown`
+fails or never runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import random
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:
+    import aiohttp
+    import asyncpg
+    import redis.asyncio as aioredis
+
+TARGET_KINDS = ("postgres", "redis", "http")
+BUILTIN_MODULES = ("scenarios.postgres", "scenarios.redis", "scenarios.http")
+
+T = TypeVar("T", int, float, str, bool)
+
+
+class ScenarioError(ValueError):
+    """A scenario could not be found, loaded or configured; the message is
+    one line that says what to fix."""
+
+
+@dataclass
+class Context:
+    """What a scenario's methods get. One per worker (index `worker` >= 0);
+    `setup`, `verify` and `teardown` get one with `worker == -1`."""
+
+    worker: int
+    params: Mapping[str, str]
+    rng: random.Random
+    prefix: str
+    scenario: str = ""
+    pg: asyncpg.Pool | None = None
+    conn: asyncpg.Connection | None = None
+    redis: aioredis.Redis | None = None
+    http: aiohttp.ClientSession | None = None
+    http_url: str | None = None
+    concurrency: int = 1  # the scenario's current target worker count
+    state: dict[str, Any] = field(default_factory=dict)  # per-worker scratch space
+
+    def param(self, name: str, default: T) -> T:
+        """`-p name=value` converted to the type of `default`; a value that does
+        not convert is a ScenarioError naming the parameter."""
+        raw = self.params.get(name)
+        if raw is None:
+            return default
+        return coerce_param(self.scenario, name, raw, default)
+
+    def key(self, *parts: object) -> str:
+        """A Redis key under this scenario's prefix: ctx.key("lock", 3) ->
+        "loadtop_ab12_redis_lock:lock:3"."""
+        return ":".join([self.prefix, *(str(p) for p in parts)])
+
+
+def coerce_param(scenario: str, name: str, raw: str, default: T) -> T:
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True  # type: ignore[return-value]
+            if low in ("0", "false", "no", "off"):
+                return False  # type: ignore[return-value]
+            raise ValueError(raw)
+        return type(default)(raw)  # type: ignore[return-value]
+    except ValueError:
+        kind = type(default).__name__
+        raise ScenarioError(
+            f"scenario {scenario!r}: parameter {name}={raw!r} is not a valid {kind}"
+            f" (for example -p {name}={default})"
+        ) from None
+
+
+class Scenario:
+    """Base class. Subclasses set `name`, `needs` and implement `run`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # one line, shown by `loadtop scenarios`
+    needs: ClassVar[tuple[str, ...]] = ()  # any of "postgres", "redis", "http"
+    writes: ClassVar[bool] = True  # False: safe to run with --readonly
+    # -p parameters this scenario understands, name -> one-line help
+    params_help: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, params: Mapping[str, str] | None = None) -> None:
+        self.params: dict[str, str] = dict(params or {})
+
+    async def setup(self, ctx: Context) -> None:
+        """Once, before load."""
+
+    async def run(self, ctx: Context) -> None:
+        """One operation. Raise to count it as failed."""
+        raise NotImplementedError
+
+    async def verify(self, ctx: Context) -> list[str]:
+        """Invariant violations, [] if none. Runs every few seconds while load
+        runs and once at the end."""
+        return []
+
+    async def teardown(self, ctx: Context) -> None:
+        """Once, at the end (also after a failed or interrupted run)."""
+
+    async def worker_stop(self, ctx: Context) -> None:
+        """A worker is leaving (step down or end of run). Optional."""
+
+
+# ---- loading ------------------------------------------------------------------
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slug(name: str) -> str:
+    return _SLUG.sub("_", name.lower()).strip("_")[:24] or "s"
+
+
+def _check_class(cls: type[Scenario], where: str) -> type[Scenario]:
+    if not cls.name:
+        raise ScenarioError(f"{where}: Scenario subclass {cls.__name__} has no `name`")
+    bad = [n for n in cls.needs if n not in TARGET_KINDS]
+    if bad:
+        raise ScenarioError(
+            f"{where}: scenario {cls.name!r} needs unknown target {bad[0]!r}"
+            f" (use any of {', '.join(TARGET_KINDS)})"
+        )
+    if cls.run is Scenario.run:
+        raise ScenarioError(f"{where}: scenario {cls.name!r} does not implement run()")
+    return cls
+
+
+def scenarios_in_module(module: Any) -> list[type[Scenario]]:
+    found = []
+    for _, obj in inspect.getmembers(module, inspect.isclass):
+        if (
+            issubclass(obj, Scenario)
+            and obj is not Scenario
+            and obj.__module__ == module.__name__
+            and not inspect.isabstract(obj)
+            and obj.name
+        ):
+            found.append(obj)
+    found.sort(key=lambda c: c.name)
+    return found
+
+
+def builtin_scenarios() -> dict[str, type[Scenario]]:
+    out: dict[str, type[Scenario]] = {}
+    for modname in BUILTIN_MODULES:
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                continue
+            raise
+        for cls in scenarios_in_module(module):
+            out[cls.name] = cls
+    return out
+
+
+def _load_file(path: Path) -> Any:
+    if not path.exists():
+        raise ScenarioError(f"scenario file {path} does not exist")
+    if path.suffix != ".py":
+        raise ScenarioError(f"scenario file {path} is not a .py file: give path.py[:ClassName]")
+    modname = f"loadtop_user_{slug(path.stem)}_{abs(hash(str(path.resolve()))) % 10**8}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:
+        raise ScenarioError(f"scenario file {path} cannot be imported: give a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except ScenarioError:
+        raise
+    except SyntaxError as e:
+        raise ScenarioError(
+            f"scenario file {path}: syntax error at line {e.lineno}: {e.msg}"
+        ) from None
+    except Exception as e:
+        raise ScenarioError(
+            f"scenario file {path} failed to import: {type(e).__name__}: {e}"
+            " (fix the file; `python {path}` shows the traceback)".replace("{path}", str(path))
+        ) from None
+    return module
+
+
+def load_scenarios(spec: str) -> list[type[Scenario]]:
+    """`stock-reservation` (built-in), `path.py` (every Scenario in it) or
+    `path.py:ClassName`."""
+    spec = spec.strip()
+    if not spec:
+        raise ScenarioError("empty --scenario: give a built-in name or path.py[:Class]")
+    file_part, _, cls_name = spec.partition(":")
+    if file_part.endswith(".py") or "/" in file_part:
+        module = _load_file(Path(file_part))
+        where = file_part
+        if cls_name:
+            obj = getattr(module, cls_name, None)
+            if obj is None:
+                raise ScenarioError(f"{where} has no class {cls_name}")
+            if not (inspect.isclass(obj) and issubclass(obj, Scenario)):
+                raise ScenarioError(
+                    f"{where}:{cls_name} is not a Scenario subclass"
+                    " (subclass app.scenario.Scenario)"
+                )
+            return [_check_class(obj, where)]
+        found = scenarios_in_module(module)
+        if not found:
+            raise ScenarioError(
+                f"{where} defines no Scenario subclass with a name"
+                " (subclass app.scenario.Scenario and set `name`)"
+            )
+        return [_check_class(c, where) for c in found]
+    builtins = builtin_scenarios()
+    if spec in builtins:
+        return [builtins[spec]]
+    near = [n for n in builtins if n.startswith(spec[:3])]
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise ScenarioError(
+        f"unknown scenario {spec!r}{hint}: run `loadtop scenarios` for the built-ins,"
+        " or give path.py[:Class]"
+    )
+
+
+def parse_mix(specs: list[str]) -> list[tuple[type[Scenario], float]]:
+    """`--scenario a=3 --scenario b=1` -> [(A, 3.0), (B, 1.0)]."""
+    out: list[tuple[type[Scenario], float]] = []
+    for raw in specs:
+        name, sep, weight_s = raw.rpartition("=")
+        if not sep:
+            name, weight = raw, 1.0
+        else:
+            try:
+                weight = float(weight_s)
+            except ValueError:
+                raise ScenarioError(
+                    f"--scenario {raw!r}: weight {weight_s!r} is not a number (use name=3)"
+                ) from None
+            if weight <= 0:
+                raise ScenarioError(f"--scenario {raw!r}: weight must be positive")
+        for cls in load_scenarios(name):
+            out.append((cls, weight))
+    names = [c.name for c, _ in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ScenarioError(f"scenario {sorted(dup)[0]!r} given twice: give each once")
+    return out

@@ -1,0 +1,94 @@
+"""What a front end (the console, signal handlers, tests) may ask of a running
+session. Every method is safe to call from any thread and returns at once; the
+engine applies the change on its own loop and records it as a `ControlEvent`
+in the next tick, so charts mark it and the report lists it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from app.tick import Tick
+
+TickListener = Callable[[Tick], None]
+
+
+class SessionControl(Protocol):
+    # ---- facts for the header --------------------------------------------
+    @property
+    def targets(self) -> dict[str, str]:
+        """{"postgres": "postgresql://app@db:5432/shop", ...}, secrets redacted."""
+        ...
+
+    @property
+    def plan(self) -> list[int]:
+        """The ramp plan's concurrency steps ([] when there is none)."""
+        ...
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+    @property
+    def readonly(self) -> bool: ...
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's configuration as recorded in the header (secrets redacted)."""
+        ...
+
+    # ---- ticks ----------------------------------------------------------------
+    def subscribe(self, listener: TickListener) -> None:
+        """`listener(tick)` is called on the engine's thread once per tick.
+        A console must hand the tick over to its own loop (call_from_thread /
+        post_message) and return quickly."""
+        ...
+
+    # ---- load controls --------------------------------------------------------
+    def set_concurrency(self, n: int, source: str = "key") -> None:
+        """Closed model: target worker count (clamped to 0..max_concurrency).
+        A manual change while the ramp plan runs pauses the plan."""
+        ...
+
+    def step_concurrency(self, delta: int, source: str = "key") -> None: ...
+
+    def set_rate(self, rate: float, source: str = "key") -> None:
+        """Open model: intended operations per second."""
+        ...
+
+    def pause(self, source: str = "key") -> None: ...
+
+    def resume(self, source: str = "key") -> None: ...
+
+    def panic(self, source: str = "key") -> None:
+        """Stop all load within a second: running operations are cancelled and
+        their transactions roll back. `resume()` brings the load back."""
+        ...
+
+    def start_plan(self, source: str = "key") -> None: ...
+
+    def stop_plan(self, source: str = "key") -> None: ...
+
+    def note(self, kind: str, note: str, source: str = "key") -> None:
+        """Record a front-end event (e.g. kind="export", note=path)."""
+        ...
+
+    # ---- backends (absent effect with --readonly: returns an error string) ----
+    def cancel_backend(self, pid: int) -> str:
+        """pg_cancel_backend(pid) on the monitor connection; returns a one-line
+        result ("cancelled 4242" / "not permitted: ...")."""
+        ...
+
+    def terminate_backend(self, pid: int) -> str: ...
+
+    # ---- end -----------------------------------------------------------------
+    def export_report(self, path: str | None = None) -> str:
+        """Write the Markdown summary of the ticks so far; returns the path."""
+        ...
+
+    def stop(self, reason: str = "quit") -> None:
+        """Stop the load, run teardown, close the recording. Returns at once;
+        `wait()` blocks until the session has finished."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...

@@ -1,0 +1,741 @@
+"""A session: targets, scenarios, probes, detectors, engine, recorder, report.
+
+`Session.run()` is the whole lifecycle on the current event loop (headless
+and tests); `Session.start_thread()` runs it on a thread with its own uvloop
+loop, for the console, and the `SessionControl` methods may then be called
+from any thread.
+
+Order matters for "lose nothing, leave nothing": the recording is opened
+before anything is created on a target; every prefix is removed in a
+`finally`, even when `setup` failed halfway or the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.engine.engine import Clients, EngineConfig, LoadEngine
+from app.engine.errors import classify
+from app.scenario import Context, Scenario, ScenarioError, slug
+from app.session.recording import Recorder, Recording, RecordingError
+from app.session.report import render_markdown
+from app.targets import Redactor, TargetError, redact_params
+from app.tick import Tick
+
+
+class SetupError(RuntimeError):
+    """A scenario's setup failed; the message is one line."""
+
+
+@dataclass
+class RunConfig:
+    scenarios: list[tuple[type[Scenario], float]]
+    pg_dsn: str | None = None
+    pg_monitor_dsn: str | None = None
+    redis_url: str | None = None
+    http_url: str | None = None
+    k8s_namespace: str | None = None
+    k8s_selector: str | None = None
+    k8s_context: str | None = None
+    prometheus_url: str | None = None
+    local_pids: dict[str, int] | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    record: str | None = None
+    export: str | None = None
+    readonly: bool = False
+    probes: bool = True
+    probe_intervals: dict[str, float] | None = None
+    redis_lock_patterns: list[str] | None = None
+    redis_queue_patterns: list[str] | None = None
+    detect: dict[str, Any] | None = None
+    slo: dict[str, float] | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    embedded: list[str] = field(default_factory=list)  # which targets are embedded
+
+
+@dataclass
+class Outcome:
+    reason: str
+    exit_code: int
+    ticks: int
+    invariants: dict[str, list[str]]
+    tripped: str | None
+    report_path: str | None = None
+    record_path: str | None = None
+
+
+async def _noop_reset(conn: Any) -> None:
+    """Pool reset on release: no round trip unless a transaction was left
+    open (asyncpg's default reset costs a round trip per borrow)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+def describe_pg_error(dsn: str, e: BaseException) -> str:
+    from urllib.parse import urlsplit
+
+    p = urlsplit(dsn)
+    where = f"{p.hostname or 'localhost'}:{p.port or 5432}"
+    user = p.username or "postgres"
+    db = (p.path or "/").lstrip("/") or user
+    name = type(e).__name__
+    code = getattr(e, "sqlstate", None)
+    if code == "28P01" or name == "InvalidPasswordError":
+        return f"PostgreSQL at {where} rejected the password for user {user!r}: fix the DSN"
+    if code == "28000" or name == "InvalidAuthorizationSpecificationError":
+        return f"PostgreSQL at {where} does not allow user {user!r} to connect: check pg_hba.conf / the role"
+    if code == "3D000" or name == "InvalidCatalogNameError":
+        return f"database {db!r} does not exist on PostgreSQL at {where}: create it or fix the DSN"
+    if code == "53300":
+        return f"PostgreSQL at {where} has no free connection slot (too many connections)"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve PostgreSQL host {p.hostname!r}: fix the host in --pg"
+    if isinstance(e, asyncio.TimeoutError | TimeoutError):
+        return f"PostgreSQL at {where} did not answer within 10 s: check host, port and firewall"
+    if isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
+        return f"cannot connect to PostgreSQL at {where} (connection refused): is it running on that port?"
+    if isinstance(e, OSError | ConnectionError):
+        return (
+            f"cannot connect to PostgreSQL at {where} ({e.__class__.__name__}):"
+            " is a PostgreSQL server listening on that port? check --pg"
+        )
+    return f"PostgreSQL at {where}: {classify(e)}: {str(e)[:200]}"
+
+
+def describe_redis_error(url: str, e: BaseException) -> str:
+    from urllib.parse import urlsplit
+
+    p = urlsplit(url)
+    where = f"{p.hostname or 'localhost'}:{p.port or 6379}"
+    text = str(e)
+    low = text.lower()
+    if "auth" in low or "password" in low or "NOAUTH" in text or "WRONGPASS" in text:
+        return f"Redis at {where} rejected the credentials: fix the password in --redis"
+    if "refused" in low or "connect call failed" in low:
+        return (
+            f"cannot connect to Redis at {where} (connection refused): is it running on that port?"
+        )
+    if "timeout" in low or isinstance(e, asyncio.TimeoutError | TimeoutError):
+        return f"Redis at {where} did not answer in time: check host, port and firewall"
+    if "protocol" in low or "invalid" in low or "reset" in low or "closed" in low:
+        return f"the server at {where} does not speak the Redis protocol: check --redis"
+    return f"Redis at {where}: {classify(e)}: {text[:200]}"
+
+
+class Session:
+    def __init__(self, cfg: RunConfig, *, printer: Callable[[Tick], None] | None = None) -> None:
+        self.cfg = cfg
+        self.redactor = Redactor()
+        for u in (cfg.pg_dsn, cfg.pg_monitor_dsn, cfg.redis_url, cfg.http_url, cfg.prometheus_url):
+            self.redactor.add_url(u)
+        for k, v in cfg.params.items():
+            if redact_params({k: v})[k] != v:
+                self.redactor.add(v)
+        self.instances: list[tuple[Scenario, float]] = [
+            (cls(cfg.params), w) for cls, w in cfg.scenarios
+        ]
+        self.prefixes = {
+            inst.name: f"loadtop_{cfg.run_id}_{slug(inst.name)}" for inst, _ in self.instances
+        }
+        self.printer = printer
+        self.engine: LoadEngine | None = None
+        self.clients = Clients(http_url=cfg.http_url, pg_dsn=cfg.pg_dsn)
+        if cfg.readonly:  # the server enforces it: a scenario that writes anyway fails
+            self.clients.pg_settings["default_transaction_read_only"] = "on"
+        self.recorder: Recorder | None = None
+        self.header: dict[str, Any] = {}
+        self.ticks: list[Tick] = []  # the run's timeline, for export at any moment
+        self.probe_set: Any = None
+        self.detectors: Any = None
+        self.outcome: Outcome | None = None
+        self.error: str | None = None
+        self._listeners: list[Callable[[Tick], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self._ready = threading.Event()
+        self._stop_requested: str | None = None
+        self._admin_conn: Any = None
+        self._admin_lock: asyncio.Lock | None = None
+        self._created_prefixes: set[str] = set()
+        self.messages: list[str] = []  # status lines (embedded servers, faults)
+
+    # ---- SessionControl: facts --------------------------------------------------
+    @property
+    def targets(self) -> dict[str, str]:
+        out = {}
+        if self.cfg.pg_dsn:
+            out["postgres"] = self.redactor(self.cfg.pg_dsn)
+        if self.cfg.redis_url:
+            out["redis"] = self.redactor(self.cfg.redis_url)
+        if self.cfg.http_url:
+            out["http"] = self.redactor(self.cfg.http_url)
+        if self.cfg.k8s_namespace:
+            sel = f" ({self.cfg.k8s_selector})" if self.cfg.k8s_selector else ""
+            out["pods"] = f"k8s {self.cfg.k8s_namespace}{sel}"
+        elif self.cfg.prometheus_url:
+            out["pods"] = self.redactor(self.cfg.prometheus_url)
+        for name in self.cfg.embedded:
+            if name in out:
+                out[name] += " (embedded)"
+        return out
+
+    @property
+    def plan(self) -> list[int]:
+        return list(self.cfg.engine.plan)
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.cfg.engine.max_concurrency
+
+    @property
+    def readonly(self) -> bool:
+        return self.cfg.readonly
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.header
+
+    def subscribe(self, listener: Callable[[Tick], None]) -> None:
+        self._listeners.append(listener)
+
+    # ---- SessionControl: controls (thread-safe) --------------------------------
+    def _call(self, fn: Callable[[], Any]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn)
+
+    def _engine_call(self, name: str, *args: Any) -> None:
+        def go() -> None:
+            if self.engine is not None:
+                getattr(self.engine, name)(*args)
+
+        self._call(go)
+
+    def set_concurrency(self, n: int, source: str = "key") -> None:
+        self._engine_call("set_concurrency", n, source)
+
+    def step_concurrency(self, delta: int, source: str = "key") -> None:
+        self._engine_call("step_concurrency", delta, source)
+
+    def set_rate(self, rate: float, source: str = "key") -> None:
+        self._engine_call("set_rate", rate, source)
+
+    def pause(self, source: str = "key") -> None:
+        self._engine_call("pause", source)
+
+    def resume(self, source: str = "key") -> None:
+        self._engine_call("resume", source)
+
+    def panic(self, source: str = "key") -> None:
+        self._engine_call("panic", source)
+
+    def start_plan(self, source: str = "key") -> None:
+        self._engine_call("start_plan", source)
+
+    def stop_plan(self, source: str = "key") -> None:
+        self._engine_call("stop_plan", source)
+
+    def note(self, kind: str, note: str, source: str = "key") -> None:
+        self._engine_call("event", kind, source, None, None, self.redactor(note))
+
+    def stop(self, reason: str = "quit") -> None:
+        self._stop_requested = self._stop_requested or reason
+        self._engine_call("stop", reason)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def _backend_call(self, fn: str, pid: int) -> str:
+        if self.cfg.readonly:
+            return "read-only session: cancelling and terminating backends is disabled"
+        loop = self._loop
+        if loop is None:
+            return "session is not running"
+
+        async def go() -> str:
+            async with self._admin_ctx("admin") as ctx:
+                if ctx.conn is not None:
+                    ok = await ctx.conn.fetchval(f"SELECT {fn}($1)", pid)
+                else:  # no load pool (watch mode): a short-lived connection
+                    import asyncpg
+
+                    dsn = self.cfg.pg_monitor_dsn or self.cfg.pg_dsn
+                    if not dsn:
+                        return "no PostgreSQL target"
+                    conn = await asyncpg.connect(
+                        dsn, timeout=5, server_settings={"application_name": "loadtop:admin"}
+                    )
+                    try:
+                        ok = await conn.fetchval(f"SELECT {fn}($1)", pid)
+                    finally:
+                        await conn.close()
+            verb = "cancelled" if fn == "pg_cancel_backend" else "terminated"
+            if self.engine is not None:
+                kind = "backend-cancel" if fn == "pg_cancel_backend" else "backend-terminate"
+                self.engine.event(kind, "key", note=f"pid {pid}")
+            return f"{verb} backend {pid}" if ok else f"backend {pid} not found (already gone?)"
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return "call from another thread"
+        fut = asyncio.run_coroutine_threadsafe(go(), loop)
+        try:
+            return fut.result(timeout=5)
+        except Exception as e:
+            return self.redactor(f"{verb_for(fn)} failed: {classify(e)}: {str(e)[:160]}")
+
+    def cancel_backend(self, pid: int) -> str:
+        return self._backend_call("pg_cancel_backend", pid)
+
+    def terminate_backend(self, pid: int) -> str:
+        return self._backend_call("pg_terminate_backend", pid)
+
+    def export_report(self, path: str | None = None) -> str:
+        path = path or f"loadtop-{self.cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.md"
+        rec = Recording(header=self.header, ticks=list(self.ticks))
+        text = self.redactor(render_markdown(rec))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        self.note("export", path)
+        return path
+
+    # ---- lifecycle ---------------------------------------------------------------
+    def start_thread(self) -> None:
+        """Run the session on its own thread and loop; returns when the load has
+        started (or failed to: then `self.error` says why)."""
+
+        def main() -> None:
+            try:
+                import uvloop
+
+                runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+            except ImportError:
+                runner = asyncio.Runner()
+            with runner:
+                try:
+                    runner.run(self.run())
+                except (TargetError, SetupError, ScenarioError, RecordingError) as e:
+                    self.error = self.redactor(str(e))
+                except Exception as e:  # surfaced to the front end, never lost
+                    self.error = self.redactor(f"{type(e).__name__}: {e}")
+                finally:
+                    self._ready.set()
+                    self._done.set()
+
+        self._thread = threading.Thread(target=main, name="loadtop-engine", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    async def run(self, *, install_signals: bool = False) -> Outcome:
+        self._loop = asyncio.get_running_loop()
+        self._admin_lock = asyncio.Lock()
+        cfg = self.cfg
+        self._check_needs()
+        self.header = self._make_header()
+        if cfg.record:
+            self.recorder = Recorder(cfg.record, self.header, scrub=self.redactor.scrub_json)
+        reason = "error"
+        try:
+            await self._connect()
+            await self._setup()
+            self._start_observers()
+            if self.probe_set is not None:
+                await self.probe_set.start()
+            self.engine = LoadEngine(
+                self.instances, self.clients, cfg.engine, prefixes=self.prefixes,
+                params=cfg.params,
+                readings=self.probe_set.latest if self.probe_set is not None else None,
+                analyzer=self.detectors, redact=self.redactor,
+            )  # fmt: skip
+            self.engine.subscribe(self._on_tick)
+            if install_signals:
+                self._install_signals()
+            if self._stop_requested:
+                self.engine.stop(self._stop_requested)
+            self._ready.set()
+            reason = await self.engine.run(self._admin_ctx)
+            await self.engine.verify_all(self._admin_ctx)
+        except Exception as e:
+            self.error = self.redactor(str(e))
+            raise
+        finally:
+            await self._finish(reason)
+        assert self.outcome is not None
+        return self.outcome
+
+    def _check_needs(self) -> None:
+        cfg = self.cfg
+        have = {"postgres": cfg.pg_dsn, "redis": cfg.redis_url, "http": cfg.http_url}
+        flag = {"postgres": "--pg DSN", "redis": "--redis URL", "http": "--http URL"}
+        for inst, _ in self.instances:
+            for need in inst.needs:
+                if not have[need]:
+                    raise ScenarioError(f"scenario {inst.name!r} needs {need}: give {flag[need]}")
+            if cfg.readonly and inst.writes:
+                raise ScenarioError(
+                    f"scenario {inst.name!r} writes to its target and --readonly is set:"
+                    " drop --readonly or choose a read-only scenario (e.g. pg-select)"
+                )
+
+    def _make_header(self) -> dict[str, Any]:
+        e = self.cfg.engine
+        return {
+            "run_id": self.cfg.run_id,
+            "started": time.time(),
+            "targets": self.targets,
+            "scenarios": [
+                {
+                    "name": inst.name,
+                    "weight": w,
+                    "needs": list(inst.needs),
+                    "description": inst.description,
+                }  # fmt: skip
+                for inst, w in self.instances
+            ],
+            "params": redact_params(self.cfg.params),
+            "load": {
+                "mode": "rate" if e.rate else "workers",
+                "concurrency": e.concurrency,
+                "rate": e.rate,
+                "plan": e.plan,
+                "step_seconds": e.step_seconds if e.plan else None,
+                "duration_s": e.duration,
+                "max_concurrency": e.max_concurrency,
+                "interval_s": e.interval,
+                "seed": e.seed,
+            },
+            "thresholds": [t.expr for t in e.thresholds],
+            "slo": self.cfg.slo,
+            "readonly": self.cfg.readonly,
+        }
+
+    async def _connect(self) -> None:
+        cfg = self.cfg
+        needs = {n for inst, _ in self.instances for n in inst.needs}
+        if cfg.pg_dsn and "postgres" in needs:
+            import asyncpg
+
+            try:
+                self.clients.pg = await asyncpg.create_pool(
+                    cfg.pg_dsn, min_size=1, max_size=max(2, cfg.engine.max_concurrency),
+                    max_inactive_connection_lifetime=10, reset=_noop_reset, timeout=10,
+                    server_settings={"application_name": "loadtop:pool", **self.clients.pg_settings},
+                )  # fmt: skip
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:  # fmt: skip
+                raise TargetError(self.redactor(describe_pg_error(cfg.pg_dsn, e))) from None
+        if cfg.redis_url and "redis" in needs:
+            import redis.asyncio as aioredis
+
+            pool = aioredis.BlockingConnectionPool.from_url(
+                cfg.redis_url, max_connections=cfg.engine.max_concurrency + 8, timeout=10,
+                socket_connect_timeout=5, socket_timeout=30, client_name="loadtop:load",
+            )  # fmt: skip
+            client = aioredis.Redis(connection_pool=pool)
+            try:
+                await asyncio.wait_for(client.ping(), 10)
+            except Exception as e:
+                await client.aclose()
+                raise TargetError(self.redactor(describe_redis_error(cfg.redis_url, e))) from None
+            self.clients.redis = client
+        if cfg.http_url and "http" in needs:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(
+                limit=cfg.engine.max_concurrency, limit_per_host=cfg.engine.max_concurrency,
+                ttl_dns_cache=300,
+            )  # fmt: skip
+            session = aiohttp.ClientSession(
+                base_url=cfg.http_url if _has_no_path(cfg.http_url) else None,
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=30, connect=5),
+            )
+            try:
+                async with session.get(cfg.http_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    await r.read()
+            except Exception as e:
+                await session.close()
+                raise TargetError(
+                    self.redactor(
+                        f"cannot reach the HTTP target {cfg.http_url}: {classify(e)}"
+                        " — is the service up and the URL right?"
+                    )  # fmt: skip
+                ) from None
+            self.clients.http = session
+
+    async def _setup(self) -> None:
+        for inst, _ in self.instances:
+            prefix = self.prefixes[inst.name]
+            if "postgres" in inst.needs and self.clients.pg is not None and not self.cfg.readonly:
+                await self.clients.pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{prefix}"')
+            self._created_prefixes.add(inst.name)
+            try:
+                async with self._admin_ctx(inst.name) as ctx:
+                    await asyncio.wait_for(inst.setup(ctx), 120)
+            except asyncio.CancelledError:
+                raise
+            except ScenarioError:
+                raise
+            except Exception as e:
+                raise SetupError(
+                    self.redactor(
+                        f"scenario {inst.name!r}: setup failed: {classify(e)}: {str(e)[:200]}"
+                        " (fix the scenario or its -p parameters; what it created was removed)"
+                    )
+                ) from None
+
+    def _start_observers(self) -> None:
+        cfg = self.cfg
+        if cfg.probes:
+            try:
+                from app.probes.base import build_probes
+            except ImportError:
+                build_probes = None  # type: ignore[assignment]
+            if build_probes is not None:
+                self.probe_set = self.build_probe_set()
+        try:
+            from app.detect import build_detectors
+        except ImportError:
+            return
+        detect = dict(cfg.detect or {})
+        if cfg.slo and "slo" not in detect:
+            detect["slo"] = cfg.slo
+        self.detectors = build_detectors(detect)
+
+    def build_probe_set(self) -> Any:
+        """The probes for this session's targets (app.probes.ProbeSet)."""
+        from app.probes.base import build_probes
+
+        cfg = self.cfg
+        return build_probes(
+            pg_dsn=cfg.pg_monitor_dsn or cfg.pg_dsn,
+            redis_url=cfg.redis_url,
+            k8s_namespace=cfg.k8s_namespace,
+            k8s_selector=cfg.k8s_selector,
+            k8s_context=cfg.k8s_context,
+            prometheus_url=cfg.prometheus_url,
+            local_pids=cfg.local_pids,
+            intervals=cfg.probe_intervals,
+            redis_lock_patterns=cfg.redis_lock_patterns,
+            redis_queue_patterns=cfg.redis_queue_patterns,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _admin_ctx(self, name: str) -> AsyncIterator[Context]:
+        """A worker -1 context for setup/verify/teardown, holding a pool
+        connection as `conn` (when the scenario has Postgres)."""
+        inst = next((i for i, _ in self.instances if i.name == name), None)
+        prefix = self.prefixes.get(name, f"loadtop_{self.cfg.run_id}")
+        ctx = Context(
+            worker=-1,
+            params=self.cfg.params,
+            rng=__import__("random").Random(self.cfg.engine.seed),
+            prefix=prefix,
+            scenario=name,
+            pg=self.clients.pg,
+            redis=self.clients.redis,
+            http=self.clients.http,
+            http_url=self.cfg.http_url,
+            concurrency=self.cfg.engine.concurrency,
+        )
+        if self.clients.pg is not None and (inst is None or "postgres" in inst.needs):
+            async with self.clients.pg.acquire(timeout=15) as conn:
+                ctx.conn = conn
+                yield ctx
+        else:
+            yield ctx
+
+    def _on_tick(self, tick: Tick) -> None:
+        self.ticks.append(tick)
+        if len(self.ticks) > 100_000:  # ~28 h at 1 s; the recording keeps them all
+            del self.ticks[:10_000]
+        if self.recorder is not None:
+            try:
+                self.recorder.write_tick(tick)
+            except RecordingError as e:
+                self.messages.append(str(e))
+                self.recorder = None
+                if self.engine is not None:
+                    self.engine.event("recording-stopped", "system", note=str(e))
+        if self.printer is not None:
+            self.printer(tick)
+        for listener in self._listeners:
+            try:
+                listener(tick)
+            except Exception as e:  # a front end's bug must not stop the load
+                self.messages.append(f"tick listener failed: {type(e).__name__}: {e}")
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
+
+    async def _finish(self, reason: str) -> None:
+        """Teardown, cleanup, close: runs whatever happened before."""
+        if self._stop_requested and reason in ("stop", "error"):
+            reason = self._stop_requested
+        for inst, _ in self.instances:
+            if inst.name not in self._created_prefixes:
+                continue
+            try:
+                async with self._admin_ctx(inst.name) as ctx:
+                    await asyncio.wait_for(inst.teardown(ctx), 60)
+            except BaseException as e:
+                self.messages.append(self.redactor(f"{inst.name}: teardown failed: {classify(e)}"))
+        await self._cleanup_prefixes()
+        if self.probe_set is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.probe_set.stop(), 5)
+        await self._close_clients()
+        eng = self.engine
+        invariants = dict(eng.violations) if eng else {}
+        tripped = eng.thresholds.tripped if eng else None
+        code = 1 if invariants or tripped else 0
+        if self.error:
+            code = 2
+        end = {
+            "ended": time.time(),
+            "reason": reason,
+            "exit_code": code,
+            "invariants": invariants,
+            "threshold_tripped": (
+                {"expr": tripped.expr, "tick": eng.thresholds.tripped_tick, "value": tripped.value}
+                if tripped and eng
+                else None
+            ),
+            "never_connected": eng.never_connected() if eng else {},
+            "messages": self.messages[-50:],
+        }
+        self.end = end
+        if self.recorder is not None:
+            try:
+                self.recorder.close(end)
+            except RecordingError as e:
+                self.messages.append(str(e))
+        report_path = None
+        if self.cfg.export and self.engine is not None:
+            rec = Recording(header=self.header, ticks=list(self.ticks), end=end)
+            try:
+                with open(self.cfg.export, "w", encoding="utf-8") as f:
+                    f.write(self.redactor(render_markdown(rec)))
+                report_path = self.cfg.export
+            except OSError as e:
+                self.messages.append(f"--export {self.cfg.export}: {e.strerror}")
+        self.outcome = Outcome(
+            reason=reason, exit_code=code, ticks=len(self.ticks), invariants=invariants,
+            tripped=tripped.expr if tripped else None, report_path=report_path,
+            record_path=self.cfg.record,
+        )  # fmt: skip
+
+    async def _cleanup_prefixes(self) -> None:
+        """Remove everything this run created on its targets, whatever teardown did."""
+        pattern = f"loadtop_{self.cfg.run_id}_"
+        if self.clients.pg is not None:
+            try:
+                async with self.clients.pg.acquire(timeout=15) as conn:
+                    names = await conn.fetch(
+                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                        pattern.replace("_", r"\_") + "%",
+                    )
+                    for row in names:
+                        await conn.execute(f'DROP SCHEMA IF EXISTS "{row[0]}" CASCADE')
+            except Exception as e:
+                self.messages.append(
+                    self.redactor(f"cleanup of postgres schemas failed: {classify(e)}")
+                )
+        if self.clients.redis is not None:
+            try:
+                batch: list[Any] = []
+                async for key in self.clients.redis.scan_iter(match=f"{pattern}*", count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        await self.clients.redis.unlink(*batch)
+                        batch = []
+                if batch:
+                    await self.clients.redis.unlink(*batch)
+            except Exception as e:
+                self.messages.append(self.redactor(f"cleanup of redis keys failed: {classify(e)}"))
+
+    async def _close_clients(self) -> None:
+        c = self.clients
+        if c.pg is not None:
+            try:
+                await asyncio.wait_for(c.pg.close(), 5)
+            except BaseException:
+                c.pg.terminate()
+            c.pg = None
+        if c.redis is not None:
+            with contextlib.suppress(Exception):
+                await c.redis.aclose()
+            # a client built on an explicit pool leaves the pool's sockets open
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.redis.connection_pool.disconnect(), 5)
+            c.redis = None
+        if c.http is not None:
+            with contextlib.suppress(Exception):
+                await c.http.close()
+            c.http = None
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a session's coroutine to completion on uvloop (asyncio without it)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def print_outcome(session: Session, o: Outcome) -> None:
+    """The closing lines of a headless run or watch: messages on stderr, the
+    outcome on stdout, every line masked."""
+    scrub = session.redactor
+    for m in session.messages:
+        print(f"loadtop: {scrub(m)}", file=sys.stderr, flush=True)
+    print(f"stopped: {o.reason} · {o.ticks} ticks", flush=True)
+    if o.tripped:
+        print(f"threshold tripped: {o.tripped}", flush=True)
+    for name, vs in o.invariants.items():
+        for v in vs[:10]:
+            print(scrub(f"invariant violated: {name}: {v}"), flush=True)
+    if o.report_path:
+        print(f"report: {o.report_path}", flush=True)
+    if o.record_path:
+        print(f"recording: {o.record_path}", flush=True)
+
+
+def verb_for(fn: str) -> str:
+    return "cancel" if "cancel" in fn else "terminate"
+
+
+def _has_no_path(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path in ("", "/")
+
+
+__all__ = ["Outcome", "RunConfig", "Session", "SetupError"]
