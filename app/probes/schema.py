@@ -1,0 +1,149 @@
+"""The shapes of probe readings: `Reading.data` for each probe.
+
+This is a contract between the probes (which fill it), the detectors and the
+console (which read it) and the report. Readings are plain JSON-able dicts so
+the recording stores them as they are; these TypedDicts document the keys.
+Times are seconds, ages are seconds, durations are milliseconds unless named
+otherwise. A key that a target cannot provide is absent or None, never made up.
+
+A failed poll is `Reading(ok=False, error="<what is wrong>: <what to do>")`
+with `data = {"failures": <consecutive failed polls>, "failing_since": <epoch s>}`.
+Keys marked "added" below extend the first version of this contract.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+# ---- postgres (Reading.probe == "postgres") -----------------------------------
+
+
+class PgBackend(TypedDict, total=False):
+    pid: int
+    application_name: str  # "loadtop:<scenario>:w<N>" for loadtop's own workers
+    usename: str
+    state: str  # active | idle | idle in transaction | idle in transaction (aborted)
+    wait_event_type: str | None
+    wait_event: str | None
+    xact_age_s: float | None  # now() - xact_start
+    state_age_s: float | None  # now() - state_change
+    query: str  # first 200 characters
+    blocked_by: list[int]  # pg_blocking_pids(), only for backends waiting on a lock
+    backend_type: str  # added: only for non-client backends (e.g. "autovacuum worker")
+
+
+class PgBlockNode(TypedDict, total=False):
+    """One root blocker and the tree of backends waiting behind it."""
+
+    root: PgBackend
+    waiters: list[PgBackend]  # every backend waiting on the root, directly or not
+    #                           (longest waiting first, capped at 25; see waiting_count)
+    depth: int  # longest chain length (root -> ... -> deepest waiter), 1 = direct
+    waiting_count: int
+
+
+class PgReading(TypedDict, total=False):
+    server_version: str
+    max_connections: int
+    connections: int  # client backends, probe excluded
+    by_state: dict[str, int]  # "active": 12, "idle": 3, "idle in transaction": 1, ...
+    by_wait: dict[str, int]  # "Lock:transactionid": 5, "Client:ClientRead": 3 ...
+    waiting: int  # backends waiting on a lock
+    blocking_tree: list[PgBlockNode]  # root blockers first, longest-waiting trees first
+    oldest_xact_s: float | None
+    oldest_xact: PgBackend | None
+    idle_in_tx: list[PgBackend]  # sessions idle in a transaction (oldest first, capped at 20)
+    idle_in_tx_count: int  # added: all of them (idle_in_tx is capped)
+    rates: dict[str, float]  # per second over the measured interval ({} on the first
+    #                          poll; commits leave out the probe's own): commits,
+    #                          rollbacks, deadlocks, conflicts, temp_files
+    totals: dict[str, int]  # the cumulative counters the rates came from
+    locks_by_mode: dict[str, int]  # "RowExclusiveLock": 40, ... (read every 5 s: pg_locks
+    #                                 is costly under contention)
+    locks_age_s: float | None  # added: how old locks_by_mode is
+    # added: without pg_monitor other roles' sessions show no state, wait or query;
+    # they are counted (by_state["hidden"]) and `warning` says what to grant
+    hidden_queries: int
+    warning: str
+
+
+# ---- redis (Reading.probe == "redis") -------------------------------------------
+
+
+class RedisLock(TypedDict, total=False):
+    key: str
+    holder: str  # the value (token), shortened
+    pttl_ms: int | None  # None = no expiry (PTTL -1)
+    age_s: float  # since this (key, holder) pair was first seen
+    no_ttl: bool
+    # added: for redis-py Lock tokens (uuid1 hex), the time since the acquire attempt
+    # began, read from the token itself: an upper bound on the hold, known at first sight
+    token_age_s: float
+
+
+class RedisQueue(TypedDict, total=False):
+    name: str  # the key, or the queue's logical name for known layouts
+    layout: str  # list | stream | zset | celery | rq | sidekiq | bullmq
+    depth: int
+    in_flight: int | None
+    failed: int | None
+    groups: list[dict]  # streams: [{name, consumers, pending, lag, last_delivered_id}]
+    oldest_age_s: float | None  # rq, sidekiq, bullmq (from the job's enqueue time)
+    # added:
+    key: str  # the Redis key (or BullMQ's "<prefix>:<queue>")
+    length: int  # streams: XLEN (depth is the largest group lag, XLEN without groups)
+    note: str  # e.g. Celery's unacked and Sidekiq's busy/retry/dead are shared by all queues
+
+
+class RedisReading(TypedDict, total=False):
+    version: str
+    role: str  # master | slave / replica
+    ops_per_sec: float
+    connected_clients: int
+    blocked_clients: int
+    maxclients: int
+    used_memory: int
+    maxmemory: int  # 0 = no limit
+    maxmemory_policy: str
+    evicted_keys_delta: int  # since the previous poll
+    rejected_connections_delta: int
+    keyspace_hits_delta: int
+    keyspace_misses_delta: int
+    locks: list[RedisLock]
+    locks_truncated: bool  # the per-poll key cap was reached
+    queues: list[RedisQueue]
+    slowlog: list[dict]  # new entries: {id, ts, duration_us, command, client}
+    latency: list[dict] | str  # LATENCY LATEST rows {event, ts, latest_ms, max_ms}, or "off"
+    #                           ("unavailable" when ACLs deny it; slowlog likewise)
+    # added:
+    server: str  # "redis" | "valkey"
+    mem_fragmentation_ratio: float | None
+    master_link_status: str  # replicas only
+
+
+# ---- pods (Reading.probe == "pods") ----------------------------------------------
+
+
+class PodContainer(TypedDict, total=False):
+    pod: str
+    container: str
+    cpu_cores: float | None
+    memory_bytes: int | None
+    cpu_limit_cores: float | None
+    memory_limit_bytes: int | None
+    restarts: int
+    last_reason: str | None  # "OOMKilled", "Error", ...
+    ready: bool | None
+    waiting_reason: str | None  # "CrashLoopBackOff", ...
+    phase: str | None  # added: the pod's phase (kubernetes source)
+    pid: int  # added: local source only
+
+
+class PodsReading(TypedDict, total=False):
+    source: str  # kubernetes | prometheus | local
+    namespace: str
+    containers: list[PodContainer]
+    # added: a partial reading says what is missing and why, e.g. "metrics.k8s.io is
+    # not available (HTTP 404): install metrics-server; CPU and memory are not shown"
+    warning: str
+    selector: str
