@@ -1,0 +1,39 @@
+"""Every built-in detector; importing this module registers them all."""
+
+from app.detect.detectors.load import (
+    CapacityKneeDetector,
+    ErrorBurstDetector,
+    GeneratorSaturatedDetector,
+    InvariantDetector,
+    LatencySpikeDetector,
+    SloBreachDetector,
+)
+from app.detect.detectors.pods import PodDetector
+from app.detect.detectors.postgres import (
+    ConnectionSaturationDetector,
+    IdleInTransactionBlockerDetector,
+    LockWaitChainDetector,
+    LongTransactionDetector,
+)
+from app.detect.detectors.redis import (
+    QueueBacklogDetector,
+    RedisLockDetector,
+    RedisPressureDetector,
+)
+
+__all__ = [
+    "CapacityKneeDetector",
+    "ConnectionSaturationDetector",
+    "ErrorBurstDetector",
+    "GeneratorSaturatedDetector",
+    "IdleInTransactionBlockerDetector",
+    "InvariantDetector",
+    "LatencySpikeDetector",
+    "LockWaitChainDetector",
+    "LongTransactionDetector",
+    "PodDetector",
+    "QueueBacklogDetector",
+    "RedisLockDetector",
+    "RedisPressureDetector",
+    "SloBreachDetector",
+]

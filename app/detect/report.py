@@ -1,0 +1,253 @@
+"""The anomaly part of the session report: a pure function of the ticks.
+
+`anomaly_report_data(ticks)` gives JSON-able data; `anomaly_report_section`
+renders it as Markdown: "Look here first", the anomaly timeline, and the
+capacity table with the USL fit and the recommended maximum concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from app.detect.base import SEVERITY_RANK, percentiles_ms
+from app.detect.stats import fit_usl
+from app.tick import Tick, merge_histograms
+
+DEFAULT_SLO = {"p95_ms": 500.0, "p99_ms": 1000.0, "error_ratio": 0.001}
+_SLO_ALIASES = {"p95": "p95_ms", "p99": "p99_ms", "errors": "error_ratio", "error": "error_ratio"}
+
+
+def _slo(slo: Mapping[str, Any] | None) -> dict[str, float]:
+    out = dict(DEFAULT_SLO)
+    for k, v in (slo or {}).items():
+        if k == "error_pct":  # the session report's unit: percent
+            out["error_ratio"] = float(v) / 100.0
+            continue
+        key = _SLO_ALIASES.get(k, k)
+        if key not in out:
+            raise ValueError(
+                f"slo: unknown key {k!r}; valid: p95_ms, p99_ms, error_ratio, error_pct"
+            )
+        out[key] = float(v)
+    return out
+
+
+def _episodes(ticks: Sequence[Tick], t0: float) -> list[dict[str, Any]]:
+    eps: dict[tuple[str, int], dict[str, Any]] = {}
+    last = ticks[-1]
+    for tk in ticks:
+        for a in (*tk.anomalies, *tk.cleared):
+            ident = (a.key, a.started_tick)
+            ep = eps.get(ident)
+            if ep is None:
+                ep = eps[ident] = {
+                    "key": a.key,
+                    "kind": a.kind,
+                    "subject": a.subject,
+                    "severity": a.severity,
+                    "started_tick": a.started_tick,
+                    "raised_tick": tk.index,
+                    "from_s": round(a.started_at - t0, 1),
+                    "started_at": a.started_at,
+                    "cleared_tick": None,
+                    "to_s": None,
+                    "summary": a.summary,
+                    "evidence": dict(a.evidence),
+                    "_peak": SEVERITY_RANK.get(a.severity, 0),
+                }
+            rank = SEVERITY_RANK.get(a.severity, 0)
+            if rank >= ep["_peak"]:  # keep the worst moment's words and numbers
+                ep.update(severity=a.severity, summary=a.summary, evidence=dict(a.evidence))
+                ep["_peak"] = rank
+            if a.cleared_tick is not None:
+                ep["cleared_tick"] = a.cleared_tick
+                ep["to_s"] = round((a.cleared_at or tk.t) - t0, 1)
+    out = []
+    for ep in eps.values():
+        ep.pop("_peak")
+        end = ep["to_s"] if ep["to_s"] is not None else round(last.t - t0, 1)
+        ep["active_at_end"] = ep["cleared_tick"] is None
+        ep["duration_s"] = round(max(0.0, end - ep["from_s"]), 1)
+        ep["time_to_detect_ticks"] = ep["raised_tick"] - ep["started_tick"]
+        ep.pop("started_at")
+        out.append(ep)
+    out.sort(key=lambda e: (e["from_s"], e["key"]))
+    return out
+
+
+def _steps(ticks: Sequence[Tick], slo: dict[str, float]) -> list[dict[str, Any]]:
+    runs: list[list[Tick]] = []
+    for tk in ticks:
+        if runs and runs[-1][-1].target_concurrency == tk.target_concurrency:
+            runs[-1].append(tk)
+        else:
+            runs.append([tk])
+    steps = []
+    for i, run in enumerate(runs):
+        live = [tk for tk in run if not tk.paused]
+        settled = live[1:] if len(live) >= 3 else live  # the first tick carries the ramp
+        secs = sum(tk.interval for tk in settled)
+        ops = sum(tk.completed for tk in settled)
+        failed = sum(tk.failed for tk in settled)
+        hist = merge_histograms(s.hist for tk in settled for s in tk.scenarios)
+        p50, p95, p99 = percentiles_ms(hist, (50, 95, 99))
+        err = failed / ops if ops else 0.0
+        meets = (
+            bool(ops)
+            and p95 <= slo["p95_ms"]
+            and p99 <= slo["p99_ms"]
+            and err <= slo["error_ratio"]
+        )
+        steps.append(
+            {
+                "step": i,
+                "target": run[0].target_concurrency,
+                "mode": run[0].mode,
+                "from_tick": run[0].index,
+                "to_tick": run[-1].index,
+                "ticks": len(run),
+                "concurrency": round(sum(tk.concurrency for tk in settled) / len(settled), 2)
+                if settled
+                else 0.0,
+                "ops_per_s": round(ops / secs, 2) if secs else 0.0,
+                "ops": ops,
+                "p50_ms": round(p50, 2),
+                "p95_ms": round(p95, 2),
+                "p99_ms": round(p99, 2),
+                "error_ratio": round(err, 5),
+                "meets_slo": meets,
+            }
+        )
+    return steps
+
+
+def anomaly_report_data(ticks: Sequence[Tick], slo: Mapping[str, Any] | None = None) -> dict:
+    """The anomaly timeline, "look here first", per-step capacity figures, the
+    USL fit and the recommended maximum concurrency, as JSON-able data."""
+    slo_ = _slo(slo)
+    if not ticks:
+        return {"anomalies": [], "look_here_first": [], "steps": [], "usl": None, "slo": slo_,
+                "recommended_max_concurrency": None}  # fmt: skip
+    ticks = sorted(ticks, key=lambda tk: tk.index)
+    t0 = ticks[0].t - ticks[0].elapsed
+    episodes = _episodes(ticks, t0)
+    ranked = sorted(
+        episodes,
+        key=lambda e: (-SEVERITY_RANK.get(e["severity"], 0), -e["duration_s"], e["from_s"]),
+    )
+    steps = _steps(ticks, slo_)
+    load_steps = [s for s in steps if s["mode"] == "workers" and s["target"] > 0 and s["ops"]]
+    fit = fit_usl([(s["concurrency"], s["ops_per_s"]) for s in load_steps])
+    recommended = None
+    for s in sorted(load_steps, key=lambda s: s["target"]):
+        if not s["meets_slo"]:
+            break
+        recommended = s["target"]
+    return {
+        "anomalies": episodes,
+        "look_here_first": [
+            {
+                k: e[k]
+                for k in ("key", "kind", "subject", "severity", "from_s", "duration_s", "summary")
+            }  # fmt: skip
+            for e in ranked[:5]
+        ],
+        "steps": steps,
+        "usl": fit.as_dict() if fit is not None else None,
+        "slo": slo_,
+        "recommended_max_concurrency": recommended,
+    }
+
+
+# ---- Markdown --------------------------------------------------------------------
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _evidence_text(ev: Mapping[str, Any]) -> str:
+    parts = []
+    for k, v in ev.items():
+        if k in ("problems", "points", "waiters", "slo", "breaches", "reasons"):
+            continue
+        if isinstance(v, Mapping):
+            inner = ", ".join(f"{ik}={iv}" for ik, iv in v.items() if iv not in (None, "", []))
+            parts.append(f"{k}: {inner}")
+        elif v not in (None, "", [], {}):
+            parts.append(f"{k}={json.dumps(v) if isinstance(v, list) else v}")
+    return "; ".join(parts)
+
+
+def _fmt_s(x: float | None) -> str:
+    return "end" if x is None else f"{x:.0f}s"
+
+
+def anomaly_report_section(ticks: Sequence[Tick], slo: Mapping[str, Any] | None = None) -> str:
+    """Markdown: look here first, the anomaly timeline, capacity and the USL fit."""
+    d = anomaly_report_data(ticks, slo)
+    slo_ = d["slo"]
+    lines = ["## Anomalies", ""]
+    if not d["anomalies"]:
+        lines += ["No anomalies were raised.", ""]
+    else:
+        lines += ["### Look here first", ""]
+        for i, e in enumerate(d["look_here_first"], 1):
+            lines.append(
+                f"{i}. **{e['severity']}** `{e['kind']}` {e['subject']}, "
+                f"{e['duration_s']:.0f}s from {e['from_s']:.0f}s: {_cell(e['summary'], 300)}"
+            )
+        lines += ["", "### Timeline", ""]
+        lines.append("| kind | subject | severity | from | to | detected after | evidence |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for e in d["anomalies"]:
+            lines.append(
+                f"| {e['kind']} | {_cell(e['subject'], 60)} | {e['severity']} | "
+                f"{_fmt_s(e['from_s'])} | {_fmt_s(e['to_s'])} | "
+                f"{e['time_to_detect_ticks']} ticks | {_cell(_evidence_text(e['evidence']), 240)} |"
+            )
+        lines.append("")
+    lines += ["### Capacity", ""]
+    steps = [s for s in d["steps"] if s["ops"]]
+    if steps:
+        lines.append("| step | workers | ops/s | p50 ms | p95 ms | p99 ms | errors | SLO |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for s in steps:
+            lines.append(
+                f"| {s['step']} | {s['target']} | {s['ops_per_s']:.1f} | {s['p50_ms']:.1f} | "
+                f"{s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['error_ratio'] * 100:.2f}% | "
+                f"{'meets' if s['meets_slo'] else 'breaks'} |"
+            )
+        lines.append("")
+    fit = d["usl"]
+    if fit:
+        peak = (
+            f"peak throughput ~{fit['x_peak']:.0f} ops/s at N ~{fit['n_peak']:.0f}"
+            if fit["n_peak"] is not None and not math.isinf(fit["n_peak"])
+            else "no peak within reach (kappa ~ 0)"
+        )
+        lines.append(
+            f"USL fit over {fit['points']} steps: sigma = {fit['sigma']:.4f} (contention), "
+            f"kappa = {fit['kappa']:.6f} (coherency), {peak}, R^2 = {fit['r2']:.2f}."
+        )
+    else:
+        lines.append("USL fit: needs at least 3 steps of different concurrency.")
+    slo_txt = (
+        f"p95 <= {slo_['p95_ms']:g} ms, p99 <= {slo_['p99_ms']:g} ms, "
+        f"errors <= {slo_['error_ratio'] * 100:g}%"
+    )
+    rec = d["recommended_max_concurrency"]
+    lines.append("")
+    if rec is None:
+        lines.append(f"Recommended maximum concurrency: none; no step met the SLO ({slo_txt}).")
+    else:
+        lines.append(
+            f"Recommended maximum concurrency: **{rec}**, the highest step that, with every "
+            f"step below it, meets the SLO ({slo_txt})."
+        )
+    lines.append("")
+    return "\n".join(lines)
