@@ -1,0 +1,148 @@
+"""`loadtop demo`: embedded PostgreSQL and Valkey, the demo HTTP service, and
+the console over a default scenario mix, so a newcomer sees every pane alive
+within seconds. Quitting (or SIGTERM / SIGHUP) stops the load, runs teardown,
+stops the service and the embedded servers, and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+DEMO_SCENARIOS = ("stock-reservation", "redis-lock", "redis-queue")
+HTTP_SCENARIOS = ("http-reserve", "http")  # the first one present is used
+DEMO_PLAN = [4, 8, 16, 32]
+DEMO_STEP_SECONDS = 15.0
+
+
+def demo_mix() -> list[tuple[type, float]]:
+    """stock-reservation plus the Redis and HTTP scenarios this build has."""
+    from app.scenario import builtin_scenarios
+
+    found = builtin_scenarios()
+    names = [n for n in DEMO_SCENARIOS if n in found]
+    http = next((n for n in HTTP_SCENARIOS if n in found), None)
+    if http is not None:
+        names.append(http)
+    return [(found[n], 1.0) for n in names]
+
+
+def demo_config(
+    pg_dsn: str,
+    redis_url: str,
+    http_url: str | None,
+    *,
+    headless: bool = False,
+    duration: float | None = None,
+    record: str | None = None,
+    export: str | None = None,
+    local_pids: dict[str, Any] | None = None,
+) -> Any:
+    """The demo's RunConfig, built the way `app.cli.build_run_config` does."""
+    from app.engine.engine import EngineConfig
+    from app.session.runner import RunConfig
+
+    mix = demo_mix()
+    needs = {n for cls, _ in mix for n in cls.needs}
+    engine = EngineConfig(
+        concurrency=DEMO_PLAN[0],
+        max_concurrency=256,
+        plan=list(DEMO_PLAN),
+        step_seconds=DEMO_STEP_SECONDS,
+        duration=duration,
+        interval=1.0,
+        end_with_plan=headless,
+    )
+    return RunConfig(
+        scenarios=mix,
+        pg_dsn=pg_dsn,
+        redis_url=redis_url,
+        http_url=http_url if "http" in needs else None,
+        params={"products": "5"},
+        engine=engine,
+        record=record,
+        export=export,
+        local_pids=local_pids,
+        probe_intervals={"pods": 2.0},
+        redis_queue_patterns=["loadtop_*:queue:*"],
+        embedded=["postgres", "redis"],
+    )
+
+
+def _say(msg: str) -> None:
+    print(f"loadtop: {msg}", file=sys.stderr, flush=True)
+
+
+def _pg_pid(pg: Any) -> str | None:
+    with contextlib.suppress(OSError, ValueError, IndexError, AssertionError):
+        return (pg.pgdata / "postmaster.pid").read_text().split()[0]
+    return None
+
+
+def _redis_pid(r: Any) -> str | None:
+    proc = getattr(getattr(r, "server", None), "_process", None)
+    pid = getattr(proc, "pid", None)
+    return str(pid) if pid else None
+
+
+def demo_processes(pg: Any, redis: Any) -> dict[str, Any]:
+    """The pods pane's "pods" for the demo: label -> pid (or a name to find)."""
+    from app.demo_service import SERVICE_NAME
+
+    out: dict[str, Any] = {}
+    if (pid := _pg_pid(pg)) is not None:
+        out["postgres"] = int(pid)
+    if (pid := _redis_pid(redis)) is not None:
+        out["valkey"] = int(pid)
+    out["demo-service"] = SERVICE_NAME
+    return out
+
+
+def run_demo(args: Any) -> int:
+    """`loadtop demo [--headless] [--duration T] [--record F] [--export F]`."""
+    from app.cli import parse_duration, run_headless
+    from app.demo_service import DemoService
+    from app.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis
+    from app.session.runner import Session
+    from app.ui.main import run_session_console
+
+    headless = bool(getattr(args, "headless", False))
+    duration = parse_duration(args.duration) if getattr(args, "duration", None) else None
+    with contextlib.ExitStack() as stack:
+        _say("starting embedded PostgreSQL and Valkey…")
+        # side by side: the demo should be on screen within seconds
+        with ThreadPoolExecutor(2) as pool:
+            pg_f = pool.submit(EmbeddedPostgres().__enter__)
+            redis_f = pool.submit(EmbeddedRedis().__enter__)
+        for f in (pg_f, redis_f):
+            if f.exception() is None:
+                stack.callback(f.result().close)
+        for f in (pg_f, redis_f):
+            if isinstance(f.exception(), EmbeddedError):
+                _say(str(f.exception()))
+                return 2
+        pg, redis = pg_f.result(), redis_f.result()
+        service = DemoService(pg.dsn, redis.url)
+        try:
+            stack.enter_context(service)
+        except RuntimeError as e:
+            _say(str(e))
+            return 2
+        _say(f"demo service on {service.url} (POST /reserve, GET /stock/{{id}})")
+        pids = demo_processes(pg, redis)
+        cfg = demo_config(
+            pg.dsn,
+            redis.url,
+            service.url,
+            headless=headless,
+            duration=duration,
+            record=getattr(args, "record", None),
+            export=getattr(args, "export", None),
+            local_pids=pids,
+        )
+        if headless:
+            return run_headless(cfg)
+        return run_session_console(Session(cfg), say=_say, cleanup=stack.close)
+    return 0

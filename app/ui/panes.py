@@ -1,0 +1,572 @@
+"""The console's panes. Each pane only reads ticks (`show(tick, timeline)`),
+keeps its tables keyed (update changed cells, remove stale rows, add new), and
+hides itself while it has nothing to show.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from rich.text import Text
+from textual._two_way_dict import TwoWayDict
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from app.tick import Anomaly, Tick
+from app.ui.timeline import (
+    CHANGE_KINDS,
+    MARK_CHAR,
+    P95_MARK,
+    Timeline,
+    chart_marks,
+    fmt_age,
+    fmt_bytes,
+    fmt_elapsed,
+    fmt_ms,
+    fmt_rate,
+    render_chart,
+    sparkline,
+)
+
+Row = tuple[Any, ...]
+
+
+def sync_table(table: DataTable, rows: Mapping[str, Row], cache: dict[str, Row]) -> bool:
+    """Bring `table` to `rows` (ordered, keyed): remove stale rows, update the
+    cells that changed, add new rows. Returns True when rows were added or
+    removed (the caller may re-sort). `cache` holds what the table shows."""
+    changed = False
+    # plain strings become Text: a query or a key like "x:lock:1" is neither
+    # console markup nor an emoji code
+    rows = {k: tuple(Text(c) if isinstance(c, str) else c for c in row) for k, row in rows.items()}
+    for key in [k for k in cache if k not in rows]:
+        table.remove_row(key)
+        del cache[key]
+        changed = True
+    columns = list(table.columns.keys())
+    for key, row in rows.items():
+        old = cache.get(key)
+        if old is None:
+            table.add_row(*row, key=key)
+            changed = True
+        elif old != row:
+            for col, a, b in zip(columns, old, row, strict=False):
+                if a != b:
+                    # a wider value re-measures the column; others only repaint
+                    wider = len(str(b)) > len(str(a))
+                    table.update_cell(key, col, b, update_width=wider)
+        cache[key] = row
+    return changed
+
+
+class Pane(Vertical):
+    """A bordered pane that hides itself until it has data."""
+
+    can_focus = False
+
+    def __init__(self, title: str, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="pane")
+        self.border_title = title
+        self.display = False
+
+    def reveal(self, on: bool = True) -> None:
+        if self.display != on:
+            self.display = on
+
+
+class HeaderBar(Static):
+    """Targets (redacted), elapsed, target/achieved concurrency, mode, plan
+    step, threshold status and the console's own state (paused, replay)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__("loadtop", **kw)
+        self.targets: dict[str, str] = {}
+        self.plan: list[int] = []
+        self.step_size = 1
+        self.status = ""  # "stopping…", "replay 12/300 ▶", ...
+        self.live = True
+        self.tick: Tick | None = None
+
+    def show(self, tick: Tick | None) -> None:
+        self.tick = tick
+        self.refresh_text()
+
+    def refresh_text(self) -> None:
+        t = self.tick
+        line1 = Text()
+        line1.append("loadtop ", style="bold")
+        tg = "  ".join(f"{k}: {v}" for k, v in self.targets.items()) or "no targets"
+        line1.append(tg, style="dim")
+        line2 = Text()
+        if not self.live and self.status:
+            line2.append(f"{self.status}  ", style="bold magenta")
+        if t is None:
+            line2.append("starting…")
+        else:
+            line2.append(f"{fmt_elapsed(t.elapsed)} ", style="bold")
+            if t.mode == "rate":
+                line2.append(f"rate {t.rate or 0:g}/s  ")
+            line2.append("workers ")
+            line2.append(f"{t.concurrency}", style="bold")
+            line2.append(f"/{t.target_concurrency}  ")
+            if self.live:
+                line2.append(f"step ±{self.step_size}  ")
+            if t.plan_step is not None and self.plan:
+                line2.append(f"plan {t.plan_step + 1}/{len(self.plan)} ", style="bold cyan")
+                line2.append(f"({self.plan[min(t.plan_step, len(self.plan) - 1)]})  ")
+            elif self.plan and self.live:
+                line2.append("plan paused (r)  ", style="dim")
+            if t.paused:
+                line2.append(" PAUSED ", style="reverse bold yellow")
+                line2.append("  ")
+            line2.append(f"{fmt_rate(t.ops_per_s)} ops/s  ")
+            if t.failed:
+                line2.append(f"err {100 * t.error_ratio:.2f}%  ", style="bold red")
+            for th in t.thresholds:
+                style = "bold red" if th.tripped else ("yellow" if th.breached else "green")
+                mark = "✗" if th.tripped else ("!" if th.breached else "✓")
+                line2.append(f"{mark} {th.expr}  ", style=style)
+        if self.status and self.live:
+            line2.append(f" {self.status}", style="bold magenta")
+        line1.no_wrap = line2.no_wrap = True
+        line1.overflow = line2.overflow = "ellipsis"
+        self.update(Text("\n").join([line1, line2]))
+
+
+class LatencyPane(Pane):
+    """Per scenario: sparklines of p50 and p99 over the last ticks, current
+    p50/p95/p99, ops/s, errors."""
+
+    SPARK_WIDTH = 16
+
+    def __init__(self) -> None:
+        super().__init__("latency", id="latency")
+        self._cache: dict[str, Row] = {}
+
+    def compose(self) -> ComposeResult:
+        t: DataTable = DataTable(id="latency-table", cursor_type="row")
+        t.add_columns("scenario", "workers", "ops/s", "p50", "p95", "p99", "err")
+        t.add_column("p50 trend", key="p50~")
+        t.add_column("p99 trend", key="p99~")
+        yield t
+
+    def show(self, tick: Tick, tl: Timeline) -> None:
+        self.reveal(bool(tick.scenarios))
+        table = self.query_one("#latency-table", DataTable)
+        rows: dict[str, Row] = {}
+        last = tl.points[-1] if tl.points else None
+        for s in last.scenarios if last else ():
+            rows[s.name] = (
+                s.name[:22],
+                f"{s.concurrency}/{s.target}",
+                fmt_rate(s.ops),
+                fmt_ms(s.lat.p50),
+                fmt_ms(s.lat.p95),
+                fmt_ms(s.lat.p99),
+                Text(f"{s.err_pct:.1f}%", style="bold red") if s.err_pct else "0",
+                Text(sparkline(tl.series(s.name, "p50", self.SPARK_WIDTH), self.SPARK_WIDTH),
+                     style="green"),
+                Text(sparkline(tl.series(s.name, "p99", self.SPARK_WIDTH), self.SPARK_WIDTH),
+                     style="yellow"),
+            )  # fmt: skip
+        sync_table(table, rows, self._cache)
+
+
+class ThroughputPane(Pane):
+    """The plotext chart of throughput and p95 over the whole session, with
+    every concurrency change marked."""
+
+    EVERY_AFTER = 10  # points: after that, the session chart is redrawn every other tick
+
+    def __init__(self, *, color: bool = True) -> None:
+        super().__init__("throughput & p95 over the session", id="throughput")
+        self.color = color
+        self._chart_key: tuple[int, int, int] | None = None
+        self.timeline: Timeline | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Chart(id="chart")
+        yield Static("", id="chart-marks")
+
+    def show(self, tick: Tick, tl: Timeline) -> None:
+        self.reveal(bool(tick.scenarios))
+        self.timeline = tl
+        self.redraw_chart(tl)
+
+    def redraw_chart(self, tl: Timeline, force: bool = False) -> None:
+        """A chart costs ~10 ms to build and as much to paint: redraw it every
+        other tick after the first ten, at once on a size or control change."""
+        chart = self.query_one("#chart", Static)
+        w = max(chart.size.width, 30)
+        h = max(chart.size.height, 6)
+        last = tl.points[-1] if tl.points else None
+        index = last.index if last else -1
+        size_changed = self._chart_key is None or self._chart_key[1:] != (w, h)
+        if not (force or size_changed):
+            drawn = self._chart_key[0] if self._chart_key else -1
+            if index == drawn:
+                return
+            every = 1 if len(tl.points) < self.EVERY_AFTER else 2
+            changed = last is not None and any(e.kind in CHANGE_KINDS for e in last.events)
+            if index - drawn < every and not changed:
+                return
+        self._chart_key = (index, w, h)
+        text = render_chart(tl, w, h, color=self.color)
+        chart.update(chart_text(text) if self.color else Text(text))
+        self.query_one("#chart-marks", Static).update(chart_marks(tl))
+
+
+SERIES_STYLE = {"ops": "green", "p95": "yellow", "mark": "magenta", "": ""}
+
+
+def _char_class(ch: str) -> str:
+    if "\u2800" <= ch <= "\u28ff":
+        return "ops"
+    if ch == P95_MARK:
+        return "p95"
+    if ch == MARK_CHAR:
+        return "mark"
+    return ""
+
+
+def chart_text(plain: str) -> Text:
+    """Colour plotext's plain chart per series (braille = ops/s, • = p95,
+    ┊ = a change): cheaper than parsing ANSI (rich's from_ansi costs ~30 ms
+    a chart) and the series stay apart on NO_COLOR terminals too."""
+    text = Text(no_wrap=True, overflow="crop")
+    for n, line in enumerate(plain.split("\n")):
+        if n:
+            text.append("\n")
+        run, cls = "", ""
+        for ch in line:
+            c = _char_class(ch)
+            if c != cls and run:
+                text.append(run, SERIES_STYLE[cls])
+                run = ""
+            cls = c
+            run += ch
+        if run:
+            text.append(run, SERIES_STYLE[cls])
+    return text
+
+
+class Chart(Static):
+    """The plotext chart; redrawn when its size changes."""
+
+    def on_resize(self) -> None:
+        pane = self.parent
+        if isinstance(pane, ThroughputPane) and pane.timeline is not None:
+            pane.redraw_chart(pane.timeline)
+
+
+def _backend_row(b: Mapping[str, Any], indent: str) -> Row:
+    wait = b.get("wait_event_type")
+    wait_s = f"{wait}:{b.get('wait_event')}" if wait else ""
+    state = str(b.get("state") or "")
+    state = state.replace("idle in transaction", "idle in tx")
+    state_t = Text(state, style="bold yellow") if state.startswith("idle in") else state
+    app_name = str(b.get("application_name") or "")
+    app_name = app_name.removeprefix("loadtop:")
+    return (
+        f"{indent}{b.get('pid')}",
+        state_t,
+        fmt_age(b.get("xact_age_s")),
+        wait_s,
+        app_name[:24],
+        str(b.get("query") or "").replace("\n", " ")[:120],
+    )
+
+
+class PostgresPane(Pane):
+    """Sessions by state, waiting count, and the blocking tree (root first)."""
+
+    def __init__(self) -> None:
+        super().__init__("postgres", id="postgres")
+        self._cache: dict[str, Row] = {}
+        self.backends: dict[str, dict[str, Any]] = {}  # row key -> backend (for details)
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="pg-summary")
+        t: DataTable = DataTable(id="blockers", cursor_type="row")
+        t.add_columns("pid", "state", "xact", "wait", "application", "query")
+        yield t
+
+    def show(self, tick: Tick, tl: Timeline) -> None:
+        r = tick.readings.get("postgres")
+        if r is None:
+            return
+        self.reveal(True)
+        summary = self.query_one("#pg-summary", Static)
+        if not r.ok:
+            summary.update(Text(f"probe: {r.error}", style="bold red"))
+            return
+        d = r.data
+        parts = Text()
+        waiting = d.get("waiting") or 0
+        parts.append("waiting ")
+        parts.append(str(waiting), style="bold red" if waiting else "")
+        conns = d.get("connections")
+        if conns is not None:
+            parts.append(f"  conns {conns}/{d.get('max_connections', '?')}")
+        by_state = d.get("by_state") or {}
+        states = sorted(by_state.items(), key=lambda kv: -kv[1])
+        parts.append("".join(f"  {k.replace('idle in transaction', 'idle in tx')} {v}"
+                             for k, v in states if v))  # fmt: skip
+        rates = d.get("rates") or {}
+        if rates:
+            parts.append(
+                f"\ncommit {fmt_rate(rates.get('commits', 0))}/s"
+                f"  rollback {fmt_rate(rates.get('rollbacks', 0))}/s"
+            )
+            dl = rates.get("deadlocks", 0)
+            if dl:
+                parts.append(f"  deadlocks {dl:.1f}/s", style="bold red")
+        oldest = d.get("oldest_xact_s")
+        if oldest is not None:
+            parts.append(f"  oldest xact {fmt_age(oldest)}")
+        summary.update(parts)
+        rows: dict[str, Row] = {}
+        backends: dict[str, dict[str, Any]] = {}
+        for node in (d.get("blocking_tree") or [])[:20]:
+            root = node.get("root") or {}
+            rk = f"r{root.get('pid')}"
+            n = node.get("waiting_count", len(node.get("waiters") or []))
+            row = list(_backend_row(root, "▶ "))
+            row[0] = f"▶ {root.get('pid')} ({n}⏳)"
+            rows[rk] = tuple(row)
+            backends[rk] = dict(root, waiters=node.get("waiters") or [], root=True)
+            for w in (node.get("waiters") or [])[:8]:
+                wk = f"{rk}/{w.get('pid')}"
+                if wk in rows:
+                    continue
+                rows[wk] = _backend_row(w, "  └ ")
+                backends[wk] = dict(w)
+        self.backends = backends
+        table = self.query_one("#blockers", DataTable)
+        if sync_table(table, rows, self._cache):
+            # keep tree order: roots first with their waiters under them
+            order = {k: i for i, k in enumerate(rows)}
+            _reorder(table, order)
+        table.display = bool(rows)
+
+
+def _reorder(table: DataTable, order: dict[str, int]) -> None:
+    """Order rows by `order` (row key -> position) without rebuilding them:
+    what `DataTable.sort` does, with the row key as the sort key."""
+    keys = sorted(table.rows, key=lambda k: order.get(k.value or "", 1_000_000))
+    table._row_locations = TwoWayDict({k: i for i, k in enumerate(keys)})
+    table._update_count += 1
+    table.refresh()
+
+
+RUN_PREFIX = re.compile(r"^loadtop_[0-9a-f]{8}_")
+
+
+def short_key(key: str) -> str:
+    """A key without loadtop's own run prefix (`loadtop_<run>_`): the run is
+    in the header already."""
+    return RUN_PREFIX.sub("", key)
+
+
+class RedisPane(Pane):
+    """Lock holders, queues and an INFO line."""
+
+    def __init__(self) -> None:
+        super().__init__("redis", id="redis")
+        self._locks: dict[str, Row] = {}
+        self._queues: dict[str, Row] = {}
+        self._depths: dict[str, deque[int]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="redis-info")
+        locks: DataTable = DataTable(id="redis-locks", cursor_type="row")
+        locks.add_columns("lock", "holder", "age", "pttl", "ttl")
+        yield locks
+        q: DataTable = DataTable(id="redis-queues", cursor_type="row")
+        q.add_columns("queue", "depth", "trend", "in flight", "failed")
+        yield q
+
+    def show(self, tick: Tick, tl: Timeline) -> None:
+        r = tick.readings.get("redis")
+        if r is None:
+            return
+        self.reveal(True)
+        info = self.query_one("#redis-info", Static)
+        if not r.ok:
+            info.update(Text(f"probe: {r.error}", style="bold red"))
+            return
+        d = r.data
+        line = Text()
+        line.append(f"ops {fmt_rate(float(d.get('ops_per_sec') or 0))}/s  ")
+        line.append(f"clients {d.get('connected_clients', '-')}  ")
+        blocked = d.get("blocked_clients") or 0
+        line.append(f"blocked {blocked}  ", style="bold yellow" if blocked else "")
+        mem = d.get("used_memory")
+        maxm = d.get("maxmemory") or 0
+        line.append(f"mem {fmt_bytes(mem)}" + (f"/{fmt_bytes(maxm)}" if maxm else "") + "  ")
+        ev = d.get("evicted_keys_delta") or 0
+        if ev:
+            line.append(f"evicted {ev}  ", style="bold red")
+        rej = d.get("rejected_connections_delta") or 0
+        if rej:
+            line.append(f"rejected {rej}", style="bold red")
+        info.update(line)
+        lrows: dict[str, Row] = {}
+        for lk in (d.get("locks") or [])[:30]:
+            pttl = lk.get("pttl_ms")
+            no_ttl = bool(lk.get("no_ttl")) or pttl is None
+            lrows[str(lk.get("key"))] = (
+                short_key(str(lk.get("key")))[-40:],
+                str(lk.get("holder") or "")[:24],
+                fmt_age(lk.get("age_s")),
+                "-" if pttl is None else f"{pttl}ms",
+                Text("NO TTL", style="bold red") if no_ttl else "ok",
+            )
+        locks = self.query_one("#redis-locks", DataTable)
+        sync_table(locks, lrows, self._locks)
+        locks.display = bool(lrows)
+        qrows: dict[str, Row] = {}
+        for q in (d.get("queues") or [])[:30]:
+            name = str(q.get("name"))
+            depth = int(q.get("depth") or 0)
+            hist = self._depths.setdefault(name, deque(maxlen=20))
+            hist.append(depth)
+            trend = sparkline([float(x) for x in hist], 10)
+            if len(hist) > 1 and hist[-1] > hist[0]:
+                trend_t = Text(f"{trend} ↑", style="yellow")
+            elif len(hist) > 1 and hist[-1] < hist[0]:
+                trend_t = Text(f"{trend} ↓", style="green")
+            else:
+                trend_t = Text(trend)
+            infl = q.get("in_flight")
+            failed = q.get("failed")
+            qrows[name] = (
+                f"{short_key(name)[-30:]} ({q.get('layout', '')})",
+                str(depth),
+                trend_t,
+                "-" if infl is None else str(infl),
+                "-" if failed is None else str(failed),
+            )
+        queues = self.query_one("#redis-queues", DataTable)
+        sync_table(queues, qrows, self._queues)
+        queues.display = bool(qrows)
+
+
+class PodsPane(Pane):
+    """Name, CPU against limit, memory against limit, restarts, last reason."""
+
+    def __init__(self) -> None:
+        super().__init__("pods", id="pods")
+        self._cache: dict[str, Row] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="pods-info")
+        t: DataTable = DataTable(id="pods-table", cursor_type="row")
+        t.add_columns("pod", "cpu (of limit)", "mem (of limit)", "restarts", "last reason")
+        yield t
+
+    def show(self, tick: Tick, tl: Timeline) -> None:
+        r = tick.readings.get("pods")
+        if r is None:
+            return
+        self.reveal(True)
+        info = self.query_one("#pods-info", Static)
+        if not r.ok:
+            info.update(Text(f"probe: {r.error}", style="bold red"))
+            return
+        d = r.data
+        info.update(Text(f"{d.get('source', '')} {d.get('namespace') or ''}".strip(), "dim"))
+        rows: dict[str, Row] = {}
+        for c in (d.get("containers") or [])[:40]:
+            key = f"{c.get('pod')}/{c.get('container')}"
+            rows[key] = (
+                key[-36:],
+                _against(c.get("cpu_cores"), c.get("cpu_limit_cores"), lambda v: f"{v:.2f}"),
+                _against(c.get("memory_bytes"), c.get("memory_limit_bytes"), fmt_bytes),
+                Text(str(c.get("restarts") or 0), "bold red" if c.get("restarts") else ""),
+                str(c.get("last_reason") or c.get("waiting_reason") or ""),
+            )
+        sync_table(self.query_one("#pods-table", DataTable), rows, self._cache)
+
+
+def _against(v: float | None, limit: float | None, fmt: Callable[[float], str]) -> Text:
+    if v is None:
+        return Text("n/a", style="dim")
+    if not limit:
+        return Text(fmt(v))
+    pct = 100.0 * v / limit
+    style = "bold red" if pct >= 90 else ("yellow" if pct >= 70 else "")
+    return Text(f"{fmt(v)} {pct:.0f}%", style=style)
+
+
+SEV_STYLE = {"critical": "bold white on red", "warning": "bold yellow", "info": "cyan"}
+
+
+class AnomalyFeed(Pane):
+    """Anomalies, newest first: kind, severity, since, evidence."""
+
+    MAX_ROWS = 60
+
+    def __init__(self) -> None:
+        super().__init__("anomalies", id="anomalies")
+        self._cache: dict[str, Row] = {}
+        self._seen: dict[str, Anomaly] = {}  # key -> latest state (active or cleared)
+
+    def compose(self) -> ComposeResult:
+        t: DataTable = DataTable(id="feed", cursor_type="row")
+        t.add_columns("since", "severity", "kind", "subject", "summary")
+        yield t
+
+    def reset(self) -> None:
+        self._seen.clear()
+
+    def ingest(self, tick: Tick) -> list[Anomaly]:
+        """Follow every tick's anomalies; returns the critical ones first seen
+        in this tick (for toasts)."""
+        fresh: list[Anomaly] = []
+        for a in tick.anomalies:
+            new = a.key not in self._seen or self._seen[a.key].cleared_tick is not None
+            if new and a.severity == "critical":
+                fresh.append(a)
+            self._seen[a.key] = a
+        for a in tick.cleared:
+            self._seen[a.key] = a
+        return fresh
+
+    def show(self, tick: Tick, tl: Timeline) -> None:
+        if not self._seen:
+            if self._cache:
+                sync_table(self.query_one("#feed", DataTable), {}, self._cache)
+            self.reveal(False)
+            return
+        self.reveal(True)
+        newest = sorted(self._seen.values(), key=lambda a: (a.started_at, a.key), reverse=True)
+        newest = newest[: self.MAX_ROWS]
+        rows: dict[str, Row] = {}
+        for a in newest:
+            cleared = a.cleared_tick is not None
+            sev = Text(a.severity, style="dim" if cleared else SEV_STYLE.get(a.severity, ""))
+            rows[a.key] = (
+                _since(a, tick),
+                sev,
+                a.kind + (" ✓" if cleared else ""),
+                a.subject[:28],
+                a.summary[:140],
+            )
+        table = self.query_one("#feed", DataTable)
+        if sync_table(table, rows, self._cache):
+            _reorder(table, {k: i for i, k in enumerate(rows)})
+
+
+def _since(a: Anomaly, tick: Tick) -> str:
+    if a.cleared_tick is not None:
+        return f"cleared {fmt_age(max(0.0, tick.t - (a.cleared_at or tick.t)))} ago"
+    return fmt_age(max(0.0, tick.t - a.started_at))
+
+
+def all_panes(panes: Iterable[Pane]) -> list[Pane]:
+    return list(panes)

@@ -1,0 +1,230 @@
+"""The console's view of the timeline: compact per-tick points, sparklines and
+the plotext session chart. Pure Python (no textual import), so it is cheap to
+test and the same code serves the live console and replay.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from app.tick import ControlEvent, Tick, values_at_percentiles
+
+SPARK = "▁▂▃▄▅▆▇█"
+P95_MARK = "•"
+MARK_CHAR = "┊"
+CHANGE_KINDS = ("concurrency", "rate", "pause", "resume", "panic")
+
+
+@dataclass(frozen=True, slots=True)
+class Lat:
+    """p50/p95/p99 in ms."""
+
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+
+
+def lat_of(h: HdrHistogram) -> Lat:
+    """p50/p95/p99 in one pass over the histogram (no mean: the UI needs none)."""
+    if not h.get_total_count():
+        return Lat()
+    p50, p95, p99 = values_at_percentiles(h, (50, 95, 99))
+    return Lat(p50 / 1000.0, p95 / 1000.0, p99 / 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioPoint:
+    name: str
+    concurrency: int
+    target: int
+    ops: float
+    err_pct: float
+    lat: Lat
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One tick, reduced to what the charts need."""
+
+    index: int
+    elapsed: float
+    ops: float
+    p95: float
+    target: int
+    concurrency: int
+    scenarios: tuple[ScenarioPoint, ...]
+    events: tuple[ControlEvent, ...]
+
+
+def point_of(tick: Tick) -> Point:
+    iv = tick.interval if tick.interval > 0 else 1.0
+    scen = tuple(
+        ScenarioPoint(
+            name=s.name,
+            concurrency=s.concurrency,
+            target=s.target,
+            ops=s.completed / iv,
+            err_pct=100.0 * s.failed / s.completed if s.completed else 0.0,
+            lat=lat_of(s.hist),
+            last_error=s.last_error,
+        )
+        for s in tick.scenarios
+    )
+    return Point(
+        index=tick.index,
+        elapsed=tick.elapsed,
+        ops=tick.ops_per_s,
+        p95=lat_of(tick.histogram()).p95 if tick.scenarios else 0.0,
+        target=tick.target_concurrency,
+        concurrency=tick.concurrency,
+        scenarios=scen,
+        events=tuple(tick.events),
+    )
+
+
+class Timeline:
+    """Points for the whole session (a bounded deque: ~28 h at 1 s)."""
+
+    def __init__(self, maxlen: int = 100_000) -> None:
+        self.points: deque[Point] = deque(maxlen=maxlen)
+
+    def add(self, tick: Tick) -> Point:
+        p = point_of(tick)
+        self.points.append(p)
+        return p
+
+    def clear(self) -> None:
+        self.points.clear()
+
+    def series(self, name: str, field: str, last: int) -> list[float]:
+        out: list[float] = []
+        n = len(self.points)
+        for i in range(max(0, n - last), n):
+            for s in self.points[i].scenarios:
+                if s.name == name:
+                    out.append(getattr(s.lat, field) if field != "ops" else s.ops)
+                    break
+            else:
+                out.append(0.0)
+        return out
+
+    def changes(self) -> list[tuple[float, ControlEvent]]:
+        return [(p.elapsed, e) for p in self.points for e in p.events if e.kind in CHANGE_KINDS]
+
+
+def sparkline(values: list[float], width: int) -> str:
+    vals = values[-width:] if width > 0 else []
+    if not vals:
+        return ""
+    top = max(vals)
+    if top <= 0:
+        return SPARK[0] * len(vals)
+    n = len(SPARK) - 1
+    return "".join(SPARK[min(n, round(v / top * n))] for v in vals)
+
+
+def fmt_ms(v: float) -> str:
+    if v <= 0:
+        return "-"
+    if v < 10:
+        return f"{v:.2f}ms"
+    if v < 1000:
+        return f"{v:.0f}ms"
+    return f"{v / 1000:.1f}s"
+
+
+def fmt_age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
+    if s < 120:
+        return f"{s:.1f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def fmt_rate(v: float) -> str:
+    if v >= 10_000:
+        return f"{v / 1000:.1f}k"
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}T"
+
+
+def fmt_elapsed(s: float) -> str:
+    s = max(0, int(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -> str:
+    """Throughput (left axis) and p95 (right axis) over the whole session,
+    each concurrency change marked with a vertical line. Returns text with
+    ANSI colour codes (none when `color` is False). plotext's figure is a
+    module-level object: call this from one thread only (the UI's)."""
+    import plotext as plt
+
+    pts = list(tl.points)
+    plt.terminal.limit(False, False)  # the widget, not the terminal, sizes the chart
+    f = plt.figure
+    f.clear()
+    f.plot_size(max(width, 20), max(height, 5))
+    f.theme("colorless")  # colours are added per series by `chart_text`
+    if len(pts) < 2:
+        f.title("waiting for ticks")
+        return f.build().string(True)
+    step = max(1, len(pts) // (max(width, 20) * 2))  # at most ~2 points per column
+    pts = pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else [])
+    xs = [round(p.elapsed, 3) for p in pts]
+    ops = f.signal(xs, [p.ops for p in pts], marker="braille").lines()
+    p95 = f.signal(xs, [p.p95 for p in pts], marker=P95_MARK, yside="right").lines()
+    f.draw(ops)
+    f.draw(p95)
+    f.title("ops/s ⠒ left · p95 ms • right · ┊ change")
+    marks = [x for x, _ in tl.changes() if xs[0] <= x <= xs[-1]]
+    for x in marks[-40:]:
+        f.line(round(x, 3), "v", style="dotted")
+    return f.build().string(True)
+
+
+def warm_up() -> None:
+    """Import plotext and build one chart, so the first real render (on the
+    UI loop) does not pay ~1 s for it."""
+    tl = Timeline()
+    render_chart(tl, 40, 10)
+
+
+def chart_marks(tl: Timeline, last: int = 6) -> str:
+    """A legend line for the chart's vertical marks: the latest changes."""
+    parts = []
+    for x, e in tl.changes()[-last:]:
+        if e.kind == "concurrency":
+            parts.append(f"{x:.0f}s {e.before:g}→{e.after:g}")
+        else:
+            parts.append(f"{x:.0f}s {e.kind}")
+    return "  ".join(parts)
+
+
+def summary_of(data: Any, key: str, default: Any = None) -> Any:
+    try:
+        return data.get(key, default)
+    except AttributeError:
+        return default
