@@ -1,0 +1,411 @@
+"""The live console: every key, against a real Session on a real PostgreSQL.
+
+Each test starts a Session on its own thread (as `loadtop run` does), drives
+the app with Pilot, and asserts on the engine's state (through
+`session.engine`) and on what the panes show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from app.engine.engine import EngineConfig
+from app.scenario import Context, Scenario
+from app.session.runner import RunConfig, Session
+from app.ui.main import LoadtopApp, make_live_app
+from app.ui.panes import PostgresPane
+from app.ui.screens import BlockerScreen, ConfirmScreen, HelpScreen
+from app.ui.textshot import screen_text
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+class Sleepy(Scenario):
+    """A cheap operation (10 ms on the server), so the tests stay light."""
+
+    name = "sleepy"
+    needs = ("postgres",)
+    writes = False
+
+    async def run(self, ctx: Context) -> None:
+        assert ctx.conn is not None
+        await ctx.conn.execute("SELECT pg_sleep(0.01)")
+
+
+class RowBump(Scenario):
+    """Every operation updates row 1: hangs while a test holds that row lock."""
+
+    name = "row-bump"
+    needs = ("postgres",)
+
+    async def setup(self, ctx: Context) -> None:
+        assert ctx.conn is not None
+        await ctx.conn.execute(f'CREATE TABLE "{ctx.prefix}".t (id int PRIMARY KEY, n int)')
+        await ctx.conn.execute(f'INSERT INTO "{ctx.prefix}".t VALUES (1, 0)')
+
+    async def run(self, ctx: Context) -> None:
+        assert ctx.conn is not None
+        await ctx.conn.execute(f'UPDATE "{ctx.prefix}".t SET n = n + 1 WHERE id = 1')
+
+
+async def until(pilot: Pilot[Any], cond: Callable[[], Any], timeout: float = 8.0) -> float:
+    """Wait (letting the app run) until cond() is true; returns the seconds taken."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await pilot.pause(0.02)
+    return time.monotonic() - t0
+
+
+class Live:
+    def __init__(self, session: Session, app: LoadtopApp) -> None:
+        self.session = session
+        self.app = app
+
+    @property
+    def engine(self) -> Any:
+        assert self.session.engine is not None
+        return self.session.engine
+
+    def screen(self) -> str:
+        return screen_text(self.app)
+
+    def events(self) -> list[tuple[str, str]]:
+        return [(e.kind, e.source) for t in list(self.session.ticks) for e in t.events]
+
+
+async def start(
+    pg_dsn: str,
+    tmp_path: Path,
+    scenario: type[Scenario] = Sleepy,
+    *,
+    readonly: bool = False,
+    **engine: Any,
+) -> Live:
+    cfg = RunConfig(
+        scenarios=[(scenario, 1.0)],
+        pg_dsn=pg_dsn,
+        engine=EngineConfig(end_with_plan=False, max_concurrency=64, **engine),
+        record=str(tmp_path / "run.jsonl"),
+        readonly=readonly,
+        probe_intervals={"postgres": 0.5},
+    )
+    session = Session(cfg)
+    app = make_live_app(session, export_dir=str(tmp_path))
+    await asyncio.to_thread(session.start_thread)
+    assert session.error is None, session.error
+    return Live(session, app)
+
+
+@pytest.fixture
+async def stop_later() -> AsyncIterator[list[Session]]:
+    sessions: list[Session] = []
+    yield sessions
+    for s in sessions:
+        s.stop("test over")
+        await asyncio.to_thread(s.wait, 60)
+
+
+async def test_plus_minus_and_step_size(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, concurrency=1)
+    stop_later.append(live.session)
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: "workers 1/1" in live.screen())
+        await pilot.press("plus")
+        await until(pilot, lambda: live.engine.target == 2 and live.engine.live_workers == 2)
+        await until(pilot, lambda: "workers 2/2" in live.screen())
+        await pilot.press("right_square_bracket", "right_square_bracket")  # 1 -> 2 -> 5
+        assert live.app.step_size == 5
+        assert "step ±5" in live.screen()
+        await pilot.press("plus")
+        await until(pilot, lambda: live.engine.target == 7)
+        await pilot.press("left_square_bracket")
+        assert live.app.step_size == 2
+        await pilot.press("minus")
+        await until(pilot, lambda: live.engine.target == 5)
+        for _ in range(8):
+            await pilot.press("right_square_bracket")
+        assert live.app.step_size == 100  # the top of 1,2,5,10,25,50,100
+        await pilot.press("minus")
+        await until(pilot, lambda: live.engine.target == 0)
+        await pilot.press("plus")  # 100, capped at --max-concurrency 64
+        await until(pilot, lambda: live.engine.target == 64)
+        await pilot.press("left_square_bracket", "left_square_bracket", "left_square_bracket")
+        await pilot.press("minus", "minus")  # step 10
+        await until(pilot, lambda: live.engine.target == 44)
+        await until(pilot, lambda: "workers 44/44" in live.screen(), timeout=15)
+        # every change is a control event from the key
+        await until(pilot, lambda: live.events().count(("concurrency", "key")) >= 7)
+        assert ("step-size", "key") in live.events()
+
+
+async def test_pause_and_resume(pg_dsn: str, tmp_path: Path, stop_later: list[Session]) -> None:
+    live = await start(pg_dsn, tmp_path, concurrency=3)
+    stop_later.append(live.session)
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: live.engine.live_workers == 3)
+        await pilot.press("p")
+        await until(pilot, lambda: live.engine.paused and live.engine.live_workers == 0)
+        await until(pilot, lambda: "PAUSED" in live.screen())
+        assert "workers 0/0" in live.screen()
+        await pilot.press("p")
+        await until(pilot, lambda: not live.engine.paused and live.engine.live_workers == 3)
+        await until(pilot, lambda: "PAUSED" not in live.screen() and "workers 3/3" in live.screen())
+        assert ("pause", "key") in live.events() and ("resume", "key") in live.events()
+
+
+async def test_panic_stops_hung_load_within_a_second_and_resume_asks(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, RowBump, concurrency=8)
+    stop_later.append(live.session)
+    prefix = live.session.prefixes["row-bump"]
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')  # hold the row lock
+        async with live.app.run_test(size=(120, 40)) as pilot:
+            # every worker is now stuck in its UPDATE, behind our lock
+            await until(pilot, lambda: live.engine.live_workers == 8)
+            await until(pilot, lambda: "waiting 8" in live.screen(), timeout=10)
+            t0 = time.monotonic()
+            await pilot.press("x")
+            while live.engine.live_workers:
+                await asyncio.sleep(0.005)
+            took = time.monotonic() - t0
+            assert took < 1.0, f"panic took {took:.3f} s"
+            assert live.engine.panicked and live.engine.paused
+            assert "PANIC" in live.screen()
+            await tx.rollback()
+            await until(pilot, lambda: "waiting 0" in live.screen(), timeout=10)
+            # resuming asks first; "n" keeps the load stopped
+            await pilot.press("p")
+            assert isinstance(live.app.screen, ConfirmScreen)
+            await pilot.press("n")
+            await pilot.pause(0.3)
+            assert live.engine.paused and live.engine.live_workers == 0
+            await pilot.press("p", "y")
+            await until(pilot, lambda: not live.engine.paused and live.engine.live_workers == 8)
+            assert ("panic", "key") in live.events() or live.engine.panicked is False
+    finally:
+        await holder.close()
+
+
+async def test_panic_also_ends_the_statements_on_the_server(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, RowBump, concurrency=4)
+    stop_later.append(live.session)
+    prefix = live.session.prefixes["row-bump"]
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')
+        async with live.app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: live.engine.live_workers == 4)
+            await asyncio.sleep(0.5)
+            await pilot.press("x")
+            sql = (
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'loadtop:row-bump%'"
+                " AND wait_event_type = 'Lock'"
+            )
+            for _ in range(40):
+                if not await holder.fetchval(sql):
+                    break
+                await asyncio.sleep(0.05)
+            assert await holder.fetchval(sql) == 0
+    finally:
+        await holder.close()
+
+
+async def test_blocker_details_cancel_and_terminate(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, RowBump, concurrency=2)
+    stop_later.append(live.session)
+    prefix = live.session.prefixes["row-bump"]
+    holder = await asyncpg.connect(pg_dsn, server_settings={"application_name": "test-holder"})
+    pid = holder.get_server_pid()
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')
+        async with live.app.run_test(size=(120, 40)) as pilot:
+            pane = live.app.query_one(PostgresPane)
+            await until(pilot, lambda: f"r{pid}" in pane.backends, timeout=10)
+            table = live.app.query_one("#blockers", DataTable)
+            table.focus()
+            table.move_cursor(row=table.get_row_index(f"r{pid}"))
+            await pilot.press("enter")
+            assert isinstance(live.app.screen, BlockerScreen)
+            text = live.screen()
+            assert f"backend {pid}" in text and "root blocker" in text and "test-holder" in text
+            assert "waiting behind it" in text
+            await pilot.press("c")
+            assert isinstance(live.app.screen, ConfirmScreen)
+            await pilot.press("n")  # no: nothing happens
+            assert isinstance(live.app.screen, BlockerScreen)
+            await pilot.press("c", "y")
+            await until(pilot, lambda: f"cancelled backend {pid}" in live.screen())
+            await pilot.press("k", "y")
+            await until(pilot, lambda: f"terminated backend {pid}" in live.screen())
+            alive = await asyncio.to_thread(_backend_alive, pg_dsn, pid)
+            assert not alive
+            await pilot.press("escape")
+            # the lock is gone with its holder: the load runs again
+            done = live.engine.runs[0].win.ok
+            await until(
+                pilot, lambda: live.engine.runs[0].win.ok != done or "waiting 0" in live.screen()
+            )
+            await until(pilot, lambda: ("backend-terminate", "key") in live.events())
+    finally:
+        holder.terminate()
+
+
+def _backend_alive(dsn: str, pid: int) -> bool:
+    async def go() -> bool:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _ in range(40):
+                n = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+                if not n:
+                    return False
+                await asyncio.sleep(0.05)
+            return True
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def test_readonly_has_no_cancel_or_terminate(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, readonly=True, concurrency=1)
+    stop_later.append(live.session)
+    a = await asyncpg.connect(pg_dsn, server_settings={"application_name": "test-a"})
+    b = await asyncpg.connect(pg_dsn)
+    try:
+        await a.execute("CREATE TABLE IF NOT EXISTS ui_ro_lock (id int PRIMARY KEY)")
+        await a.execute("INSERT INTO ui_ro_lock VALUES (1) ON CONFLICT DO NOTHING")
+        await a.execute("BEGIN")
+        await a.execute("SELECT * FROM ui_ro_lock WHERE id = 1 FOR UPDATE")
+        waiter = asyncio.ensure_future(
+            b.execute("SELECT * FROM ui_ro_lock WHERE id = 1 FOR UPDATE")
+        )
+        pid = a.get_server_pid()
+        async with live.app.run_test(size=(120, 40)) as pilot:
+            pane = live.app.query_one(PostgresPane)
+            await until(pilot, lambda: f"r{pid}" in pane.backends, timeout=10)
+            table = live.app.query_one("#blockers", DataTable)
+            table.focus()
+            table.move_cursor(row=table.get_row_index(f"r{pid}"))
+            await pilot.press("enter")
+            assert isinstance(live.app.screen, BlockerScreen)
+            assert live.app.screen.act is None
+            assert "read-only" in live.screen()
+            await pilot.press("k")
+            assert isinstance(live.app.screen, BlockerScreen)  # no confirmation: no such key
+        await a.execute("ROLLBACK")
+        await waiter
+    finally:
+        await a.execute("DROP TABLE IF EXISTS ui_ro_lock")
+        await a.close()
+        await b.close()
+
+
+async def test_plan_key_and_manual_step_pauses_the_plan(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, concurrency=1, plan=[1, 2, 3], step_seconds=60)
+    stop_later.append(live.session)
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: live.engine.plan_running)
+        await until(pilot, lambda: "plan 1/3" in live.screen())
+        await pilot.press("r")
+        await until(pilot, lambda: not live.engine.plan_running)
+        await until(pilot, lambda: "plan paused" in live.screen())
+        await pilot.press("r")
+        await until(pilot, lambda: live.engine.plan_running)
+        await until(pilot, lambda: "plan 1/3" in live.screen())
+        await pilot.press("plus")  # a manual step pauses the plan, and says so
+        await until(pilot, lambda: not live.engine.plan_running and live.engine.target == 2)
+        assert any("ramp plan is paused" in str(n.message) for n in live.app._notifications)
+        await until(pilot, lambda: ("plan-paused", "key") in live.events())
+
+
+async def test_export_key_writes_the_report(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, concurrency=1)
+    stop_later.append(live.session)
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(live.session.ticks) >= 2)
+        await pilot.press("e")
+        await until(pilot, lambda: bool(live.app.exports))
+        path = Path(live.app.exports[0])
+        assert path.parent == tmp_path and path.exists()
+        assert "sleepy" in path.read_text()
+        await until(
+            pilot, lambda: any(str(path) in str(n.message) for n in live.app._notifications)
+        )
+        await until(pilot, lambda: ("export", "key") in live.events())
+
+
+async def test_quit_stops_the_session_and_closes_the_recording(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, concurrency=2)
+    stop_later.append(live.session)
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(live.session.ticks) >= 1)
+        await pilot.press("q")
+        await until(pilot, lambda: live.session.wait(0), timeout=30)
+        await pilot.pause(0.2)
+    assert live.app.return_code == 0
+    assert live.session.outcome is not None and live.session.outcome.reason == "quit"
+    lines = (tmp_path / "run.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["type"] == "end"
+
+
+async def test_tab_moves_between_panes_and_help(
+    pg_dsn: str, tmp_path: Path, stop_later: list[Session]
+) -> None:
+    live = await start(pg_dsn, tmp_path, RowBump, concurrency=2)
+    stop_later.append(live.session)
+    prefix = live.session.prefixes["row-bump"]
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')
+        async with live.app.run_test(size=(120, 40)) as pilot:
+            pane = live.app.query_one(PostgresPane)
+            await until(pilot, lambda: bool(pane.backends), timeout=10)
+            seen = set()
+            for _ in range(4):
+                await pilot.press("tab")
+                focused = live.app.focused
+                assert focused is not None
+                seen.add(focused.id)
+            assert {"latency-table", "blockers"} <= seen
+            await pilot.press("question_mark")
+            assert isinstance(live.app.screen, HelpScreen)
+            assert "panic" in live.screen()
+            await pilot.press("escape")
+            assert not isinstance(live.app.screen, HelpScreen)
+        await holder.execute("ROLLBACK")
+    finally:
+        await holder.close()
