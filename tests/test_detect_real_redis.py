@@ -182,11 +182,14 @@ async def test_queue_backlog_then_consumers_gone(redis_url: str, run_id: str) ->
     qkey = f"jobs:{run_id}"
     rate = {"per_s": 20.0}
     marks: dict[str, int] = {}
+    # producer and consumers stop on these flags and close their own clients:
+    # cancelling a client mid-BRPOP left a CI run waiting on its teardown
+    stop_consumers, stop_all = asyncio.Event(), asyncio.Event()
 
     async def producer() -> None:
         r = aioredis.Redis.from_url(redis_url)
         try:
-            while True:
+            while not stop_all.is_set():
                 n = max(1, int(rate["per_s"] * 0.05))
                 await r.lpush(qkey, *[b"job"] * n)
                 await asyncio.sleep(0.05)
@@ -196,12 +199,18 @@ async def test_queue_backlog_then_consumers_gone(redis_url: str, run_id: str) ->
     async def consumer() -> None:
         r = aioredis.Redis.from_url(redis_url)
         try:
-            while True:
-                got = await r.brpop(qkey, timeout=1)
+            while not (stop_consumers.is_set() or stop_all.is_set()):
+                got = await r.brpop(qkey, timeout=0.2)
                 if got:
                     await asyncio.sleep(0.02)  # ~50 jobs/s per consumer
         finally:
-            await r.aclose()
+            await r.aclose()  # the disconnect is what "consumers gone" sees
+
+    async def settle(tasks: list[asyncio.Task]) -> None:
+        _, pending = await asyncio.wait(tasks, timeout=5)
+        for task in pending:
+            task.cancel()
+        assert not pending, f"{len(pending)} helper clients did not stop within 5 s"
 
     async def fault(session: Session) -> None:
         prod = asyncio.create_task(producer())
@@ -214,19 +223,17 @@ async def test_queue_backlog_then_consumers_gone(redis_url: str, run_id: str) ->
                 while not any(a.kind == "queue-backlog" for a in session.ticks[-1].anomalies):
                     await asyncio.sleep(0.05)
             marks["gone"] = next_tick(session)
-            for c in cons:
-                c.cancel()
-            await asyncio.gather(*cons, return_exceptions=True)
+            stop_consumers.set()
+            await settle(cons)
             await wait_ticks(session, len(session.ticks) + 6)
         finally:
-            for task in (prod, *cons):
-                task.cancel()
-            await asyncio.gather(prod, *cons, return_exceptions=True)
+            stop_all.set()
+            await settle([prod, *cons])
             r = aioredis.Redis.from_url(redis_url)
             await r.delete(qkey)
             await r.aclose()
 
-    cfg = redis_cfg(redis_url, RedisPing, concurrency=1, queues=[qkey])
+    cfg = redis_cfg(redis_url, RedisPing, concurrency=1, queues=[qkey], duration=90.0)
     session, _ = await drive(Session(cfg), fault)
     ticks = session.ticks
     assert "queue-backlog" not in kinds(ticks[: marks["burst"]])

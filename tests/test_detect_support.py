@@ -184,9 +184,17 @@ async def drive(
 
     task = asyncio.create_task(go())
     await session.run()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
-    if task.done() and task.exception():
+    # the fault stops the session when it is done; a session that ended on its
+    # own (its duration ran out) leaves the fault waiting for ticks that never come
+    done, _ = await asyncio.wait([task], timeout=15)
+    if not done:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        raise AssertionError(
+            f"the session ended after {len(session.ticks)} ticks while the fault was still "
+            f"running: give the session a longer duration"
+        )
+    if task.exception():
         raise task.exception()  # type: ignore[misc]
     return session, out.get("onset")
 

@@ -22,6 +22,7 @@ entries. The data's shape is `RedisReading` in `app.probes.schema`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -214,8 +215,10 @@ class RedisProbe(Probe):
     async def reset(self) -> None:
         r, self._r = self._r, None
         if r is not None:
+            # bounded: redis-py's disconnect awaits wait_closed(), which can hang
+            # on a half-closed socket (redis/redis-py#3941)
             with contextlib.suppress(Exception):
-                await r.aclose()
+                await asyncio.wait_for(r.aclose(), 2)
 
     async def close(self) -> None:
         await self.reset()

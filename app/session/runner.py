@@ -689,8 +689,10 @@ class Session:
                 c.pg.terminate()
             c.pg = None
         if c.redis is not None:
+            # bounded: redis-py's disconnect awaits wait_closed(), which can hang
+            # on a half-closed socket (redis/redis-py#3941)
             with contextlib.suppress(Exception):
-                await c.redis.aclose()
+                await asyncio.wait_for(c.redis.aclose(), 5)
             # a client built on an explicit pool leaves the pool's sockets open
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(c.redis.connection_pool.disconnect(), 5)
