@@ -40,6 +40,10 @@ SQLSTATE_NAMES = {
 CONNECTION_LOST = "connection lost"
 CONNECTION_REFUSED = "connection refused"
 TIMEOUT = "timeout"
+# no connection to be had from a client-side pool within its timeout: the pool
+# (or the server's connection limit behind it) is exhausted, not the target slow
+PG_POOL_TIMEOUT = "pool timeout (postgres)"
+REDIS_POOL_TIMEOUT = "pool timeout (redis)"
 
 
 class OperationError(Exception):
@@ -70,7 +74,7 @@ def classify(exc: BaseException) -> str:
     if isinstance(status, int) and 100 <= status <= 599 and _is_http_error(exc):
         return http_class(status)
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return TIMEOUT
+        return PG_POOL_TIMEOUT if _raised_in(exc, "asyncpg", "pool.py") else TIMEOUT
     if isinstance(exc, ConnectionRefusedError):
         return CONNECTION_REFUSED
     name = type(exc).__name__
@@ -98,6 +102,23 @@ def classify(exc: BaseException) -> str:
     return name
 
 
+def _raised_in(exc: BaseException, package: str, module: str) -> bool:
+    """Did `exc` (or what it was raised from: wait_for's TimeoutError carries the
+    cancelled wait as its cause) pass through `package/module`? Only failures
+    pay for this walk, and it is bounded."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 4:
+        tb, depth = e.__traceback__, 0
+        while tb is not None and depth < 64:
+            fn = tb.tb_frame.f_code.co_filename
+            if fn.endswith(module) and package in fn:
+                return True
+            tb, depth = tb.tb_next, depth + 1
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
 def _is_http_error(exc: BaseException) -> bool:
     return "http" in (type(exc).__module__ or "") or "Response" in type(exc).__name__
 
@@ -115,6 +136,8 @@ def _redis_class(exc: BaseException) -> str:
         return TIMEOUT
     if name == "ConnectionError":
         low = text.lower()
+        if "no connection available" in low:  # BlockingConnectionPool's timeout
+            return REDIS_POOL_TIMEOUT
         if "refused" in low or "connect call failed" in low:
             return CONNECTION_REFUSED
         if "max number of clients" in low:

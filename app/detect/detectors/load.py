@@ -236,6 +236,8 @@ ERROR_HINTS = (
     ("53300", "max_connections reached: lower concurrency or pool size, or add a pooler"),
     ("55P03", "lock_timeout / NOWAIT failures: something holds the lock too long"),
     ("57014", "statements canceled (statement_timeout): look for lock waits or slow queries"),
+    ("pool timeout", "no pooled connection within the timeout: the client pool is too small for"
+     " the workers, or operations hold one connection while asking for another"),
     ("timeout", "operations time out: the target is slow or saturated"),
     ("connection refused", "the target is down or not listening"),
     ("connection lost", "connections dropped: check restarts, failover, proxies"),
