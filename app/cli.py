@@ -479,6 +479,14 @@ def headless_printer(cfg: Any) -> Any:
             f"p50 {fmt_ms(lat.p50)} p95 {fmt_ms(lat.p95)} p99 {fmt_ms(lat.p99)}",
             f"err {100 * tick.error_ratio:.2f}%{err_s}{open_s}",
         ]
+        if tick.is_drain and tick.scenarios:  # not a second's figures: say what it is
+            parts = [
+                f"{tick.elapsed:6.1f}s",
+                f"drain: {tick.completed} in-flight ops finished after the stop"
+                + (f", slowest {fmt_ms(lat.max)}" if tick.completed else ""),
+            ]
+            if tick.failed:
+                parts.append(f"err {tick.failed}{err_s}")
         if not tick.scenarios:  # `loadtop watch`: no load, readings only
             parts = [f"{tick.elapsed:6.1f}s", "watch"]
             for name, r in sorted(tick.readings.items()):

@@ -262,6 +262,15 @@ class Tick:
         return self.completed / self.interval if self.interval > 0 else 0.0
 
     @property
+    def is_drain(self) -> bool:
+        """The last, partial window, closed after the load stopped: it holds the
+        operations that were in flight at the stop, which are the slow ones (an
+        operation in flight at a random moment is more likely a long one), over
+        a few milliseconds. Its percentiles are a tail and its rate means little;
+        the report still merges its histogram, so no operation is lost."""
+        return any(e.kind == "stop" for e in self.events)
+
+    @property
     def error_ratio(self) -> float:
         return self.failed / self.completed if self.completed else 0.0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from app.session.recording import read_recording
 
 BAD = [
     (["run", "--headless", "--scenario", "no-such-thing"], "unknown scenario"),
@@ -160,6 +161,13 @@ def test_headless_run_records_exports_and_reports(pg_dsn: str, tmp_path: Path) -
     lines = [ln for ln in proc.stdout.splitlines() if "ops/s" in ln]
     assert len(lines) >= 3
     assert "p95" in lines[0] and "c=1/1" in lines[0]
+    # the partial window after the stop is labelled, not shown as a second's figures
+    drain = [ln for ln in proc.stdout.splitlines() if "drain:" in ln]
+    assert len(drain) == 1 and "ops/s" not in drain[0], proc.stdout
+    last = read_recording(rec).ticks[-1]
+    assert last.is_drain
+    done = last.completed
+    assert f"drain: {done} in-flight ops finished after the stop" in drain[0], (drain, done)
     assert md.exists() and "## Steps" in md.read_text()
     out = subprocess.run(
         [sys.executable, "-m", "app.cli", "report", str(rec), "--json"],

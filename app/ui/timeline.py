@@ -63,6 +63,8 @@ class Point:
 
 def point_of(tick: Tick) -> Point:
     iv = tick.interval if tick.interval > 0 else 1.0
+    if tick.is_drain:  # a few ms of stragglers would chart as a throughput spike
+        iv = max(iv, 1.0)
     scen = tuple(
         ScenarioPoint(
             name=s.name,
@@ -78,7 +80,7 @@ def point_of(tick: Tick) -> Point:
     return Point(
         index=tick.index,
         elapsed=tick.elapsed,
-        ops=tick.ops_per_s,
+        ops=sum(s.ops for s in scen),
         p95=lat_of(tick.histogram()).p95 if tick.scenarios else 0.0,
         target=tick.target_concurrency,
         concurrency=tick.concurrency,
