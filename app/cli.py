@@ -479,6 +479,8 @@ def headless_printer(cfg: Any) -> Any:
             f"p50 {fmt_ms(lat.p50)} p95 {fmt_ms(lat.p95)} p99 {fmt_ms(lat.p99)}",
             f"err {100 * tick.error_ratio:.2f}%{err_s}{open_s}",
         ]
+        if counts := tick.counters():
+            parts.append("# " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if tick.is_drain and tick.scenarios:  # not a second's figures: say what it is
             parts = [
                 f"{tick.elapsed:6.1f}s",

@@ -30,7 +30,7 @@ import inspect
 import random
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -68,6 +68,17 @@ class Context:
     http_url: str | None = None
     concurrency: int = 1  # the scenario's current target worker count
     state: dict[str, Any] = field(default_factory=dict)  # per-worker scratch space
+    # set by the engine: where count() adds up (the scenario's current tick)
+    _counter: Callable[[str, int], None] | None = field(default=None, repr=False, compare=False)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Count an event of your own in this tick ("redelivered", "rejected",
+        "sold out"). Counters are shown per second beside the scenario in the
+        console and the headless line, recorded with the tick, and totalled per
+        step in the report. Up to 32 names per scenario and tick; more add up
+        under "other". Outside the load (setup, teardown) it counts nothing."""
+        if self._counter is not None:
+            self._counter(name, n)
 
     def param(self, name: str, default: T) -> T:
         """`-p name=value` converted to the type of `default`; a value that does

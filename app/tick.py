@@ -149,6 +149,7 @@ class ScenarioWindow:
     dropped: int = 0  # intended starts skipped because no worker was free
     lag_ms: float = 0.0  # worst schedule lag (actual start - intended start)
     last_error: str = ""  # one example message of the commonest error class
+    counters: Mapping[str, int] = field(default_factory=dict)  # ctx.count(): name -> n
 
     @property
     def completed(self) -> int:
@@ -287,6 +288,17 @@ class Tick:
                 out[k] = out.get(k, 0) + v
         return out
 
+    def counters(self) -> dict[str, int]:
+        """ctx.count() figures in this tick; "scenario: name" when several
+        scenarios run, so two scenarios' "rejected" stay apart."""
+        many = len(self.scenarios) > 1
+        out: dict[str, int] = {}
+        for s in self.scenarios:
+            for k, v in s.counters.items():
+                key = f"{s.name}: {k}" if many else k
+                out[key] = out.get(key, 0) + v
+        return out
+
     def scenario(self, name: str) -> ScenarioWindow | None:
         for s in self.scenarios:
             if s.name == name:
@@ -324,6 +336,7 @@ def tick_to_json(tick: Tick) -> dict[str, Any]:
                 "dropped": s.dropped,
                 "lag_ms": round(s.lag_ms, 3),
                 "last_error": s.last_error,
+                **({"counters": dict(s.counters)} if s.counters else {}),
             }
             for s in tick.scenarios
         ],
@@ -427,6 +440,7 @@ def tick_from_json(d: Mapping[str, Any]) -> Tick:
                 dropped=int(s.get("dropped", 0)),
                 lag_ms=float(s.get("lag_ms", 0.0)),
                 last_error=s.get("last_error", ""),
+                counters={str(k): int(v) for k, v in (s.get("counters") or {}).items()},
             )
             for s in d.get("scenarios", [])
         ),

@@ -320,6 +320,7 @@ class HttpReserve(Scenario):
             self.reserved_ok += 1
         elif status == 409:
             self.sold_out += 1  # a correct refusal, not an error
+            ctx.count("sold out")
         else:
             raise OperationError(
                 http_class(status), f"POST /reserve: status {status}: {body[:120]!r}"

@@ -77,7 +77,8 @@ class StockReservation(Scenario):
         async with conn.transaction():
             qty = await conn.fetchval(sel, product)
             if qty < k:
-                return  # sold out: a correct refusal, not an error
+                ctx.count("sold out")
+                return  # a correct refusal, not an error
             if st["unsafe"]:
                 await conn.execute(upd_unsafe, product, qty - k, k)
             else:

@@ -182,6 +182,7 @@ class RedisLock(Scenario):
             return
         t0 = time.perf_counter()
         ts.contended += 1
+        ctx.count("contended")
         await self._note_holder(ctx, key, tenant, ts)
         retry = cfg["retry_s"]
         while True:
@@ -223,6 +224,7 @@ class RedisLock(Scenario):
                         blocking_timeout=cfg["timeout_s"], thread_local=False)  # fmt: skip
             if not await lock.acquire(blocking=False, token=token):
                 ts.contended += 1
+                ctx.count("contended")
                 t0 = time.perf_counter()
                 await self._note_holder(ctx, key, tenant, ts)
                 ok = await lock.acquire(token=token)
@@ -409,6 +411,7 @@ class RedisQueue(Scenario):
         self.consumed += 1
         if old:
             self.duplicates += 1
+            ctx.count("duplicate")
             if not self.dup_example:
                 self.dup_example = f"job {job} (again by worker {ctx.worker})"
             return False
@@ -445,6 +448,8 @@ class RedisQueue(Scenario):
                                          start_id="0-0", count=10)  # fmt: skip
             messages = [m for m in claimed[1] if m and m[1]]
             self.redeliveries += len(messages)
+            if messages:
+                ctx.count("redelivered", len(messages))
         if not messages:
             got = await r.xreadgroup(g, me, {q: ">"}, count=1, block=cfg["block_ms"])
             if not got:
@@ -626,8 +631,10 @@ class RateLimit(Scenario):
                 self.log.setdefault(tenant, []).append(at)
         if ok:
             self.admitted += 1
+            ctx.count("admitted")
         else:
             self.rejected += 1
+            ctx.count("rejected")
 
     async def verify(self, ctx: Context) -> list[str]:
         cfg = self._cfg(ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -194,3 +195,53 @@ async def test_panic_cancels_hanging_operations_within_a_second() -> None:
     eng.stop("test")
     eng.panic()
     await task
+
+
+class Counting(Scenario):
+    """Counts every operation, every third one as "odd", and 40 distinct names
+    once each, past the cap of 32 names a tick."""
+
+    name = "counting"
+    writes = False
+
+    async def run(self, ctx: Context) -> None:
+        n = ctx.state["n"] = ctx.state.get("n", 0) + 1
+        ctx.count("op")
+        if n % 3 == 0:
+            ctx.count("odd", 2)
+        if ctx.worker == 0 and n <= 40:
+            ctx.count(f"name-{n}")
+        await asyncio.sleep(0.002)
+
+
+async def test_ctx_count_lands_in_ticks_records_and_reports() -> None:
+    from app.session.recording import Recording
+    from app.session.report import build_summary, render_markdown
+    from app.tick import tick_from_json, tick_to_json
+
+    eng = make(EngineConfig(concurrency=3, interval=0.25), mix=[(Counting(), 1.0)])
+    ticks: list[Tick] = []
+    eng.subscribe(ticks.append)
+    task = asyncio.create_task(eng.run(_admin))
+    await asyncio.sleep(1.0)
+    eng.stop("test")
+    await task
+    ops = sum(t.ok for t in ticks)
+    got: dict[str, int] = {}
+    for t in ticks:
+        assert len(t.scenarios[0].counters) <= 32 + 1  # the cap, plus "other"
+        for k, v in t.counters().items():
+            got[k] = got.get(k, 0) + v
+    # every count is in exactly one tick, the drain tick included
+    assert got["op"] == ops > 100
+    assert sum(v for k, v in got.items() if k.startswith("name-") or k == "other") == 40
+    assert "other" in got  # the first tick saw more than 32 names
+    assert 0 < got["odd"] <= 2 * ops // 3 + 6
+    # the recording keeps them, and ticks without counts stay as they were
+    back = [tick_from_json(json.loads(json.dumps(tick_to_json(t)))) for t in ticks]
+    assert [b.counters() for b in back] == [t.counters() for t in ticks]
+    rec = Recording(header={"scenarios": [{"name": "counting"}]}, ticks=back, end=None)
+    c = build_summary(rec)["counters"]["counting"]
+    assert c["op"]["total"] == ops and c["op"]["by_step"][0] > 0
+    md = render_markdown(rec)
+    assert "## Counters" in md and f"| counting | `op` | {ops:,} |" in md

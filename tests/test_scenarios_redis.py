@@ -237,10 +237,16 @@ RL = {"limit": "5", "window_s": "1", "tenants": "1"}
 
 @pytest.mark.parametrize("algo", ["fixed", "sliding"])
 async def test_rate_limit_safe_never_over_admits(redis_url: str, algo: str) -> None:
-    _, outcome, inst = await run(RateLimit, redis_url, {**RL, "algo": algo}, duration=2.5)
+    session, outcome, inst = await run(RateLimit, redis_url, {**RL, "algo": algo}, duration=2.5)
     assert outcome.invariants == {} and outcome.exit_code == 0
     s = inst.stats()
     assert s["admitted"] >= 5 and s["rejected"] > 100, s  # the limiter was really exercised
+    # the same figures live, tick by tick, through ctx.count()
+    live: dict[str, int] = {}
+    for tk in session.ticks:
+        for k, v in tk.counters().items():
+            live[k] = live.get(k, 0) + v
+    assert live == {"admitted": s["admitted"], "rejected": s["rejected"]}
     assert s["admitted"] <= 5 * 4  # at most 4 windows touched in 2.5 s
 
 

@@ -338,6 +338,35 @@ async def test_panes_with_data_show_it() -> None:
         assert blockers.row_count == 3
 
 
+async def test_scenario_counters_get_a_column_only_when_counted() -> None:
+    import dataclasses
+
+    rec = make_recording(probes=False, anomalies=False)
+    plain = make_replay_app(rec, clock=lambda: T0, autoplay=False)
+    async with plain.run_test(size=(120, 40)) as pilot:
+        await pilot.press("end")
+        cols = [c.value for c in plain.query_one("#latency-table", DataTable).columns]
+        assert "counts" not in cols  # nobody counted: no empty column
+    # from tick 5 on, redis-lock counts its contended acquisitions
+    ticks = [
+        dataclasses.replace(t, scenarios=tuple(
+            dataclasses.replace(w, counters={"contended": 7 * t.index})
+            if w.name == "redis-lock" and t.index >= 5 else w
+            for w in t.scenarios
+        ))
+        for t in rec.ticks
+    ]  # fmt: skip
+    counted = dataclasses.replace(rec, ticks=ticks)
+    app = make_replay_app(counted, clock=lambda: T0, autoplay=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("end")
+        table = app.query_one("#latency-table", DataTable)
+        assert [c.value for c in table.columns][-1] == "counts"
+        last = ticks[-1].index
+        assert str(table.get_cell("redis-lock", "counts")) == f"contended {7 * last}"
+        assert str(table.get_cell("stock-reservation", "counts")) == ""
+
+
 async def test_blocker_details_in_replay_have_no_cancel_keys() -> None:
     app = replay_app()
     async with app.run_test(size=(120, 40)) as pilot:

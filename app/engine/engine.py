@@ -86,8 +86,12 @@ class Clients:
     pg_settings: dict[str, str] = field(default_factory=dict)  # e.g. read-only sessions
 
 
+MAX_COUNTERS = 32  # ctx.count() names per scenario and tick; more fold into "other"
+
+
 class _Window:
     __slots__ = (
+        "counters",
         "dropped",
         "errors",
         "failed",
@@ -112,6 +116,7 @@ class _Window:
         self.dropped = 0
         self.lag_ms = 0.0
         self.last_error = ""
+        self.counters: dict[str, int] = {}
 
     def histogram(self) -> HdrHistogram:
         h = new_histogram()
@@ -153,6 +158,13 @@ class _ScenarioRun:
 
     def active(self) -> int:
         return sum(1 for w in self.workers.values() if not w.stopping)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """ctx.count(): into the window open now, so a count lands in its tick."""
+        c = self.win.counters
+        if name not in c and len(c) >= MAX_COUNTERS:
+            name = "other"
+        c[name] = c.get(name, 0) + n
 
     def record_failure(
         self, exc: BaseException, elapsed_us: int | None, conn_gone: bool = False
@@ -441,6 +453,7 @@ class LoadEngine:
             http=self.clients.http,
             http_url=self.clients.http_url,
             concurrency=r.target,
+            _counter=r.count,
         )
         w = _Worker(idx, ctx)
         r.workers[idx] = w
@@ -648,6 +661,7 @@ class LoadEngine:
                     dropped=win.dropped,
                     lag_ms=win.lag_ms,
                     last_error=win.last_error,
+                    counters=win.counters,
                 )
             )
         events, self._events = tuple(self._events), []
@@ -764,6 +778,10 @@ class LoadEngine:
         await asyncio.gather(*self._bg, return_exceptions=True)
         # the last (partial) window, so nothing recorded is lost
         self._emit(self.close_tick(loop.time()))
+
+    def counter_for(self, scenario: str) -> Callable[[str, int], None] | None:
+        """Where an admin context's count() goes (verify runs during the load)."""
+        return next((r.count for r in self.runs if r.name == scenario), None)
 
     def never_connected(self) -> dict[str, int]:
         return {r.name: len(r.never_connected) for r in self.runs if r.never_connected}

@@ -79,6 +79,31 @@ def _figures(ticks: Sequence[Tick], scenario: str | None = None) -> dict[str, An
     }
 
 
+def counter_figures(ticks: Sequence[Tick], steps: Sequence[Step]) -> dict[str, Any]:
+    """ctx.count() per scenario and name: the run's total and rate, and the rate
+    in each step (None where the step never ran that scenario)."""
+    out: dict[str, dict[str, Any]] = {}
+    seconds = sum(t.interval for t in ticks)
+    for t in ticks:
+        for s in t.scenarios:
+            for k, v in s.counters.items():
+                c = out.setdefault(s.name, {}).setdefault(k, {"total": 0})
+                c["total"] += v
+    for name, counters in out.items():
+        for k, c in counters.items():
+            c["per_s"] = round(c["total"] / seconds, 3) if seconds else 0.0
+            by_step = []
+            for st in steps:
+                wins = [s for t in st.ticks for s in t.scenarios if s.name == name]
+                by_step.append(
+                    round(sum(s.counters.get(k, 0) for s in wins) / st.seconds, 3)
+                    if wins and st.seconds
+                    else None
+                )
+            c["by_step"] = by_step
+    return out
+
+
 def outage_windows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
     """Spans of ticks in which operations failed for lack of a connection."""
     out: list[dict[str, Any]] = []
@@ -183,6 +208,7 @@ def build_summary(rec: Recording) -> dict[str, Any]:
             }  # fmt: skip
             for s in steps
         ],
+        "counters": counter_figures(ticks, steps),
         "outages": outage_windows(ticks),
         "never_connected": end.get("never_connected", {}),
         "invariants": invariants,
@@ -303,6 +329,24 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
             for name, f in s["per_scenario"].items()
         ]
         L += _table(["scenario", "ops", "ops/s", "p50", "p95", "p99", "errors"], rows)
+        L.append("")
+    if s["counters"]:
+        L.append("## Counters")
+        L.append("")
+        L.append("What scenarios counted with `ctx.count()`, per second in each step.")
+        L.append("")
+        n_steps = len(s["steps"])
+        shown = min(n_steps, 8)  # wider tables stop reading well in a terminal
+        rows = []
+        for name, counters in s["counters"].items():
+            for k, c in counters.items():
+                by = [("–" if v is None else f"{v:,.1f}") for v in c["by_step"][:shown]]
+                rows.append([name, f"`{k}`", f"{c['total']:,}", f"{c['per_s']:,.2f}", *by])
+        heads = ["scenario", "counter", "total", "/s"] + [f"step {i + 1}" for i in range(shown)]
+        L += _table(heads, rows, "ll" + "r" * (len(heads) - 2))
+        if n_steps > shown:
+            L.append("")
+            L.append(f"({n_steps - shown} later steps in `loadtop report --json`.)")
         L.append("")
     L.append("## Errors")
     L.append("")

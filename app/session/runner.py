@@ -560,6 +560,7 @@ class Session:
             http=self.clients.http,
             http_url=self.cfg.http_url,
             concurrency=self.cfg.engine.concurrency,
+            _counter=self.engine.counter_for(name) if self.engine is not None else None,
         )
         if self.clients.pg is not None and (inst is None or "postgres" in inst.needs):
             async with self.clients.pg.acquire(timeout=15) as conn:

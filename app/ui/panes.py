@@ -54,7 +54,8 @@ def sync_table(table: DataTable, rows: Mapping[str, Row], cache: dict[str, Row])
             table.add_row(*row, key=key)
             changed = True
         elif old != row:
-            for col, a, b in zip(columns, old, row, strict=False):
+            # a row may have grown a cell (a column added since): old is short
+            for col, a, b in zip(columns, (*old, *[""] * (len(row) - len(old))), row, strict=False):
                 if a != b:
                     # a wider value re-measures the column; others only repaint
                     wider = len(str(b)) > len(str(a))
@@ -146,6 +147,7 @@ class LatencyPane(Pane):
     def __init__(self) -> None:
         super().__init__("latency", id="latency")
         self._cache: dict[str, Row] = {}
+        self._counts_col = False  # added when a scenario first calls ctx.count()
 
     def compose(self) -> ComposeResult:
         t: DataTable = DataTable(id="latency-table", cursor_type="row")
@@ -159,8 +161,11 @@ class LatencyPane(Pane):
         table = self.query_one("#latency-table", DataTable)
         rows: dict[str, Row] = {}
         last = tl.points[-1] if tl.points else None
+        if not self._counts_col and last is not None and any(s.counters for s in last.scenarios):
+            table.add_column("counts /s", key="counts", default="")
+            self._counts_col = True
         for s in last.scenarios if last else ():
-            rows[s.name] = (
+            row: Row = (
                 s.name[:22],
                 f"{s.concurrency}/{s.target}",
                 fmt_rate(s.ops),
@@ -173,6 +178,10 @@ class LatencyPane(Pane):
                 Text(sparkline(tl.series(s.name, "p99", self.SPARK_WIDTH), self.SPARK_WIDTH),
                      style="yellow"),
             )  # fmt: skip
+            if self._counts_col:
+                counts = ", ".join(f"{k} {fmt_rate(v)}" for k, v in s.counters)
+                row = (*row, counts[:48])
+            rows[s.name] = row
         sync_table(table, rows, self._cache)
 
 

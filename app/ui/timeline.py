@@ -45,6 +45,7 @@ class ScenarioPoint:
     err_pct: float
     lat: Lat
     last_error: str
+    counters: tuple[tuple[str, float], ...] = ()  # ctx.count() per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ def point_of(tick: Tick) -> Point:
             err_pct=100.0 * s.failed / s.completed if s.completed else 0.0,
             lat=lat_of(s.hist),
             last_error=s.last_error,
+            counters=tuple((k, v / iv) for k, v in s.counters.items()),
         )
         for s in tick.scenarios
     )
