@@ -8,6 +8,7 @@ the app with Pilot, and asserts on the engine's state (through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -66,6 +67,23 @@ async def until(pilot: Pilot[Any], cond: Callable[[], Any], timeout: float = 8.0
             raise AssertionError(f"condition not met within {timeout} s")
         await pilot.pause(0.02)
     return time.monotonic() - t0
+
+
+@contextlib.asynccontextmanager
+async def row_held(pg_dsn: str, prefix: str, app_name: str = "test-holder") -> AsyncIterator[Any]:
+    """A connection holding RowBump's row lock in an open transaction: every
+    worker's UPDATE queues behind it until the transaction ends or the
+    connection closes (on leaving)."""
+    holder = await asyncpg.connect(pg_dsn, server_settings={"application_name": app_name})
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')
+        yield holder
+    finally:
+        try:  # the test may have had the tool terminate it
+            await asyncio.wait_for(holder.close(), 5)
+        except Exception:
+            holder.terminate()
 
 
 class Live:
@@ -173,36 +191,29 @@ async def test_panic_stops_hung_load_within_a_second_and_resume_asks(
     live = await start(pg_dsn, tmp_path, RowBump, concurrency=8)
     stop_later.append(live.session)
     prefix = live.session.prefixes["row-bump"]
-    holder = await asyncpg.connect(pg_dsn)
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')  # hold the row lock
-        async with live.app.run_test(size=(120, 40)) as pilot:
-            # every worker is now stuck in its UPDATE, behind our lock
-            await until(pilot, lambda: live.engine.live_workers == 8)
-            await until(pilot, lambda: "waiting 8" in live.screen(), timeout=10)
-            t0 = time.monotonic()
-            await pilot.press("x")
-            while live.engine.live_workers:
-                await asyncio.sleep(0.005)
-            took = time.monotonic() - t0
-            assert took < 1.0, f"panic took {took:.3f} s"
-            assert live.engine.panicked and live.engine.paused
-            assert "PANIC" in live.screen()
-            await tx.rollback()
-            await until(pilot, lambda: "waiting 0" in live.screen(), timeout=10)
-            # resuming asks first; "n" keeps the load stopped
-            await pilot.press("p")
-            assert isinstance(live.app.screen, ConfirmScreen)
-            await pilot.press("n")
-            await pilot.pause(0.3)
-            assert live.engine.paused and live.engine.live_workers == 0
-            await pilot.press("p", "y")
-            await until(pilot, lambda: not live.engine.paused and live.engine.live_workers == 8)
-            assert ("panic", "key") in live.events() or live.engine.panicked is False
-    finally:
-        await holder.close()
+    async with row_held(pg_dsn, prefix) as holder, live.app.run_test(size=(120, 40)) as pilot:
+        # every worker is now stuck in its UPDATE, behind our lock
+        await until(pilot, lambda: live.engine.live_workers == 8)
+        await until(pilot, lambda: "waiting 8" in live.screen(), timeout=10)
+        t0 = time.monotonic()
+        await pilot.press("x")
+        while live.engine.live_workers:
+            await asyncio.sleep(0.005)
+        took = time.monotonic() - t0
+        assert took < 1.0, f"panic took {took:.3f} s"
+        assert live.engine.panicked and live.engine.paused
+        assert "PANIC" in live.screen()
+        await holder.execute("ROLLBACK")
+        await until(pilot, lambda: "waiting 0" in live.screen(), timeout=10)
+        # resuming asks first; "n" keeps the load stopped
+        await pilot.press("p")
+        assert isinstance(live.app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert live.engine.paused and live.engine.live_workers == 0
+        await pilot.press("p", "y")
+        await until(pilot, lambda: not live.engine.paused and live.engine.live_workers == 8)
+        assert ("panic", "key") in live.events() or live.engine.panicked is False
 
 
 async def test_panic_also_ends_the_statements_on_the_server(
@@ -211,25 +222,19 @@ async def test_panic_also_ends_the_statements_on_the_server(
     live = await start(pg_dsn, tmp_path, RowBump, concurrency=4)
     stop_later.append(live.session)
     prefix = live.session.prefixes["row-bump"]
-    holder = await asyncpg.connect(pg_dsn)
-    try:
-        await holder.execute("BEGIN")
-        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')
-        async with live.app.run_test(size=(120, 40)) as pilot:
-            await until(pilot, lambda: live.engine.live_workers == 4)
-            await asyncio.sleep(0.5)
-            await pilot.press("x")
-            sql = (
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'loadtop:row-bump%'"
-                " AND wait_event_type = 'Lock'"
-            )
-            for _ in range(40):
-                if not await holder.fetchval(sql):
-                    break
-                await asyncio.sleep(0.05)
-            assert await holder.fetchval(sql) == 0
-    finally:
-        await holder.close()
+    async with row_held(pg_dsn, prefix) as holder, live.app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: live.engine.live_workers == 4)
+        await asyncio.sleep(0.5)
+        await pilot.press("x")
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'loadtop:row-bump%'"
+            " AND wait_event_type = 'Lock'"
+        )
+        for _ in range(40):
+            if not await holder.fetchval(sql):
+                break
+            await asyncio.sleep(0.05)
+        assert await holder.fetchval(sql) == 0
 
 
 async def test_blocker_details_cancel_and_terminate(
@@ -238,41 +243,35 @@ async def test_blocker_details_cancel_and_terminate(
     live = await start(pg_dsn, tmp_path, RowBump, concurrency=2)
     stop_later.append(live.session)
     prefix = live.session.prefixes["row-bump"]
-    holder = await asyncpg.connect(pg_dsn, server_settings={"application_name": "test-holder"})
-    pid = holder.get_server_pid()
-    try:
-        await holder.execute("BEGIN")
-        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')
-        async with live.app.run_test(size=(120, 40)) as pilot:
-            pane = live.app.query_one(PostgresPane)
-            await until(pilot, lambda: f"r{pid}" in pane.backends, timeout=10)
-            table = live.app.query_one("#blockers", DataTable)
-            table.focus()
-            table.move_cursor(row=table.get_row_index(f"r{pid}"))
-            await pilot.press("enter")
-            assert isinstance(live.app.screen, BlockerScreen)
-            text = live.screen()
-            assert f"backend {pid}" in text and "root blocker" in text and "test-holder" in text
-            assert "waiting behind it" in text
-            await pilot.press("c")
-            assert isinstance(live.app.screen, ConfirmScreen)
-            await pilot.press("n")  # no: nothing happens
-            assert isinstance(live.app.screen, BlockerScreen)
-            await pilot.press("c", "y")
-            await until(pilot, lambda: f"cancelled backend {pid}" in live.screen())
-            await pilot.press("k", "y")
-            await until(pilot, lambda: f"terminated backend {pid}" in live.screen())
-            alive = await asyncio.to_thread(_backend_alive, pg_dsn, pid)
-            assert not alive
-            await pilot.press("escape")
-            # the lock is gone with its holder: the load runs again
-            done = live.engine.runs[0].win.ok
-            await until(
-                pilot, lambda: live.engine.runs[0].win.ok != done or "waiting 0" in live.screen()
-            )
-            await until(pilot, lambda: ("backend-terminate", "key") in live.events())
-    finally:
-        holder.terminate()
+    async with row_held(pg_dsn, prefix) as holder, live.app.run_test(size=(120, 40)) as pilot:
+        pid = holder.get_server_pid()
+        pane = live.app.query_one(PostgresPane)
+        await until(pilot, lambda: f"r{pid}" in pane.backends, timeout=10)
+        table = live.app.query_one("#blockers", DataTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index(f"r{pid}"))
+        await pilot.press("enter")
+        assert isinstance(live.app.screen, BlockerScreen)
+        text = live.screen()
+        assert f"backend {pid}" in text and "root blocker" in text and "test-holder" in text
+        assert "waiting behind it" in text
+        await pilot.press("c")
+        assert isinstance(live.app.screen, ConfirmScreen)
+        await pilot.press("n")  # no: nothing happens
+        assert isinstance(live.app.screen, BlockerScreen)
+        await pilot.press("c", "y")
+        await until(pilot, lambda: f"cancelled backend {pid}" in live.screen())
+        await pilot.press("k", "y")
+        await until(pilot, lambda: f"terminated backend {pid}" in live.screen())
+        alive = await asyncio.to_thread(_backend_alive, pg_dsn, pid)
+        assert not alive
+        await pilot.press("escape")
+        # the lock is gone with its holder: the load runs again
+        done = live.engine.runs[0].win.ok
+        await until(
+            pilot, lambda: live.engine.runs[0].win.ok != done or "waiting 0" in live.screen()
+        )
+        await until(pilot, lambda: ("backend-terminate", "key") in live.events())
 
 
 def _backend_alive(dsn: str, pid: int) -> bool:
@@ -387,25 +386,19 @@ async def test_tab_moves_between_panes_and_help(
     live = await start(pg_dsn, tmp_path, RowBump, concurrency=2)
     stop_later.append(live.session)
     prefix = live.session.prefixes["row-bump"]
-    holder = await asyncpg.connect(pg_dsn)
-    try:
-        await holder.execute("BEGIN")
-        await holder.execute(f'UPDATE "{prefix}".t SET n = n WHERE id = 1')
-        async with live.app.run_test(size=(120, 40)) as pilot:
-            pane = live.app.query_one(PostgresPane)
-            await until(pilot, lambda: bool(pane.backends), timeout=10)
-            seen = set()
-            for _ in range(4):
-                await pilot.press("tab")
-                focused = live.app.focused
-                assert focused is not None
-                seen.add(focused.id)
-            assert {"latency-table", "blockers"} <= seen
-            await pilot.press("question_mark")
-            assert isinstance(live.app.screen, HelpScreen)
-            assert "panic" in live.screen()
-            await pilot.press("escape")
-            assert not isinstance(live.app.screen, HelpScreen)
+    async with row_held(pg_dsn, prefix) as holder, live.app.run_test(size=(120, 40)) as pilot:
+        pane = live.app.query_one(PostgresPane)
+        await until(pilot, lambda: bool(pane.backends), timeout=10)
+        seen = set()
+        for _ in range(4):
+            await pilot.press("tab")
+            focused = live.app.focused
+            assert focused is not None
+            seen.add(focused.id)
+        assert {"latency-table", "blockers"} <= seen
+        await pilot.press("question_mark")
+        assert isinstance(live.app.screen, HelpScreen)
+        assert "panic" in live.screen()
+        await pilot.press("escape")
+        assert not isinstance(live.app.screen, HelpScreen)
         await holder.execute("ROLLBACK")
-    finally:
-        await holder.close()
