@@ -31,6 +31,19 @@ async def run_session(
     return session, outcome
 
 
+def totals(session: Session) -> tuple[int, int, dict[str, int]]:
+    """A session's ok and failed operations and its errors by class, over every tick."""
+    ok = failed = 0
+    errors: dict[str, int] = {}
+    for tick in session.ticks:
+        for w in tick.scenarios:
+            ok += w.ok
+            failed += w.failed
+            for k, v in w.errors.items():
+                errors[k] = errors.get(k, 0) + v
+    return ok, failed, errors
+
+
 async def wait_for_reading(ps: Any, probe: str, ok: bool, timeout: float) -> None:
     """Wait until the ProbeSet's latest `probe` reading has `ok`, or fail."""
     import asyncio

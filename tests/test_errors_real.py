@@ -19,7 +19,7 @@ from app.engine.errors import (
     is_connection_error,
 )
 from app.scenario import Context, Scenario
-from tests.helpers import run_session
+from tests.helpers import run_session, totals
 
 
 async def failure(aw) -> BaseException:
@@ -90,11 +90,7 @@ async def test_nested_acquire_starves_the_pool_and_is_named(pg_dsn: str) -> None
     session, _ = await run_session(
         [(NestedAcquire, 1.0)], pg=pg_dsn, concurrency=8, max_concurrency=8, duration=4.0
     )
-    errors: dict[str, int] = {}
-    for tk in session.ticks:
-        for s in tk.scenarios:
-            for c, n in s.errors.items():
-                errors[c] = errors.get(c, 0) + n
+    _, _, errors = totals(session)
     assert errors.get(PG_POOL_TIMEOUT, 0) > 0, errors
     assert TIMEOUT not in errors, errors
     found = [a for tk in session.ticks for a in tk.anomalies if a.kind == "connection-saturation"]

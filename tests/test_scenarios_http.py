@@ -23,6 +23,7 @@ from app.engine.engine import EngineConfig
 from app.scenario import Scenario, ScenarioError
 from app.session.runner import Outcome, RunConfig, Session
 from scenarios.http import HttpRequest, HttpReserve, json_path, parse_expect, parse_headers
+from tests.helpers import totals
 
 pytestmark = pytest.mark.integration
 
@@ -101,18 +102,6 @@ async def run(
     outcome = await session.run()
     assert session.ticks
     return session, outcome, session.instances[0][0]
-
-
-def totals(session: Session) -> tuple[int, int, dict[str, int]]:
-    ok = failed = 0
-    errors: dict[str, int] = {}
-    for tick in session.ticks:
-        for w in tick.scenarios:
-            ok += w.ok
-            failed += w.failed
-            for k, v in w.errors.items():
-                errors[k] = errors.get(k, 0) + v
-    return ok, failed, errors
 
 
 # ---- parsing ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from app.engine.engine import EngineConfig
 from app.scenario import Context, Scenario, ScenarioError, slug
 from app.session.runner import Outcome, RunConfig, Session
 from scenarios.redis import RateLimit, RedisGetSet, RedisLock, RedisQueue, SessionIsolation
+from tests.helpers import totals
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +49,6 @@ async def run(
     assert left == [], f"keys left under the run's prefix: {left[:5]}"
     assert session.ticks, "no tick emitted"
     return session, outcome, session.instances[0][0]
-
-
-def totals(session: Session) -> tuple[int, int, dict[str, int]]:
-    ok = failed = 0
-    errors: dict[str, int] = {}
-    for tick in session.ticks:
-        for w in tick.scenarios:
-            ok += w.ok
-            failed += w.failed
-            for k, v in w.errors.items():
-                errors[k] = errors.get(k, 0) + v
-    return ok, failed, errors
 
 
 def violations(outcome: Outcome) -> list[str]:
