@@ -46,7 +46,7 @@ PROFILE_KEYS = {
     "pg", "pg_monitor", "redis", "http", "prometheus", "k8s_namespace", "k8s_selector",
     "k8s_context", "scenario", "concurrency", "max_concurrency", "steps", "step_seconds",
     "duration", "rate", "abort_on", "params", "readonly", "detect", "slo", "probe_intervals",
-    "redis_lock_patterns", "redis_queue_patterns", "profile",
+    "redis_lock_patterns", "redis_queue_patterns", "profile", "processes",
 }  # fmt: skip
 
 
@@ -207,6 +207,8 @@ def _add_load(p: argparse.ArgumentParser) -> None:
     g.add_argument("--abort-on", action="append", metavar="EXPR",
                    help="stop the load when it holds 3 ticks: p95>500ms, errors>1%%, ops<100/s")  # fmt: skip
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--processes", metavar="N",
+                   help="run the workers in N processes when one core is not enough (default 1)")  # fmt: skip
     g.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="a scenario parameter")  # fmt: skip
     g.add_argument("--interval", metavar="T", help="tick length (default 1s)")
@@ -348,6 +350,16 @@ def build_run_config(args: argparse.Namespace, *, watch: bool = False) -> Any:
         fail(str(e))
     if rate and steps:
         fail("--rate and --steps do not mix: a plan steps workers; use one or the other")
+    procs = positive_int("--processes", _pick(args, prof, "processes", 1))
+    if procs > 64 or procs > max_c:
+        fail(f"--processes {procs} is too many: at most 64 and at most --max-concurrency ({max_c})")
+    if procs > 1:
+        bound = [cls.name for cls, _ in mix if not getattr(cls, "processes_ok", False)]
+        if bound:
+            fail(f"scenario {bound[0]!r} cannot run with --processes: it keeps state in one"
+                 " process; drop --processes (built-ins that can: "
+                 + ", ".join(sorted(n for n, c in builtin_scenarios().items() if c.processes_ok))
+                 + ")")  # fmt: skip
     headless = bool(getattr(args, "headless", False))
     if duration is None and not steps and headless and not watch:
         duration = 60.0
@@ -392,6 +404,7 @@ def build_run_config(args: argparse.Namespace, *, watch: bool = False) -> Any:
         readonly=readonly, probes=not getattr(args, "no_probes", False),
         probe_intervals=prof.get("probe_intervals"), redis_lock_patterns=prof.get("redis_lock_patterns"),
         redis_queue_patterns=prof.get("redis_queue_patterns"), detect=detect, slo=slo,
+        processes=procs,
     )  # fmt: skip
 
 

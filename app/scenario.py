@@ -121,9 +121,18 @@ class Scenario:
     writes: ClassVar[bool] = True  # False: safe to run with --readonly
     # -p parameters this scenario understands, name -> one-line help
     params_help: ClassVar[Mapping[str, str]] = {}
+    # True when workers may run in other processes (--processes N): run() needs
+    # nothing from setup() but what is on the target or built in prepare(), and
+    # verify() reads the target, not this object's counters
+    processes_ok: ClassVar[bool] = False
 
     def __init__(self, params: Mapping[str, str] | None = None) -> None:
         self.params: dict[str, str] = dict(params or {})
+
+    async def prepare(self, ctx: Context) -> None:
+        """Once in every process that runs this scenario's workers, before setup
+        (in the main process) and before any worker: build in-memory state here
+        (parsed parameters, key lists, clients). Optional."""
 
     async def setup(self, ctx: Context) -> None:
         """Once, before load."""
@@ -221,6 +230,29 @@ def _load_file(path: Path) -> Any:
             " (fix the file; `python {path}` shows the traceback)".replace("{path}", str(path))
         ) from None
     return module
+
+
+def class_ref(cls: type[Scenario]) -> tuple[str, str | None, str]:
+    """How another process finds `cls` again: (module, file, qualname)."""
+    if "<locals>" in cls.__qualname__:
+        raise ScenarioError(
+            f"scenario {cls.name!r} is defined inside a function: --processes needs a"
+            " module-level class"
+        )
+    return cls.__module__, inspect.getsourcefile(cls), cls.__qualname__
+
+
+def resolve_class_ref(ref: tuple[str, str | None, str]) -> type[Scenario]:
+    module_name, file, qualname = ref
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError:
+        if file is None:
+            raise
+        obj = _load_file(Path(file))
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def load_scenarios(spec: str) -> list[type[Scenario]]:

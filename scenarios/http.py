@@ -92,6 +92,7 @@ def json_path(doc: Any, path: str) -> tuple[bool, Any]:
 
 class HttpRequest(Scenario):
     name = "http"
+    processes_ok = True
     description = "one HTTP request per operation (method, path, headers, JSON body), checked by status and body"
     needs = ("http",)
     writes = False  # per instance: True unless -p method is GET, HEAD or OPTIONS
@@ -165,7 +166,8 @@ class HttpRequest(Scenario):
         }
         return self.cfg
 
-    async def setup(self, ctx: Context) -> None:
+    async def prepare(self, ctx: Context) -> None:
+        """Parsed parameters and the HTTP/2 client, in every process (--processes)."""
         cfg = self._configure(ctx)
         if cfg["http2"]:
             import httpx

@@ -20,6 +20,7 @@ def _q(ctx: Context, table: str) -> str:
 
 class StockReservation(Scenario):
     name = "stock-reservation"
+    processes_ok = True  # state lives in the database
     description = (
         "reserve k units of a product's stock in a transaction (FOR UPDATE); unsafe mode oversells"
     )
@@ -108,6 +109,7 @@ class StockReservation(Scenario):
 
 class HotCounter(Scenario):
     name = "hot-counter"
+    processes_ok = True  # state lives in the database
     description = (
         "increment one row from every worker; unsafe mode (read, then write) loses updates"
     )
@@ -148,6 +150,7 @@ class HotCounter(Scenario):
 
 class OppositeOrder(Scenario):
     name = "opposite-order"
+    processes_ok = True  # state lives in the database
     description = "two-row transfers taking row locks in opposite orders: deadlocks (40P01)"
     needs = ("postgres",)
     params_help = {
@@ -195,6 +198,7 @@ class OppositeOrder(Scenario):
 
 class UniqueIds(Scenario):
     name = "unique-ids"
+    processes_ok = True  # state lives in the database
     description = "concurrent inserts with client-made ids; the timestamp scheme collides"
     needs = ("postgres",)
     params_help = {"scheme": "uuid4 (default) | timestamp (milliseconds since the epoch)"}
@@ -237,6 +241,7 @@ class UniqueIds(Scenario):
 
 class PgSelect(Scenario):
     name = "pg-select"
+    processes_ok = True  # state lives in the database
     description = "SELECT 1 on the worker's own connection: the generator's own cost"
     needs = ("postgres",)
     writes = False

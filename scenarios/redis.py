@@ -775,6 +775,7 @@ class SessionIsolation(Scenario):
 
 class RedisGetSet(Scenario):
     name = "redis-getset"
+    processes_ok = True
     description = "plain GET/SET on random keys: the generator's own cost against redis-benchmark"
     needs = ("redis",)
     writes = True
@@ -792,9 +793,10 @@ class RedisGetSet(Scenario):
         super().__init__(params)
         self.keys: list[str] = []
 
-    async def setup(self, ctx: Context) -> None:
+    async def prepare(self, ctx: Context) -> None:
         _choice(self.name, "conn", ctx.param("conn", "own"), ("own", "pool"))
-        # built once for all workers: a per-worker list costs seconds at 50+ workers
+        # built once per process for all its workers: a per-worker list costs
+        # seconds at 50+ workers
         self.keys = [ctx.key("k", i) for i in range(max(ctx.param("keys", 10_000), 1))]
 
     async def run(self, ctx: Context) -> None:

@@ -67,6 +67,13 @@ BAD = [
     (["run", "--headless", "-s", "hot-counter", "--slo", "errors=3ms"], "percentage"),
     (["run", "--headless", "-s", "hot-counter", "--detect", "nosuch.k=1"], "unknown detector kind"),
     (["run", "--headless", "-s", "hot-counter", "--detect", "novalue"], "KIND.OPTION=VALUE"),
+    (["run", "--headless", "-s", "pg-select", "--processes", "0"], "at least 1"),
+    (["run", "--headless", "-s", "pg-select", "--processes", "two"], "whole number"),
+    (
+        ["run", "--headless", "-s", "pg-select", "--processes", "9", "--max-concurrency", "4"],
+        "too many",
+    ),  # fmt: skip
+    (["run", "--headless", "-s", "redis-queue", "--processes", "2"], "drop --processes"),
     (["report", "/tmp/definitely-missing.jsonl"], "does not exist"),
     (["frobnicate"], "invalid choice"),
 ]

@@ -14,7 +14,8 @@ counted.
 Once per interval the engine closes the window and emits one `Tick` to its
 listeners (recorder, printer, console). All of this runs on one asyncio loop;
 the controls must be called on that loop (the session wraps them for other
-threads).
+threads). With --processes N the workers run in worker processes, each with an
+engine of its own that this one steers and collects (see app/engine/procs.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 from hdrh.histogram import HdrHistogram
@@ -44,6 +45,9 @@ from app.tick import (
     Tick,
     new_histogram,
 )
+
+if TYPE_CHECKING:
+    from app.engine.procs import WorkerHosts
 
 TickListener = Callable[[Tick], None]
 AdminContext = Callable[[str], AbstractAsyncContextManager[Context]]
@@ -124,6 +128,29 @@ class _Window:
         for us, n in self.lat.items():
             record(us, n)
         return h
+
+    def payload(self) -> dict[str, Any]:
+        """The window as plain data, for a worker process to send (--processes)."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def merge(self, p: Mapping[str, Any]) -> None:
+        """Add a worker process's window into this one: counts add, latencies
+        add bucket by bucket (exact), the worst lag wins."""
+        self.started += p["started"]
+        self.ok += p["ok"]
+        self.failed += p["failed"]
+        self.scheduled += p["scheduled"]
+        self.dropped += p["dropped"]
+        self.lag_ms = max(self.lag_ms, p["lag_ms"])
+        self.last_error = self.last_error or p["last_error"]
+        for src, dst in ((p["errors"], self.errors), (p["lat"], self.lat)):
+            for k, n in src.items():
+                dst[k] = dst.get(k, 0) + n
+        c = self.counters
+        for k, n in p["counters"].items():
+            if k not in c and len(c) >= MAX_COUNTERS:
+                k = "other"
+            c[k] = c.get(k, 0) + n
 
 
 @dataclass
@@ -217,6 +244,8 @@ class LoadEngine:
         analyzer: Analyzer | None = None,
         clock: Callable[[], float] = time.time,
         redact: Callable[[str], str] | None = None,
+        procs: WorkerHosts | None = None,
+        worker_offset: int = 0,
     ) -> None:
         # no scenario at all is `loadtop watch`: the tick clock with probes and
         # detectors only, no load
@@ -256,6 +285,16 @@ class LoadEngine:
         self._rng = random.Random(config.seed)
         self.ticks_emitted = 0
         self.last_tick: Tick | None = None
+        # --processes N: the workers run in worker processes, this engine steers
+        self.procs = procs
+        # in a worker process: the steering engine's shares and rates for this one
+        self._hosted: tuple[list[int], list[float]] | None = None
+        self.worker_offset = worker_offset  # worker indexes start here
+        if procs is not None:
+            procs.attach(self.runs)
+            procs.on_event = lambda kind, note: self.event(kind, "system", note=note)
+            # a lost process's share goes to the others
+            procs.on_lost = lambda: asyncio.get_running_loop().call_soon(self._reconcile)
 
     # ---- listeners ------------------------------------------------------------
     def subscribe(self, listener: TickListener) -> None:
@@ -316,6 +355,8 @@ class LoadEngine:
             self._pause_plan(source)
         live = sum(len(r.workers) for r in self.runs)
         self.event("panic", source, live, 0)
+        if self.procs is not None:
+            self.procs.panic()
         for r in self.runs:
             for w in r.workers.values():
                 w.stopping = True
@@ -404,16 +445,28 @@ class LoadEngine:
 
     @property
     def live_workers(self) -> int:
+        if self.procs is not None:
+            return self.procs.live_total()
         return sum(len(r.workers) for r in self.runs)
 
     # ---- workers ----------------------------------------------------------------
     def _reconcile(self) -> None:
         """Bring every scenario's worker count to its share of the target,
         never letting the live total exceed max_concurrency."""
-        total = 0 if self.paused or self._stop.is_set() else self.target
-        shares = allocate(total, [r.weight for r in self.runs])
-        weights = sum(r.weight for r in self.runs)
-        rates = [self.rate * r.weight / weights for r in self.runs] if self.rate else []
+        stopped = self.paused or self._stop.is_set()
+        if self._hosted is not None:  # a worker process does as it is told
+            shares = [0] * len(self.runs) if stopped else list(self._hosted[0])
+            rates = list(self._hosted[1]) if any(self._hosted[1]) else []
+        else:
+            total = 0 if stopped else self.target
+            shares = allocate(total, [r.weight for r in self.runs])
+            weights = sum(r.weight for r in self.runs)
+            rates = [self.rate * r.weight / weights for r in self.runs] if self.rate else []
+        if self.procs is not None:
+            for r, share in zip(self.runs, shares, strict=True):
+                r.target = share
+            self.procs.assign(shares, rates if self.mode == "rate" else [], self.paused)
+            return
         # step down first, so freed capacity can serve step-ups elsewhere
         for r, share in zip(self.runs, shares, strict=True):
             r.target = share
@@ -439,7 +492,7 @@ class LoadEngine:
                     self._stop_scheduler(r)
 
     def _spawn(self, r: _ScenarioRun) -> None:
-        idx = 0
+        idx = self.worker_offset
         while idx in r.workers:
             idx += 1
         ctx = Context(
@@ -647,10 +700,11 @@ class LoadEngine:
         windows = []
         for r in self.runs:
             win, r.win = r.win, _Window()
+            live = self.procs.live(r.name) if self.procs is not None else len(r.workers)
             windows.append(
                 ScenarioWindow(
                     name=r.name,
-                    concurrency=len(r.workers),
+                    concurrency=live,
                     target=r.target,
                     started=win.started,
                     ok=win.ok,
@@ -666,9 +720,11 @@ class LoadEngine:
             )
         events, self._events = tuple(self._events), []
         mem = self._proc.memory_info().rss / 2**20
-        gen = GeneratorStats(
-            loop_lag_ms=self._lag_max_ms, cpu_pct=self._proc.cpu_percent(None), rss_mb=mem
-        )
+        cpu, lag = self._proc.cpu_percent(None), self._lag_max_ms
+        if self.procs is not None:  # the busiest process is what saturates first
+            p_cpu, p_lag, p_rss = self.procs.generator_stats()
+            cpu, lag, mem = max(cpu, p_cpu), max(lag, p_lag), mem + p_rss
+        gen = GeneratorStats(loop_lag_ms=lag, cpu_pct=cpu, rss_mb=mem)
         self._lag_max_ms = 0.0
         tick = Tick(
             index=self._tick_index,
@@ -733,6 +789,8 @@ class LoadEngine:
                 if self._stop.is_set():
                     break
                 k += 1
+                if self.procs is not None:  # their windows, merged into ours
+                    await self.procs.collect(self.runs, timeout=self.cfg.interval / 2)
                 tick = self.close_tick(loop.time())
                 self._advance_plan(loop.time())
                 if deadline is not None and loop.time() >= deadline - 1e-3:
@@ -756,6 +814,16 @@ class LoadEngine:
         # not make _reconcile start a replacement while we wind down
         self._stop.set()
         self.event("stop", "system", note=self.stop_reason)
+        if self.procs is not None:
+            await self.procs.stop(self.runs, self.cfg.drain_seconds)
+        await self.drain()
+        # the last (partial) window, so nothing recorded is lost
+        self._emit(self.close_tick(loop.time()))
+
+    async def drain(self) -> None:
+        """Stop every worker: idle ones at once, busy ones after their operation
+        (up to drain_seconds), then hanging ones, also on the server."""
+        self._stop.set()
         for r in self.runs:
             self._stop_scheduler(r)
             for w in r.workers.values():
@@ -776,15 +844,52 @@ class LoadEngine:
         for t in self._bg:
             t.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
-        # the last (partial) window, so nothing recorded is lost
-        self._emit(self.close_tick(loop.time()))
 
     def counter_for(self, scenario: str) -> Callable[[str, int], None] | None:
         """Where an admin context's count() goes (verify runs during the load)."""
         return next((r.count for r in self.runs if r.name == scenario), None)
 
     def never_connected(self) -> dict[str, int]:
-        return {r.name: len(r.never_connected) for r in self.runs if r.never_connected}
+        out = {r.name: len(r.never_connected) for r in self.runs if r.never_connected}
+        if self.procs is not None:
+            for name, n in self.procs.never_connected.items():
+                out[name] = out.get(name, 0) + n
+        return out
+
+    # ---- in a worker process (--processes N) ----------------------------------------
+    def host_start(self) -> None:
+        """Run as a worker process's engine: no tick clock of its own; the
+        steering engine assigns shares and collects windows."""
+        loop = asyncio.get_running_loop()
+        self._started_mono = self._last_close = loop.time()
+        self._hosted = ([0] * len(self.runs), [0.0] * len(self.runs))
+        self._proc.cpu_percent(None)
+        self._bg = [loop.create_task(self._lag_monitor())]
+
+    def host_assign(self, shares: list[int], rates: list[float], paused: bool) -> None:
+        self._hosted = (list(shares), list(rates))
+        self.mode = "rate" if any(rates) else "workers"
+        self.paused = paused
+        if not paused:
+            self.panicked = False
+        self._reconcile()
+
+    def host_take(self) -> dict[str, Any]:
+        """This process's windows since the last take, its live workers and health."""
+        wins, live = {}, {}
+        for r in self.runs:
+            win, r.win = r.win, _Window()
+            wins[r.name] = win.payload()
+            live[r.name] = len(r.workers)
+        lag, self._lag_max_ms = self._lag_max_ms, 0.0
+        return {
+            "windows": wins,
+            "live": live,
+            "lag_ms": lag,
+            "cpu_pct": self._proc.cpu_percent(None),
+            "rss_mb": self._proc.memory_info().rss / 2**20,
+            "never_connected": {r.name: len(r.never_connected) for r in self.runs},
+        }
 
 
 async def _close_quietly(conn: Any) -> None:

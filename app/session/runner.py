@@ -24,9 +24,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.engine import Clients, EngineConfig, LoadEngine
+from app.engine.engine import Clients, EngineConfig, LoadEngine, allocate
 from app.engine.errors import classify
-from app.scenario import Context, Scenario, ScenarioError, slug
+from app.engine.procs import HostSpec, WorkerHosts
+from app.scenario import Context, Scenario, ScenarioError, class_ref, slug
 from app.session.recording import Recorder, Recording, RecordingError
 from app.session.report import render_markdown
 from app.targets import Redactor, TargetError, redact_params
@@ -62,6 +63,7 @@ class RunConfig:
     slo: dict[str, float] | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     embedded: list[str] = field(default_factory=list)  # which targets are embedded
+    processes: int = 1  # worker processes (--processes); 1: workers on the session's loop
 
 
 @dataclass
@@ -170,6 +172,7 @@ class Session:
         self._admin_lock: asyncio.Lock | None = None
         self._created_prefixes: set[str] = set()
         self.messages: list[str] = []  # status lines (embedded servers, faults)
+        self.procs: WorkerHosts | None = None
 
     # ---- SessionControl: facts --------------------------------------------------
     @property
@@ -365,11 +368,14 @@ class Session:
             self._start_observers()
             if self.probe_set is not None:
                 await self.probe_set.start()
+            if cfg.processes > 1:
+                self.procs = WorkerHosts(self._host_specs())
+                await self.procs.start()
             self.engine = LoadEngine(
                 self.instances, self.clients, cfg.engine, prefixes=self.prefixes,
                 params=cfg.params,
                 readings=self.probe_set.latest if self.probe_set is not None else None,
-                analyzer=self.detectors, redact=self.redactor,
+                analyzer=self.detectors, redact=self.redactor, procs=self.procs,
             )  # fmt: skip
             self.engine.subscribe(self._on_tick)
             if install_signals:
@@ -395,11 +401,40 @@ class Session:
             for need in inst.needs:
                 if not have[need]:
                     raise ScenarioError(f"scenario {inst.name!r} needs {need}: give {flag[need]}")
+            if cfg.processes > 1 and not inst.processes_ok:
+                raise ScenarioError(
+                    f"scenario {inst.name!r} keeps state in this process (its run() needs"
+                    " setup()'s objects or verify() counts in memory): run it without"
+                    " --processes, or see 'Writing a scenario' for processes_ok"
+                )
+            if cfg.processes > 1:
+                class_ref(type(inst))  # a class the worker processes can import
             if cfg.readonly and inst.writes:
                 raise ScenarioError(
                     f"scenario {inst.name!r} writes to its target and --readonly is set:"
                     " drop --readonly or choose a read-only scenario (e.g. pg-select)"
                 )
+
+    def _host_specs(self) -> list[HostSpec]:
+        cfg, e = self.cfg, self.cfg.engine
+        caps = allocate(e.max_concurrency, [1.0] * cfg.processes)
+        refs = [(class_ref(type(inst)), self.prefixes[inst.name]) for inst, _ in self.instances]
+        return [
+            HostSpec(
+                index=k,
+                cap=cap,
+                worker_offset=sum(caps[:k]),
+                scenarios=refs,
+                params=dict(cfg.params),
+                pg_dsn=cfg.pg_dsn,
+                redis_url=cfg.redis_url,
+                http_url=cfg.http_url,
+                pg_settings=dict(self.clients.pg_settings),
+                seed=e.seed,
+                drain_seconds=e.drain_seconds,
+            )  # fmt: skip
+            for k, cap in enumerate(caps)
+        ]
 
     def _make_header(self) -> dict[str, Any]:
         e = self.cfg.engine
@@ -427,6 +462,7 @@ class Session:
                 "max_concurrency": e.max_concurrency,
                 "interval_s": e.interval,
                 "seed": e.seed,
+                "processes": self.cfg.processes,
             },
             "thresholds": [t.expr for t in e.thresholds],
             "slo": self.cfg.slo,
@@ -434,57 +470,8 @@ class Session:
         }
 
     async def _connect(self) -> None:
-        cfg = self.cfg
         needs = {n for inst, _ in self.instances for n in inst.needs}
-        if cfg.pg_dsn and "postgres" in needs:
-            import asyncpg
-
-            try:
-                self.clients.pg = await asyncpg.create_pool(
-                    cfg.pg_dsn, min_size=1, max_size=max(2, cfg.engine.max_concurrency),
-                    max_inactive_connection_lifetime=10, reset=_noop_reset, timeout=10,
-                    server_settings={"application_name": "loadtop:pool", **self.clients.pg_settings},
-                )  # fmt: skip
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:  # fmt: skip
-                raise TargetError(self.redactor(describe_pg_error(cfg.pg_dsn, e))) from None
-        if cfg.redis_url and "redis" in needs:
-            import redis.asyncio as aioredis
-
-            pool = aioredis.BlockingConnectionPool.from_url(
-                cfg.redis_url, max_connections=cfg.engine.max_concurrency + 8, timeout=10,
-                socket_connect_timeout=5, socket_timeout=30, client_name="loadtop:load",
-            )  # fmt: skip
-            client = aioredis.Redis(connection_pool=pool)
-            try:
-                await asyncio.wait_for(client.ping(), 10)
-            except Exception as e:
-                await client.aclose()
-                raise TargetError(self.redactor(describe_redis_error(cfg.redis_url, e))) from None
-            self.clients.redis = client
-        if cfg.http_url and "http" in needs:
-            import aiohttp
-
-            connector = aiohttp.TCPConnector(
-                limit=cfg.engine.max_concurrency, limit_per_host=cfg.engine.max_concurrency,
-                ttl_dns_cache=300,
-            )  # fmt: skip
-            session = aiohttp.ClientSession(
-                base_url=cfg.http_url if _has_no_path(cfg.http_url) else None,
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=30, connect=5),
-            )
-            try:
-                async with session.get(cfg.http_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
-                    await r.read()
-            except Exception as e:
-                await session.close()
-                raise TargetError(
-                    self.redactor(
-                        f"cannot reach the HTTP target {cfg.http_url}: {classify(e)}"
-                        " — is the service up and the URL right?"
-                    )  # fmt: skip
-                ) from None
-            self.clients.http = session
+        await connect_clients(self.cfg, needs, self.clients, self.redactor)
 
     async def _setup(self) -> None:
         for inst, _ in self.instances:
@@ -494,6 +481,7 @@ class Session:
             self._created_prefixes.add(inst.name)
             try:
                 async with self._admin_ctx(inst.name) as ctx:
+                    await asyncio.wait_for(inst.prepare(ctx), 60)
                     await asyncio.wait_for(inst.setup(ctx), 120)
             except asyncio.CancelledError:
                 raise
@@ -599,6 +587,8 @@ class Session:
         """Teardown, cleanup, close: runs whatever happened before."""
         if self._stop_requested and reason in ("stop", "error"):
             reason = self._stop_requested
+        if self.procs is not None:  # gone before teardown; a no-op after an orderly stop
+            await self.procs.aclose()
         for inst, _ in self.instances:
             if inst.name not in self._created_prefixes:
                 continue
@@ -682,26 +672,90 @@ class Session:
                 self.messages.append(self.redactor(f"cleanup of redis keys failed: {classify(e)}"))
 
     async def _close_clients(self) -> None:
-        c = self.clients
-        if c.pg is not None:
-            try:
-                await asyncio.wait_for(c.pg.close(), 5)
-            except BaseException:
-                c.pg.terminate()
-            c.pg = None
-        if c.redis is not None:
-            # bounded: redis-py's disconnect awaits wait_closed(), which can hang
-            # on a half-closed socket (redis/redis-py#3941)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(c.redis.aclose(), 5)
-            # a client built on an explicit pool leaves the pool's sockets open
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(c.redis.connection_pool.disconnect(), 5)
-            c.redis = None
-        if c.http is not None:
-            with contextlib.suppress(Exception):
-                await c.http.close()
-            c.http = None
+        await close_clients(self.clients)
+
+
+async def connect_clients(
+    cfg: RunConfig, needs: set[str], clients: Clients, redactor: Redactor,
+    size: int | None = None,
+) -> None:  # fmt: skip
+    """Open the load's clients for the targets the scenarios need, each sized to
+    `size` workers (default --max-concurrency); a target that does not answer
+    is a TargetError that says what to check. The session and every worker
+    process (--processes) open theirs here."""
+    size = size or cfg.engine.max_concurrency
+    if cfg.pg_dsn and "postgres" in needs:
+        import asyncpg
+
+        try:
+            clients.pg = await asyncpg.create_pool(
+                cfg.pg_dsn, min_size=1, max_size=max(2, size),
+                max_inactive_connection_lifetime=10, reset=_noop_reset, timeout=10,
+                server_settings={"application_name": "loadtop:pool", **clients.pg_settings},
+            )  # fmt: skip
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:  # fmt: skip
+            raise TargetError(redactor(describe_pg_error(cfg.pg_dsn, e))) from None
+    if cfg.redis_url and "redis" in needs:
+        import redis.asyncio as aioredis
+
+        pool = aioredis.BlockingConnectionPool.from_url(
+            cfg.redis_url, max_connections=size + 8, timeout=10,
+            socket_connect_timeout=5, socket_timeout=30, client_name="loadtop:load",
+        )  # fmt: skip
+        client = aioredis.Redis(connection_pool=pool)
+        try:
+            await asyncio.wait_for(client.ping(), 10)
+        except Exception as e:
+            await client.aclose()
+            raise TargetError(redactor(describe_redis_error(cfg.redis_url, e))) from None
+        clients.redis = client
+    if cfg.http_url and "http" in needs:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(
+            limit=size, limit_per_host=size,
+            ttl_dns_cache=300,
+        )  # fmt: skip
+        session = aiohttp.ClientSession(
+            base_url=cfg.http_url if _has_no_path(cfg.http_url) else None,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=30, connect=5),
+        )
+        try:
+            async with session.get(cfg.http_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                await r.read()
+        except Exception as e:
+            await session.close()
+            raise TargetError(
+                redactor(
+                    f"cannot reach the HTTP target {cfg.http_url}: {classify(e)}"
+                    " — is the service up and the URL right?"
+                )  # fmt: skip
+            ) from None
+        clients.http = session
+
+
+async def close_clients(c: Clients) -> None:
+    """Close what connect_clients opened, each close bounded."""
+    if c.pg is not None:
+        try:
+            await asyncio.wait_for(c.pg.close(), 5)
+        except BaseException:
+            c.pg.terminate()
+        c.pg = None
+    if c.redis is not None:
+        # bounded: redis-py's disconnect awaits wait_closed(), which can hang
+        # on a half-closed socket (redis/redis-py#3941)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(c.redis.aclose(), 5)
+        # a client built on an explicit pool leaves the pool's sockets open
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(c.redis.connection_pool.disconnect(), 5)
+        c.redis = None
+    if c.http is not None:
+        with contextlib.suppress(Exception):
+            await c.http.close()
+        c.http = None
 
 
 def run_sync(coro: Any) -> Any:
