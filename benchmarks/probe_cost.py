@@ -11,18 +11,19 @@
 3. Each probe's own CPU per poll in this process, with no load running (what
    the probes take from the load generator's core at their default intervals).
 
-Measured on the development machine (2 cores shared with other jobs, load
-average 4-5; PostgreSQL 18.6 embedded, Valkey 9), 2026-11-22:
+Measured on the development machine (2 cores; PostgreSQL 18.6 embedded,
+Valkey 9), 2026-11-22, on a quiet box:
 - postgres probe poll at 201 client backends, 50 waiting in 5 chains of 10:
-  p50 5.0 ms, p95 10.6 ms, max 14.0 ms (the two queries 2.2 + 0.9 ms, the
-  Python summary and tree 1.0 ms). Target < 20 ms: met.
-- probes' own CPU in the generator process: postgres 0.7 ms/poll (1 s),
-  redis 4.7 ms/poll at 10,000 keys (1 s), local processes 12 ms/poll (5 s):
-  0.8% of one core, so a generator-bound run keeps >= 0.99 of its throughput.
-- on/off throughput at 32 workers, paired 4 s periods: 0.96, 0.94, 1.07, 1.17
-  in four runs. The machine's other load moves throughput by 15-30% between
-  periods (1,300 to 3,500 ops/s between runs), so these runs cannot resolve a
-  3% effect; the CPU figure above is the bound to trust here.
+  p50 3.4 ms, p95 4.7 ms, max 5.2 ms (the two queries 2.7 + 0.9 ms, the
+  Python summary and tree 1.4 ms). Target < 20 ms: met.
+- probes' own CPU in the generator process: postgres 0.6 ms/poll (1 s),
+  redis 4.1 ms/poll at 10,000 keys (1 s), local processes 6.7 ms/poll (5 s):
+  0.6% of one core.
+- on/off throughput at 32 workers, 21 alternating 4 s periods in one run:
+  paired median 0.996, ratio of means 1.022; loadtop's CPU per 1000
+  operations 82.5 ms off, 83.1 ms on (0.992 for a generator-bound run).
+  Target >= 0.97: met. (Earlier runs on a box busy with other jobs swung
+  0.94-1.17 between periods: too noisy to resolve 3%.)
 
 Usage:
     uv run python benchmarks/probe_cost.py                # embedded PostgreSQL

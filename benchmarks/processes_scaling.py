@@ -14,6 +14,10 @@ noise hits both alike:
    is printed so nobody takes --processes for a free lunch.
 
 Prints ops/s per run and the medians' ratio processes=N / processes=1.
+
+Measured here (2 cores), 2026-11-22: cpu-work 22,700 -> 44,700 ops/s, 1.97x
+with 2 processes; pg-select with the server on the same box 0.79x (the
+server and the two generator processes fight over the two cores).
 """
 
 from __future__ import annotations
