@@ -98,7 +98,6 @@ class WorkerHosts:
         self._seq = 0
         self._waiting: set[int] = set()
         self._replied: asyncio.Event | None = None
-        self._last: tuple[list[int], list[float], bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_event: Callable[[str, str], None] = lambda kind, note: None
         self.on_lost: Callable[[], None] = lambda: None
@@ -172,7 +171,6 @@ class WorkerHosts:
         self._runs = {r.name: r for r in runs}
 
     def assign(self, shares: list[int], rates: list[float], paused: bool) -> None:
-        self._last = (list(shares), list(rates), paused)
         alive = sorted(self._alive)
         if not alive:
             return
