@@ -46,14 +46,27 @@ def build_app(pg_dsn: str, redis_url: str, *, pool_size: int = 40) -> Any:
 
     state: dict[str, Any] = {}
 
+    async def connect(deadline: float) -> Any:
+        """`loadtop demo` starts the service alongside the servers, to be on
+        screen sooner: wait for PostgreSQL to listen and accept."""
+        import asyncio
+
+        while True:
+            try:
+                return await asyncpg.create_pool(
+                    pg_dsn,
+                    min_size=2,
+                    max_size=pool_size,
+                    server_settings={"application_name": "demo-shop"},
+                )
+            except (OSError, asyncpg.CannotConnectNowError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            pg_dsn,
-            min_size=2,
-            max_size=pool_size,
-            server_settings={"application_name": "demo-shop"},
-        )
+        pool = await connect(time.monotonic() + 30)
         async with pool.acquire() as conn:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             await conn.execute(
@@ -194,6 +207,12 @@ class DemoService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> DemoService:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process. Call it from the thread that outlives the service:
+        PR_SET_PDEATHSIG fires when the *thread* that forked it exits."""
         cmd = [sys.executable, "-m", "app.demo_service", "--pg", self.pg_dsn,
                "--redis", self.redis_url, "--port", str(self.port), "--name", SERVICE_NAME]  # fmt: skip
         self.proc = subprocess.Popen(
@@ -203,10 +222,15 @@ class DemoService:
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
+
+    def wait_ready(self, timeout: float = 30.0) -> DemoService:
+        """Until /health answers (any thread may wait)."""
+        proc = self.proc
+        assert proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode()[-600:]
+            if proc.poll() is not None:  # also when close() ran meanwhile
+                err = (proc.stderr.read() if proc.stderr else b"").decode()[-600:]
                 raise RuntimeError(f"the demo service exited: {err.strip()}")
             with (
                 contextlib.suppress(OSError),
@@ -214,7 +238,7 @@ class DemoService:
             ):
                 if r.status == 200:
                     return self
-            time.sleep(0.1)
+            time.sleep(0.05)
         self.close()
         raise RuntimeError(f"the demo service did not answer on {self.url} within {timeout:.0f} s")
 
