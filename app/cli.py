@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from app.engine.engine import EngineConfig
 from app.engine.thresholds import ThresholdError, parse_thresholds
-from app.scenario import ScenarioError, builtin_scenarios, parse_mix
+from app.scenario import ScenarioError, builtin_scenarios, check_processes, parse_mix
 from app.session.recording import RecordingError, check_output_path, read_recording
 from app.targets import (
     Redactor,
@@ -354,12 +354,10 @@ def build_run_config(args: argparse.Namespace, *, watch: bool = False) -> Any:
     if procs > 64 or procs > max_c:
         fail(f"--processes {procs} is too many: at most 64 and at most --max-concurrency ({max_c})")
     if procs > 1:
-        bound = [cls.name for cls, _ in mix if not getattr(cls, "processes_ok", False)]
-        if bound:
-            fail(f"scenario {bound[0]!r} cannot run with --processes: it keeps state in one"
-                 " process; drop --processes (built-ins that can: "
-                 + ", ".join(sorted(n for n, c in builtin_scenarios().items() if c.processes_ok))
-                 + ")")  # fmt: skip
+        try:  # before any embedded server starts
+            check_processes([cls for cls, _ in mix])
+        except ScenarioError as e:
+            fail(str(e))
     headless = bool(getattr(args, "headless", False))
     if duration is None and not steps and headless and not watch:
         duration = 60.0

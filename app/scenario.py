@@ -232,6 +232,19 @@ def _load_file(path: Path) -> Any:
     return module
 
 
+def check_processes(classes: list[type[Scenario]]) -> None:
+    """--processes N: every scenario must say it can run in several processes,
+    and be a class the worker processes can import again."""
+    for cls in classes:
+        if not cls.processes_ok:
+            able = sorted(n for n, c in builtin_scenarios().items() if c.processes_ok)
+            raise ScenarioError(
+                f"scenario {cls.name!r} cannot run with --processes: it keeps state in one"
+                f" process; drop --processes (built-ins that can: {', '.join(able)})"
+            )
+        class_ref(cls)
+
+
 def class_ref(cls: type[Scenario]) -> tuple[str, str | None, str]:
     """How another process finds `cls` again: (module, file, qualname)."""
     if "<locals>" in cls.__qualname__:

@@ -146,11 +146,14 @@ class _Window:
         for src, dst in ((p["errors"], self.errors), (p["lat"], self.lat)):
             for k, n in src.items():
                 dst[k] = dst.get(k, 0) + n
-        c = self.counters
         for k, n in p["counters"].items():
-            if k not in c and len(c) >= MAX_COUNTERS:
-                k = "other"
-            c[k] = c.get(k, 0) + n
+            self.count(k, n)
+
+    def count(self, name: str, n: int) -> None:
+        c = self.counters
+        if name not in c and len(c) >= MAX_COUNTERS:
+            name = "other"
+        c[name] = c.get(name, 0) + n
 
 
 @dataclass
@@ -188,10 +191,7 @@ class _ScenarioRun:
 
     def count(self, name: str, n: int = 1) -> None:
         """ctx.count(): into the window open now, so a count lands in its tick."""
-        c = self.win.counters
-        if name not in c and len(c) >= MAX_COUNTERS:
-            name = "other"
-        c[name] = c.get(name, 0) + n
+        self.win.count(name, n)
 
     def record_failure(
         self, exc: BaseException, elapsed_us: int | None, conn_gone: bool = False
@@ -353,8 +353,7 @@ class LoadEngine:
         self.panicked = True
         if self.plan_running:
             self._pause_plan(source)
-        live = sum(len(r.workers) for r in self.runs)
-        self.event("panic", source, live, 0)
+        self.event("panic", source, self.live_workers, 0)
         if self.procs is not None:
             self.procs.panic()
         for r in self.runs:

@@ -27,7 +27,7 @@ from typing import Any
 from app.engine.engine import Clients, EngineConfig, LoadEngine, allocate
 from app.engine.errors import classify
 from app.engine.procs import HostSpec, WorkerHosts
-from app.scenario import Context, Scenario, ScenarioError, class_ref, slug
+from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
 from app.session.recording import Recorder, Recording, RecordingError
 from app.session.report import render_markdown
 from app.targets import Redactor, TargetError, redact_params
@@ -395,20 +395,14 @@ class Session:
 
     def _check_needs(self) -> None:
         cfg = self.cfg
+        if cfg.processes > 1:
+            check_processes([type(inst) for inst, _ in self.instances])
         have = {"postgres": cfg.pg_dsn, "redis": cfg.redis_url, "http": cfg.http_url}
         flag = {"postgres": "--pg DSN", "redis": "--redis URL", "http": "--http URL"}
         for inst, _ in self.instances:
             for need in inst.needs:
                 if not have[need]:
                     raise ScenarioError(f"scenario {inst.name!r} needs {need}: give {flag[need]}")
-            if cfg.processes > 1 and not inst.processes_ok:
-                raise ScenarioError(
-                    f"scenario {inst.name!r} keeps state in this process (its run() needs"
-                    " setup()'s objects or verify() counts in memory): run it without"
-                    " --processes, or see 'Writing a scenario' for processes_ok"
-                )
-            if cfg.processes > 1:
-                class_ref(type(inst))  # a class the worker processes can import
             if cfg.readonly and inst.writes:
                 raise ScenarioError(
                     f"scenario {inst.name!r} writes to its target and --readonly is set:"
