@@ -86,6 +86,17 @@ async def row_held(pg_dsn: str, prefix: str, app_name: str = "test-holder") -> A
             holder.terminate()
 
 
+async def open_blocker(live: Live, pilot: Pilot[Any], pid: int) -> None:
+    """Wait for backend `pid` in the blocking tree, select it, press enter."""
+    pane = live.app.query_one(PostgresPane)
+    await until(pilot, lambda: f"r{pid}" in pane.backends, timeout=10)
+    table = live.app.query_one("#blockers", DataTable)
+    table.focus()
+    table.move_cursor(row=table.get_row_index(f"r{pid}"))
+    await pilot.press("enter")
+    assert isinstance(live.app.screen, BlockerScreen)
+
+
 class Live:
     def __init__(self, session: Session, app: LoadtopApp) -> None:
         self.session = session
@@ -245,13 +256,7 @@ async def test_blocker_details_cancel_and_terminate(
     prefix = live.session.prefixes["row-bump"]
     async with row_held(pg_dsn, prefix) as holder, live.app.run_test(size=(120, 40)) as pilot:
         pid = holder.get_server_pid()
-        pane = live.app.query_one(PostgresPane)
-        await until(pilot, lambda: f"r{pid}" in pane.backends, timeout=10)
-        table = live.app.query_one("#blockers", DataTable)
-        table.focus()
-        table.move_cursor(row=table.get_row_index(f"r{pid}"))
-        await pilot.press("enter")
-        assert isinstance(live.app.screen, BlockerScreen)
+        await open_blocker(live, pilot, pid)
         text = live.screen()
         assert f"backend {pid}" in text and "root blocker" in text and "test-holder" in text
         assert "waiting behind it" in text
@@ -307,13 +312,7 @@ async def test_readonly_has_no_cancel_or_terminate(
         )
         pid = a.get_server_pid()
         async with live.app.run_test(size=(120, 40)) as pilot:
-            pane = live.app.query_one(PostgresPane)
-            await until(pilot, lambda: f"r{pid}" in pane.backends, timeout=10)
-            table = live.app.query_one("#blockers", DataTable)
-            table.focus()
-            table.move_cursor(row=table.get_row_index(f"r{pid}"))
-            await pilot.press("enter")
-            assert isinstance(live.app.screen, BlockerScreen)
+            await open_blocker(live, pilot, pid)
             assert live.app.screen.act is None
             assert "read-only" in live.screen()
             await pilot.press("k")
