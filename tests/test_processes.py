@@ -252,3 +252,13 @@ async def test_open_model_rate_is_split_and_never_exceeded(pg_dsn: str) -> None:
         assert t.completed <= 400 * t.interval * 1.05 + 2, (t.completed, t.interval)
     total = sum(t.completed for t in full) / sum(t.interval for t in full)
     assert total > 400 * 0.9, total
+
+
+async def test_an_orderly_stop_loses_no_process(pg_dsn: str) -> None:
+    """The worker processes exit after their final window: that is no loss."""
+    session = Session(cfg(pg_dsn, "pg-select", concurrency=4, duration=2.0))
+    await session.run()
+    await asyncio.sleep(0.5)  # any late EOF from the exited processes is read by now
+    kinds = [e.kind for t in session.ticks for e in t.events]
+    assert "worker-process-lost" not in kinds, kinds
+    assert session.procs is not None and session.procs.live_total() == 0

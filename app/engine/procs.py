@@ -289,6 +289,8 @@ class WorkerHosts:
         if k not in self._alive:
             return
         self._forget(k)
+        if self._final[k].done():  # it sent its last window and exited: orderly
+            return
         if not self._ready[k].done():
             self._ready[k].set_exception(TargetError(f"worker process {k} exited at start"))
         if not self._final[k].done():
