@@ -119,6 +119,10 @@ async def test_redis_maxclients_is_counted_and_backed_off() -> None:
             errors[k] = errors.get(k, 0) + v
     assert errors.get("redis maxclients", 0) > 0, errors
     assert sum(t.ok for t in session.ticks) > 500
+    # flat out, each starved worker failed ~80 times a second; backing off, a
+    # worker that keeps failing tries at most ~1/s, but one that gets a pooled
+    # connection now and then starts again at 50 ms: a few per second each,
+    # so the bound is a tenth of flat out (3/s each flaked under a busy CI box)
     for t in session.ticks[2:-1]:
         failed = sum(s.failed for s in t.scenarios)
-        assert failed / t.interval <= workers * 3, (t.index, failed)
+        assert failed / t.interval <= workers * 8, (t.index, failed)
