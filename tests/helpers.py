@@ -5,8 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from app.engine.engine import EngineConfig
-from app.scenario import load_scenarios
+from app.scenario import Context, Scenario, load_scenarios
 from app.session.runner import Outcome, RunConfig, Session
+
+
+class RedisSetGet(Scenario):
+    """A minimal Redis scenario: SET then GET one key of the run's prefix."""
+
+    name = "redis-setget"
+    needs = ("redis",)
+
+    async def run(self, ctx: Context) -> None:
+        assert ctx.redis is not None
+        k = ctx.key("k", ctx.rng.randint(1, 50))
+        await ctx.redis.set(k, ctx.worker)
+        await ctx.redis.get(k)
 
 
 async def run_session(
@@ -42,6 +55,31 @@ def totals(session: Session) -> tuple[int, int, dict[str, int]]:
             for k, v in w.errors.items():
                 errors[k] = errors.get(k, 0) + v
     return ok, failed, errors
+
+
+def require_password(pg: Any, role: str, password: str, *, superuser: bool = False) -> None:
+    """On an embedded PostgreSQL (trust auth), add a LOGIN role that must
+    authenticate with its password (scram-sha-256 over TCP)."""
+    import asyncio
+    import os
+
+    import asyncpg
+
+    hba = pg.pgdata / "pg_hba.conf"
+    st = hba.stat()
+    hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    os.chown(hba, st.st_uid, st.st_gid)
+
+    async def go() -> None:
+        conn = await asyncpg.connect(pg.dsn)
+        try:
+            su = " SUPERUSER" if superuser else ""
+            await conn.execute(f"CREATE ROLE {role} LOGIN{su} PASSWORD '{password}'")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
 
 
 async def wait_for_reading(ps: Any, probe: str, ok: bool, timeout: float) -> None:

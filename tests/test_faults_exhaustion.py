@@ -13,11 +13,11 @@ import pytest
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.engine.engine import EngineConfig
-from app.scenario import Context, Scenario
 from app.session.recording import Recording
 from app.session.report import build_summary, render_markdown
 from app.session.runner import RunConfig, Session
 from scenarios.postgres import PgSelect
+from tests.helpers import RedisSetGet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -87,17 +87,6 @@ async def test_exhaustion_counts_53300_and_reports_never_connected(small_pg) -> 
     finally:
         await conn.close()
     assert left == 0
-
-
-class RedisSetGet(Scenario):
-    name = "redis-setget"
-    needs = ("redis",)
-
-    async def run(self, ctx: Context) -> None:
-        assert ctx.redis is not None
-        k = ctx.key("k", ctx.rng.randint(1, 50))
-        await ctx.redis.set(k, ctx.worker)
-        await ctx.redis.get(k)
 
 
 async def test_redis_maxclients_is_counted_and_backed_off() -> None:

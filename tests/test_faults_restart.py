@@ -13,29 +13,16 @@ import pytest
 
 from app.engine.engine import EngineConfig
 from app.engine.errors import is_connection_error
-from app.scenario import Context, Scenario
 from app.session.recording import Recording
 from app.session.report import build_summary, render_markdown
 from app.session.runner import RunConfig, Session
 from scenarios.postgres import StockReservation
+from tests.helpers import RedisSetGet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OUTAGE_S = 5.0
 RECOVER_WITHIN_S = 2.0
-
-
-class RedisSetGet(Scenario):
-    """A minimal Redis scenario: SET then GET one key of the run's prefix."""
-
-    name = "redis-setget"
-    needs = ("redis",)
-
-    async def run(self, ctx: Context) -> None:
-        assert ctx.redis is not None
-        k = ctx.key("k", ctx.rng.randint(1, 50))
-        await ctx.redis.set(k, ctx.worker)
-        await ctx.redis.get(k)
 
 
 async def _run_with_outage(session: Session, stop, start, *, before_s: float = 3.0):

@@ -26,6 +26,7 @@ from app.engine.procs import split_shares
 from app.scenario import Context, Scenario, load_scenarios
 from app.session.runner import RunConfig, Session
 from tests.helpers import totals
+from tests.test_detect_support import drive, wait_ticks
 
 pytestmark = pytest.mark.integration
 
@@ -52,20 +53,6 @@ def cfg(pg_dsn: str, scenario: str, **engine: Any) -> RunConfig:
     )
 
 
-async def drive(session: Session, body: Any) -> None:
-    async def go() -> None:
-        try:
-            while session.engine is None or not session.engine.ticks_emitted:
-                await asyncio.sleep(0.05)
-            await body(session)
-        finally:
-            session.stop("test")
-
-    task = asyncio.create_task(go())
-    await session.run()
-    await asyncio.wait_for(task, 30)
-
-
 async def loadtop_backends(conn: asyncpg.Connection, scenario: str) -> list[str]:
     rows = await conn.fetch(
         "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE $1",
@@ -82,6 +69,8 @@ async def test_every_operation_lands_in_one_tick_and_the_cap_holds(pg_dsn: str) 
     mon = await asyncpg.connect(pg_dsn)
 
     async def body(s: Session) -> None:
+        await wait_ticks(s, 1)
+
         async def watch(seconds: float) -> None:
             end = time.monotonic() + seconds
             while time.monotonic() < end:
@@ -159,6 +148,7 @@ async def test_panic_reaches_every_process(pg_dsn: str) -> None:
     took: dict[str, float] = {}
 
     async def body(s: Session) -> None:
+        await wait_ticks(s, 1)
         prefix = s.prefixes["hot-counter"]
         await holder.execute("BEGIN")
         await holder.execute(f'UPDATE "{prefix}".counter SET n = n WHERE id = 1')
@@ -190,6 +180,7 @@ async def test_a_lost_worker_process_is_an_event_and_its_share_moves(pg_dsn: str
     marks: dict[str, int] = {}
 
     async def body(s: Session) -> None:
+        await wait_ticks(s, 1)
         assert s.procs is not None
         victim = s.procs.pids[1]
         os.kill(victim, signal.SIGKILL)

@@ -7,7 +7,6 @@ says what to do, exit code 2, and no traceback."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -19,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from app.cli import main
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.helpers import require_password
 
 pytestmark = [pytest.mark.integration]
 
@@ -97,28 +96,7 @@ class Env:
 def env(tmp_path_factory, pg_dsn: str) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("bad")
     with EmbeddedPostgres() as pw_pg, EmbeddedRedis(requirepass="right-pass-123") as r:
-
-        async def role() -> None:
-            c = await asyncpg.connect(pw_pg.dsn)
-            try:
-                await c.execute("CREATE ROLE lt_pw LOGIN PASSWORD 'right-pass-123'")
-            finally:
-                await c.close()
-
-        asyncio.run(role())
-        hba = pw_pg.pgdata / "pg_hba.conf"
-        st = hba.stat()
-        hba.write_text("host all lt_pw 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-        os.chown(hba, st.st_uid, st.st_gid)
-
-        async def reload() -> None:
-            c = await asyncpg.connect(pw_pg.dsn)
-            try:
-                await c.execute("SELECT pg_reload_conf()")
-            finally:
-                await c.close()
-
-        asyncio.run(reload())
+        require_password(pw_pg, "lt_pw", "right-pass-123")
         garbage, reset = _Server(_garbage), _Server(_reset)
         s = socket.socket()
         s.bind(("127.0.0.1", 0))

@@ -174,8 +174,8 @@ def _procs_on(port: int) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize("how", ["clean", "SIGTERM"])
-def test_embedded_servers_leave_no_process(tmp_path: Path, how: str) -> None:
+def both_scenario(tmp_path: Path) -> Path:
+    """A scenario file needing both embedded servers, for runs in a subprocess."""
     scen = tmp_path / "both.py"
     scen.write_text(
         "from app.scenario import Scenario\n"
@@ -186,6 +186,12 @@ def test_embedded_servers_leave_no_process(tmp_path: Path, how: str) -> None:
         "        await ctx.conn.fetchval('SELECT 1')\n"
         "        await ctx.redis.set(ctx.key('k'), 1)\n"
     )
+    return scen
+
+
+@pytest.mark.parametrize("how", ["clean", "SIGTERM"])
+def test_embedded_servers_leave_no_process(tmp_path: Path, how: str) -> None:
+    scen = both_scenario(tmp_path)
     proc = start_run(["-s", str(scen), "-c", "2", "-d", "2s" if how == "clean" else "60s"])
     try:
         wait_ticks(proc, 1, timeout=60)
@@ -278,16 +284,7 @@ def test_sigkill_leaves_no_embedded_server_behind(tmp_path: Path) -> None:
     """Even a SIGKILL, which loadtop cannot catch, leaves no PostgreSQL or
     Valkey running: each embedded server has a watchdog that stops it when
     loadtop's end of its pipe closes without a goodbye."""
-    scen = tmp_path / "both.py"
-    scen.write_text(
-        "from app.scenario import Scenario\n"
-        "class Both(Scenario):\n"
-        "    name = 'both'\n"
-        "    needs = ('postgres', 'redis')\n"
-        "    async def run(self, ctx):\n"
-        "        await ctx.conn.fetchval('SELECT 1')\n"
-        "        await ctx.redis.set(ctx.key('k'), 1)\n"
-    )
+    scen = both_scenario(tmp_path)
     proc = start_run(["-s", str(scen), "-c", "2", "-d", "60s"])
     try:
         wait_ticks(proc, 1, timeout=60)

@@ -15,10 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from app.embedded import EmbeddedRedis
+from tests.helpers import require_password
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,27 +57,7 @@ class Leaky(Scenario):
 def secured_pg(own_pg):
     """own_pg with a role that must log in with a password (scram-sha-256)."""
 
-    async def prepare() -> None:
-        conn = await asyncpg.connect(own_pg.dsn)
-        try:
-            await conn.execute(f"CREATE ROLE lt_user LOGIN SUPERUSER PASSWORD '{PG_PW}'")
-        finally:
-            await conn.close()
-
-    asyncio.run(prepare())
-    hba = own_pg.pgdata / "pg_hba.conf"
-    st = hba.stat()
-    hba.write_text("host all lt_user 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-    os.chown(hba, st.st_uid, st.st_gid)
-
-    async def reload() -> None:
-        conn = await asyncpg.connect(own_pg.dsn)
-        try:
-            await conn.execute("SELECT pg_reload_conf()")
-        finally:
-            await conn.close()
-
-    asyncio.run(reload())
+    require_password(own_pg, "lt_user", PG_PW, superuser=True)
     yield f"postgresql://lt_user:{PG_PW}@127.0.0.1:{own_pg.port}/postgres", own_pg
 
 
