@@ -23,7 +23,7 @@ from textual.widgets import DataTable
 from app.engine.engine import EngineConfig
 from app.scenario import Context, Scenario
 from app.session.runner import RunConfig, Session
-from app.ui.main import LoadtopApp, make_live_app
+from app.ui.main import LiveConsole, make_live_app
 from app.ui.panes import PostgresPane
 from app.ui.screens import BlockerScreen, ConfirmScreen, HelpScreen
 from app.ui.textshot import screen_text
@@ -98,7 +98,7 @@ async def open_blocker(live: Live, pilot: Pilot[Any], pid: int) -> None:
 
 
 class Live:
-    def __init__(self, session: Session, app: LoadtopApp) -> None:
+    def __init__(self, session: Session, app: LiveConsole) -> None:
         self.session = session
         self.app = app
 

@@ -26,7 +26,7 @@ from app.tick import (
     new_histogram,
     tick_to_json,
 )
-from app.ui.main import LoadtopApp, make_replay_app
+from app.ui.main import ReplayConsole, make_replay_app
 from app.ui.panes import AnomalyFeed, PodsPane, PostgresPane, RedisPane
 from app.ui.textshot import screen_text
 
@@ -233,7 +233,7 @@ def make_recording(**kw: Any) -> Recording:
     return Recording(header=header, ticks=make_ticks(**kw), end={"type": "end", "reason": "x"})
 
 
-def replay_app(**kw: Any) -> LoadtopApp:
+def replay_app(**kw: Any) -> ReplayConsole:
     return make_replay_app(make_recording(**kw), clock=lambda: T0, autoplay=False)
 
 
