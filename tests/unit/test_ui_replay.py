@@ -71,6 +71,7 @@ async def test_replay_keys_step_seek_and_play(tmp_path: Path) -> None:
         assert "# " in Path(app.exports[0]).read_text()
         await pilot.press("q")
     assert app.return_code == 0
+    assert app.return_value == 0  # what app.run() hands `loadtop replay`
 
 
 async def test_replay_play_advances_and_stops_at_end() -> None:

@@ -132,13 +132,19 @@ def blocking_tree(
     ]
 
 
-def pg_reading(i: int, *, waiting: int | None = None, root_pid: int = 4242) -> Reading:
+def pg_reading(
+    i: int,
+    *,
+    waiting: int | None = None,
+    root_pid: int = 4242,
+    app_name: str = "loadtop:stock-reservation:w3",
+) -> Reading:
+    """The pg probe at tick i: from tick 12 (or with `waiting`), backend
+    `root_pid` holds a row lock that `waiting` backends queue behind."""
     waiting = (2 if i >= 12 else 0) if waiting is None else waiting
     tree = []
     if waiting:
-        tree = blocking_tree(
-            root_pid, app_name="loadtop:stock-reservation:w3", waiters=waiting, age_s=3.5 + i
-        )
+        tree = blocking_tree(root_pid, app_name=app_name, waiters=waiting, age_s=3.5 + i)
     data = {
         "server_version": "18.0",
         "max_connections": 100,
