@@ -149,7 +149,7 @@ class LiveConsole(Console):
     def controls(self) -> Controls:
         """The one place the console reads paused / panicked / plan from."""
         last = self.last_tick
-        if self._local is not None and (last is None or last.t < self._local_at):
+        if self._local is not None and (last is None or last.t <= self._local_at):
             return self._local
         return self._told
 
