@@ -34,7 +34,6 @@ __all__ = [
     "TicksArrived",
     "make_live_app",
     "make_replay_app",
-    "run_console",
     "run_replay",
     "run_session_console",
 ]
@@ -137,13 +136,6 @@ def run_session_console(
             say(f"recording: {outcome.record_path}")
         return int(outcome.exit_code)
     return int(code or 0)
-
-
-def run_console(cfg: Any) -> int:
-    """`loadtop run` without --headless."""
-    from app.session.runner import Session
-
-    return run_session_console(Session(cfg))
 
 
 def run_replay(rec: Recording) -> int:

@@ -83,13 +83,11 @@ class ReplayConsole(Console):
         self._replay_status()
 
     def write_report(self) -> str:
-        from app.session.report import render_markdown
-        from app.targets import Redactor
+        from app.session.export import write_report
 
         run = self.replay.rec.header.get("run_id", "replay")
-        path = Path(self.export_dir or ".") / f"loadtop-{run}-replay.md"
-        path.write_text(Redactor()(render_markdown(self.replay.rec)), encoding="utf-8")
-        return str(path)
+        base = Path(self.export_dir or ".")
+        return write_report(self.replay.rec, str(base / f"loadtop-{run}-replay.md"))
 
     # ---- moving through the recording ----------------------------------------------
     def seek(self, i: int) -> None:

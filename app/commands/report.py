@@ -1,0 +1,37 @@
+"""`loadtop report F.jsonl [-o F.md] [--json]`: the report of a recording."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.commands.base import fail
+from app.session.recording import RecordingError, read_recording
+
+
+class Report:
+    name = "report"
+    help = "the Markdown (or JSON) report of a recording"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("recording", metavar="F.jsonl")
+        parser.add_argument("-o", "--output", metavar="F.md")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from app.session.export import render_report, write_report
+
+        try:
+            rec = read_recording(args.recording)
+        except RecordingError as e:
+            fail(str(e))
+        if args.output:
+            try:
+                write_report(rec, args.output, json=args.json)
+            except OSError as e:
+                fail(f"-o {args.output} cannot be written ({e.strerror}): choose another path")
+            print(f"wrote {args.output}", file=sys.stderr)
+        else:
+            text = render_report(rec, json=args.json)
+            sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+        return 0
