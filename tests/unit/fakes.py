@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.session.control import TickListener
+from app.session.export import write_report
 from app.session.recording import Recording
-from app.session.report import render_markdown
 from app.tick import ControlEvent, Reading, Tick
 from tests.unit.ticks import tick as build_tick
 
@@ -215,8 +215,7 @@ class FakeSession:
         self.calls.append(("export_report", (path,)))
         path = path or "loadtop-fake0001.md"
         header = {"type": "header", "version": 1, "run_id": "fake0001", "targets": self.targets}
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(render_markdown(Recording(header=header, ticks=list(self.ticks))))
+        write_report(Recording(header=header, ticks=list(self.ticks)), path)
         self._event("export", "key", note=path)
         return path
 
