@@ -1,0 +1,640 @@
+"""Postgres-native queues against a real PostgreSQL.
+
+procrastinate drives the main test with its own schema, its own `defer` and
+its own worker process, which is then killed. pgmq, River and Oban (whose
+packages need a Postgres extension, Go or Elixir) get their documented table
+layouts created here and rows written the way they write them. Every figure
+is checked against ground truth read with plain SQL. Each test uses fresh
+schemas and drops them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app.cli import main
+from app.probes.base import build_probes, run_poll
+from app.probes.pg_queues import (
+    PgQueuesProbe,
+    QueueConfigError,
+    SqlQueue,
+    consumed,
+    found_from_catalog,
+    parse_sql_queues,
+)
+from app.probes.schema import RedisQueue
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def poll(probe: PgQueuesProbe) -> dict[str, Any]:
+    r = await run_poll(probe)
+    assert r.ok, r.error
+    return dict(r.data)
+
+
+def queue(data: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    hits = [q for q in data["queues"] if q["key"] == key and q["name"].split(":")[-1] == name]
+    assert len(hits) == 1, f"queue {name} of {key} not found once in {data['queues']}"
+    return hits[0]
+
+
+@pytest.fixture
+async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(pg_dsn, server_settings={"application_name": "pgq-test"})
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def schema(conn: asyncpg.Connection, run_id: str) -> AsyncIterator[str]:
+    name = f"lt_pgq_{run_id}"
+    await conn.execute(f"CREATE SCHEMA {name}")
+    yield name
+    await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+# ---- procrastinate: its own schema, defer and worker -----------------------------------
+
+
+async def truth_procrastinate(c: asyncpg.Connection, s: str, q: str) -> dict[str, Any]:
+    """The figures read with plain SQL, independently of the probe."""
+    return dict(
+        await c.fetchrow(
+            f"""
+SELECT count(*) FILTER (WHERE status = 'todo'
+                          AND (scheduled_at IS NULL OR scheduled_at <= now())) AS depth,
+       count(*) FILTER (WHERE status = 'todo' AND scheduled_at > now()) AS scheduled,
+       count(*) FILTER (WHERE status = 'doing') AS in_flight,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status IN ('succeeded', 'failed')) AS done,
+       (SELECT extract(epoch FROM now() - min(e.at))::float8
+          FROM {s}.procrastinate_events e JOIN {s}.procrastinate_jobs j ON j.id = e.job_id
+         WHERE e.type = 'deferred' AND j.status = 'todo' AND j.scheduled_at IS NULL) AS oldest_s
+FROM {s}.procrastinate_jobs WHERE queue_name = $1""",
+            q,
+        )
+    )
+
+
+def assert_matches(got: dict[str, Any], truth: dict[str, Any]) -> None:
+    for k in ("depth", "scheduled", "in_flight", "failed"):
+        assert got[k] == truth[k], (k, got, truth)
+    assert got["oldest_age_s"] is not None and truth["oldest_s"] is not None
+    # the probe and the ground truth read at slightly different instants
+    assert abs(got["oldest_age_s"] - truth["oldest_s"]) < 1.0, (got, truth)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_procrastinate_real_worker_killed(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str, run_id: str
+) -> None:
+    from tests.pgq_procrastinate_app import make_app
+
+    qname = f"emails_{run_id}"
+    key = f"{schema}.procrastinate_jobs"
+    app = make_app(pg_dsn, schema, qname)
+    probe = PgQueuesProbe(pg_dsn)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()  # procrastinate's own schema
+            work, boom = app.tasks["work"], app.tasks["boom"]
+            for i in range(3):
+                await boom.defer_async(n=i)
+            for i in range(60):
+                await work.defer_async(n=i)
+            for i in range(4):  # due in an hour: scheduled, not backlog
+                await work.configure(schedule_in={"hours": 1}).defer_async(n=100 + i)
+            await asyncio.sleep(1.0)
+
+            # 1. a backlog nobody consumes yet
+            d = await poll(probe)
+            assert f"procrastinate {schema}" in d["systems"]
+            q = queue(d, key, qname)
+            assert_matches(q, await truth_procrastinate(conn, schema, qname))
+            assert q["depth"] == 63 and q["scheduled"] == 4 and q["in_flight"] == 0
+            assert q["layout"] == "procrastinate" and q["source"] == "postgres"
+            assert q["oldest_age_s"] >= 1.0
+            assert q["consumed_per_s"] is None  # no previous poll yet
+
+            # 2. procrastinate's own worker consumes (2 at a time, 0.15 s a job)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "tests.pgq_procrastinate_app", pg_dsn, schema, qname],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            rates: list[float] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                q = queue(await poll(probe), key, qname)
+                if q["consumed_per_s"] is not None:
+                    rates.append(q["consumed_per_s"])
+                if q["failed"] == 3 and q["depth"] <= 40 and max(rates, default=0) > 0:
+                    break
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            assert q["failed"] == 3, q
+            # 2 workers x 1 job / 0.15 s: ~13/s at most (boom jobs are instant)
+            assert 2.0 < max(rates) < 40.0, rates
+
+            # 3. the worker dies mid-job (SIGKILL, like an OOM kill)
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            await asyncio.sleep(0.3)
+            truth = await truth_procrastinate(conn, schema, qname)
+            q = queue(await poll(probe), key, qname)
+            assert_matches(q, truth)
+            assert q["depth"] > 0
+
+            # 4. producers go on, nobody consumes: the rate drops to 0, age grows
+            for i in range(5):
+                await work.defer_async(n=200 + i)
+            await asyncio.sleep(1.2)
+            q2 = queue(await poll(probe), key, qname)
+            truth2 = await truth_procrastinate(conn, schema, qname)
+            assert_matches(q2, truth2)
+            assert q2["depth"] == q["depth"] + 5
+            assert q2["consumed_per_s"] == 0.0
+            assert truth2["done"] == truth["done"]  # ground truth: nothing finished
+            assert q2["oldest_age_s"] >= q["oldest_age_s"] + 1.0
+            # jobs claimed by the killed worker stay "doing": in flight, not lost
+            assert q2["in_flight"] == truth2["in_flight"]
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+        await probe.close()
+
+
+# ---- pgmq: documented layout (pgmq.meta, pgmq.q_<queue>, pgmq.a_<queue>) ----------------
+
+
+@pytest.fixture
+async def pgmq_queue(conn: asyncpg.Connection, run_id: str) -> AsyncIterator[str]:
+    had_schema = await conn.fetchval("SELECT to_regnamespace('pgmq') IS NOT NULL")
+    name = f"lt_{run_id}"
+    await conn.execute("CREATE SCHEMA IF NOT EXISTS pgmq")
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS pgmq.meta (queue_name varchar UNIQUE NOT NULL, "
+        "is_partitioned boolean NOT NULL DEFAULT false, is_unlogged boolean NOT NULL "
+        "DEFAULT false, created_at timestamptz NOT NULL DEFAULT now())"
+    )
+    # pgmq.create_non_partitioned(queue_name), as pgmq 1.x writes it
+    await conn.execute(f"""
+        CREATE TABLE pgmq.q_{name} (
+            msg_id BIGINT PRIMARY KEY GENERATED ALWAYS AS IDENTITY,
+            read_ct INT DEFAULT 0 NOT NULL,
+            enqueued_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+            vt TIMESTAMP WITH TIME ZONE NOT NULL,
+            message JSONB);
+        CREATE TABLE pgmq.a_{name} (
+            msg_id BIGINT PRIMARY KEY, read_ct INT DEFAULT 0 NOT NULL,
+            enqueued_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+            archived_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+            vt TIMESTAMP WITH TIME ZONE NOT NULL, message JSONB);
+        CREATE INDEX q_{name}_vt_idx ON pgmq.q_{name} (vt ASC);
+        INSERT INTO pgmq.meta (queue_name) VALUES ('{name}');""")
+    yield name
+    await conn.execute(f"DROP TABLE IF EXISTS pgmq.q_{name}, pgmq.a_{name}")
+    await conn.execute("DELETE FROM pgmq.meta WHERE queue_name = $1", name)
+    if not had_schema:
+        await conn.execute("DROP SCHEMA pgmq CASCADE")
+
+
+async def pgmq_send(c: asyncpg.Connection, q: str, n: int, delay: int = 0) -> None:
+    await c.execute(
+        f"INSERT INTO pgmq.q_{q} (vt, message) SELECT now() + make_interval(secs => $1), "
+        "jsonb_build_object('n', g) FROM generate_series(1, $2) g",
+        delay,
+        n,
+    )
+
+
+async def pgmq_read(c: asyncpg.Connection, q: str, n: int, vt: int) -> list[int]:
+    rows = await c.fetch(
+        f"""WITH cte AS (SELECT msg_id FROM pgmq.q_{q} WHERE vt <= now() ORDER BY msg_id
+                         LIMIT $1 FOR UPDATE SKIP LOCKED)
+            UPDATE pgmq.q_{q} m SET vt = now() + make_interval(secs => $2),
+                   read_ct = read_ct + 1
+            FROM cte WHERE m.msg_id = cte.msg_id RETURNING m.msg_id""",
+        n,
+        vt,
+    )
+    return [r["msg_id"] for r in rows]
+
+
+@pytest.mark.timeout(60)
+async def test_pgmq_documented_layout(
+    pg_dsn: str, conn: asyncpg.Connection, pgmq_queue: str
+) -> None:
+    q, key = pgmq_queue, f"pgmq.q_{pgmq_queue}"
+    await pgmq_send(conn, q, 30)
+    await pgmq_send(conn, q, 5, delay=3600)  # delayed: scheduled
+    await asyncio.sleep(1.0)
+    taken = await pgmq_read(conn, q, 4, vt=60)  # 4 in flight (invisible for 60 s)
+    await pgmq_read(conn, q, 3, vt=0)  # read, not deleted, visible again: retries
+    probe = PgQueuesProbe(pg_dsn)
+    try:
+        t0 = time.monotonic()
+        got = queue(await poll(probe), key, q)
+        truth = await conn.fetchrow(
+            f"""SELECT count(*) FILTER (WHERE vt <= now()) AS depth,
+                       count(*) FILTER (WHERE vt > now() AND read_ct > 0) AS in_flight,
+                       extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE vt <= now()))::float8
+                         AS oldest_s FROM pgmq.q_{q}"""
+        )
+        assert got["depth"] == truth["depth"] == 26
+        assert got["in_flight"] == truth["in_flight"] == 4
+        assert got["scheduled"] == 5 and got["retry"] == 3 and got["failed"] is None
+        assert abs(got["oldest_age_s"] - truth["oldest_s"]) < 1.0 and got["oldest_age_s"] >= 1.0
+        assert got["layout"] == "pgmq" and got["name"] == q
+
+        # a consumer deletes its 4 and archives 6 more; 2 new messages arrive
+        await conn.execute(f"DELETE FROM pgmq.q_{q} WHERE msg_id = ANY($1)", taken)
+        more = await pgmq_read(conn, q, 6, vt=30)
+        await conn.execute(
+            f"""WITH a AS (DELETE FROM pgmq.q_{q} WHERE msg_id = ANY($1) RETURNING *)
+                INSERT INTO pgmq.a_{q} (msg_id, read_ct, enqueued_at, vt, message)
+                SELECT msg_id, read_ct, enqueued_at, vt, message FROM a""",
+            more,
+        )
+        await pgmq_send(conn, q, 2)
+        await asyncio.sleep(1.0)
+        t1 = time.monotonic()
+        got = queue(await poll(probe), key, q)
+        # 10 consumed between two polls that started t1 - t0 apart
+        assert abs(got["consumed_per_s"] * (t1 - t0) - 10) < 0.5, got
+        assert got["depth"] == 26 - 6 + 2 and got["in_flight"] == 0
+
+        # producers only: nothing consumed
+        await pgmq_send(conn, q, 7)
+        await asyncio.sleep(0.5)
+        got = queue(await poll(probe), key, q)
+        assert got["consumed_per_s"] == 0.0 and got["depth"] == 29
+    finally:
+        await probe.close()
+
+
+# ---- River and Oban: documented layouts ----------------------------------------------------
+
+RIVER_DDL = """
+CREATE TYPE {s}.river_job_state AS ENUM ('available', 'cancelled', 'completed', 'discarded',
+    'pending', 'retryable', 'running', 'scheduled');
+CREATE TABLE {s}.river_job (
+    id bigserial PRIMARY KEY,
+    state {s}.river_job_state NOT NULL DEFAULT 'available',
+    attempt smallint NOT NULL DEFAULT 0,
+    max_attempts smallint NOT NULL,
+    attempted_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finalized_at timestamptz,
+    scheduled_at timestamptz NOT NULL DEFAULT now(),
+    priority smallint NOT NULL DEFAULT 1,
+    args jsonb NOT NULL DEFAULT '{{}}',
+    attempted_by text[],
+    errors jsonb[],
+    kind text NOT NULL,
+    metadata jsonb NOT NULL DEFAULT '{{}}',
+    queue text NOT NULL DEFAULT 'default',
+    tags varchar(255)[] NOT NULL DEFAULT '{{}}');
+CREATE INDEX river_job_prioritized_fetching_index
+    ON {s}.river_job (state, queue, priority, scheduled_at, id);
+"""
+
+OBAN_DDL = """
+CREATE TYPE {s}.oban_job_state AS ENUM ('available', 'scheduled', 'executing', 'retryable',
+    'completed', 'discarded', 'cancelled');
+CREATE TABLE {s}.oban_jobs (
+    id bigserial PRIMARY KEY,
+    state {s}.oban_job_state NOT NULL DEFAULT 'available',
+    queue text NOT NULL DEFAULT 'default',
+    worker text NOT NULL,
+    args jsonb NOT NULL DEFAULT '{{}}',
+    errors jsonb[] NOT NULL DEFAULT ARRAY[]::jsonb[],
+    attempt integer NOT NULL DEFAULT 0,
+    max_attempts integer NOT NULL DEFAULT 20,
+    inserted_at timestamp without time zone NOT NULL DEFAULT timezone('UTC', now()),
+    scheduled_at timestamp without time zone NOT NULL DEFAULT timezone('UTC', now()),
+    attempted_at timestamp without time zone,
+    completed_at timestamp without time zone,
+    attempted_by text[],
+    discarded_at timestamp without time zone,
+    priority integer NOT NULL DEFAULT 0,
+    tags varchar(255)[] DEFAULT ARRAY[]::varchar[],
+    meta jsonb DEFAULT '{{}}',
+    cancelled_at timestamp without time zone);
+CREATE INDEX oban_jobs_state_queue_priority_scheduled_at_id_index
+    ON {s}.oban_jobs (state, queue, priority, scheduled_at, id);
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("system", ["river", "oban"])
+async def test_river_and_oban_documented_layouts(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str, system: str
+) -> None:
+    river = system == "river"
+    s = schema
+    table = "river_job" if river else "oban_jobs"
+    run = "running" if river else "executing"
+    # Oban keeps UTC in `timestamp without time zone`; River uses timestamptz
+    now = "now()" if river else "timezone('UTC', now())"
+    finished = "finalized_at" if river else "completed_at"
+    kind = "kind" if river else "worker"
+    await conn.execute((RIVER_DDL if river else OBAN_DDL).format(s=s))
+    # the test session runs in another time zone than UTC: naive UTC times must still read right
+    await conn.execute("SET TimeZone = 'America/New_York'")
+
+    async def insert(state: str, n: int, queue: str = "default", sched: str = now) -> None:
+        extra = ", max_attempts" if river else ""
+        await conn.execute(
+            f"INSERT INTO {s}.{table} (state, queue, {kind}, scheduled_at{extra}) "
+            f"SELECT '{state}', $1, 'Mailer', {sched}{', 25' if river else ''} "
+            "FROM generate_series(1, $2)",
+            queue,
+            n,
+        )
+
+    await insert("available", 1, sched=f"{now} - interval '42 seconds'")  # waiting since 42 s
+    await insert("available", 19)
+    await insert(run, 3)
+    await insert("retryable", 2, sched=f"{now} + interval '30 seconds'")
+    await insert("scheduled", 4, sched=f"{now} + interval '1 hour'")
+    await insert("discarded", 1)
+    await insert("available", 2, queue="reports")
+    await conn.execute(
+        f"UPDATE {s}.{table} SET {finished} = {now} WHERE state IN ('discarded', 'completed')"
+    )
+    probe = PgQueuesProbe(pg_dsn)
+    key = f"{s}.{table}"
+    try:
+        t0 = time.monotonic()
+        d = await poll(probe)
+        assert f"{system} {s}" in d["systems"]
+        got = queue(d, key, "default")
+        truth = await conn.fetchrow(
+            f"""SELECT count(*) FILTER (WHERE state = 'available') AS depth,
+                       count(*) FILTER (WHERE state = '{run}') AS in_flight,
+                       count(*) FILTER (WHERE state = 'discarded') AS failed,
+                       extract(epoch FROM {now} - min(scheduled_at)
+                               FILTER (WHERE state = 'available'))::float8 AS oldest_s
+                FROM {s}.{table} WHERE queue = 'default'"""
+        )
+        assert got["depth"] == truth["depth"] == 20
+        assert got["in_flight"] == truth["in_flight"] == 3
+        assert got["failed"] == truth["failed"] == 1
+        assert got["retry"] == 2 and got["scheduled"] == 4
+        assert (
+            41.0 <= got["oldest_age_s"] <= 45.0 and abs(got["oldest_age_s"] - truth["oldest_s"]) < 1
+        )
+        assert queue(d, key, "reports")["depth"] == 2
+        assert got["layout"] == system
+
+        # workers finish 5 jobs (the running 3 and 2 available ones); 3 arrive
+        await conn.execute(
+            f"""UPDATE {s}.{table} SET state = 'completed', {finished} = {now}
+                WHERE id IN (SELECT id FROM {s}.{table} WHERE queue = 'default'
+                             AND state IN ('{run}', 'available') ORDER BY state DESC, id LIMIT 5)"""
+        )
+        await insert("available", 3)
+        await asyncio.sleep(1.0)
+        t1 = time.monotonic()
+        got = queue(await poll(probe), key, "default")
+        assert abs(got["consumed_per_s"] * (t1 - t0) - 5) < 0.3, got
+        assert got["depth"] == 20 - 2 + 3 and got["in_flight"] == 0
+        # the other queue consumed nothing
+        assert queue(await poll(probe), key, "reports")["consumed_per_s"] == 0.0
+
+        # arrivals only
+        await insert("available", 4)
+        await asyncio.sleep(0.3)
+        got = queue(await poll(probe), key, "default")
+        assert got["consumed_per_s"] == 0.0 and got["depth"] == 25
+    finally:
+        await probe.close()
+
+
+# ---- [[queue.sql]]: a user's own queue, and bad queries --------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_sql_queues_good_and_bad(pg_dsn: str, conn: asyncpg.Connection, schema: str) -> None:
+    s = schema
+    await conn.execute(
+        f"""CREATE TABLE {s}.jobs (id serial PRIMARY KEY, status text NOT NULL,
+                                   created_at timestamptz NOT NULL DEFAULT now());
+            INSERT INTO {s}.jobs (status, created_at)
+            SELECT 'pending', now() - interval '20 seconds' FROM generate_series(1, 7);
+            INSERT INTO {s}.jobs (status) SELECT 'running' FROM generate_series(1, 2);
+            INSERT INTO {s}.jobs (status) SELECT 'failed' FROM generate_series(1, 1);"""
+    )
+    good = SqlQueue(
+        "app-jobs",
+        f"""SELECT count(*) FILTER (WHERE status = 'pending') AS depth,
+                   count(*) FILTER (WHERE status = 'running') AS in_flight,
+                   count(*) FILTER (WHERE status = 'failed') AS failed,
+                   count(*) FILTER (WHERE status = 'done') AS done,
+                   extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))
+                     AS oldest_s
+            FROM {s}.jobs""",
+    )
+    bad = [
+        SqlQueue("typo", f"SELEC count(*) AS depth FROM {s}.jobs"),
+        SqlQueue(
+            "writes",
+            f"WITH d AS (DELETE FROM {s}.jobs RETURNING 1) SELECT count(*) AS depth FROM d",
+        ),
+        SqlQueue("no-depth", f"SELECT count(*) AS n FROM {s}.jobs"),
+        SqlQueue("slow", "SELECT 1 AS depth FROM pg_sleep(5)"),
+        SqlQueue("no-table", "SELECT count(*) AS depth FROM no_such_table_here"),
+    ]
+    probe = PgQueuesProbe(pg_dsn, sql_queues=[good, *bad], timeout=4.0)
+    try:
+        t0 = time.monotonic()
+        d = await poll(probe)
+        q = queue(d, "app-jobs", "app-jobs")
+        assert (q["depth"], q["in_flight"], q["failed"]) == (7, 2, 1)
+        assert 19.0 <= q["oldest_age_s"] <= 22.0 and q["layout"] == "sql"
+        assert [x["name"] for x in d["queues"] if x["layout"] == "sql"] == ["app-jobs"]
+        errors = d["errors"]
+        assert len(errors) == 5 and all("\n" not in e for e in errors), errors
+        by = {e.split("'")[1]: e for e in errors}
+        assert "syntax error" in by["typo"]
+        assert "read-only" in by["writes"]
+        assert "depth" in by["no-depth"]
+        assert "timeout" in by["slow"]
+        assert "does not exist" in by["no-table"]
+        # the write was refused: nothing deleted
+        assert await conn.fetchval(f"SELECT count(*) FROM {s}.jobs") == 10
+        # consumption from the query's cumulative `done` column
+        await conn.execute(
+            f"UPDATE {s}.jobs SET status = 'done' WHERE id IN (SELECT id FROM {s}.jobs "
+            "WHERE status = 'pending' ORDER BY id LIMIT 3)"
+        )
+        await asyncio.sleep(0.5)
+        t1 = time.monotonic()
+        q = queue(await poll(probe), "app-jobs", "app-jobs")
+        assert q["depth"] == 4 and abs(q["consumed_per_s"] * (t1 - t0) - 3) < 0.2, q
+    finally:
+        await probe.close()
+
+
+# ---- cost when there is nothing to read ---------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_no_queue_tables_costs_one_catalog_query_per_detection(
+    pg_dsn: str, conn: asyncpg.Connection
+) -> None:
+    probe = PgQueuesProbe(pg_dsn)
+    try:
+        d = await poll(probe)
+        found = await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('procrastinate_jobs', 'river_job', "
+            "'oban_jobs', 'good_jobs', 'que_jobs', 'solid_queue_ready_executions', '_private_jobs')"
+        )
+        if found:
+            pytest.skip("this database holds queue tables of another test")
+        assert d["queues"] == [] and d["systems"] == []
+        # no connection is kept between detections ...
+        assert probe._conn is None
+        probes = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'loadtop:probe' "
+            "AND datname = current_database()"
+        )
+        # ... and the next polls (before the next detection) do not connect at all
+        for _ in range(3):
+            d = await poll(probe)
+            assert d["queues"] == [] and probe._conn is None
+        assert probes == await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'loadtop:probe' "
+            "AND datname = current_database()"
+        )
+    finally:
+        await probe.close()
+
+
+# ---- config and contract (pure) -------------------------------------------------------------
+
+
+def test_parse_sql_queues_one_line_errors() -> None:
+    assert parse_sql_queues(None) == []
+    got = parse_sql_queues({"sql": [{"name": " a ", "sql": "SELECT 1 AS depth;"}]})
+    assert got == [SqlQueue("a", "SELECT 1 AS depth")]
+    bad = [
+        ([1], "must be a table"),
+        ({"redis": []}, "unknown key 'redis'"),
+        ({"sql": {"name": "a"}}, "[[queue.sql]]"),
+        ({"sql": [{"sql": "SELECT 1 AS depth"}]}, "give a name"),
+        ({"sql": [{"name": "a"}]}, "give sql"),
+        ({"sql": [{"name": "a", "sql": "x", "every": 3}]}, "unknown key 'every'"),
+        ({"sql": [{"name": "a", "sql": "x"}, {"name": "a", "sql": "y"}]}, "used twice"),
+    ]
+    for obj, needle in bad:
+        with pytest.raises(QueueConfigError) as e:
+            parse_sql_queues(obj)
+        assert needle in str(e.value) and "\n" not in str(e.value), (obj, e.value)
+
+
+def test_bad_queue_sql_in_loadtop_toml_is_exit_2(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "loadtop.toml"
+    f.write_text('[[queue.sql]]\nname = "emails"\n')
+    assert (
+        main(
+            [
+                "watch",
+                "--headless",
+                "--config",
+                str(f),
+                "--pg",
+                "postgresql://x@127.0.0.1:1/x",
+                "-d",
+                "1s",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "[[queue.sql]] #1 (emails): give sql" in err and len(err.splitlines()) == 1, err
+
+
+def test_catalog_rows_to_systems() -> None:
+    rows = [
+        {"schema": "public", "name": "procrastinate_jobs", "est": 10.0},
+        {"schema": "pgmq", "name": "q_emails", "est": 0.0},
+        {"schema": "graphile_worker", "name": "_private_jobs", "est": 3.0},
+        {"schema": "graphile_worker", "name": "jobs", "est": -1.0},  # >= 0.16: a view's twin
+        {"schema": "app", "name": "que_jobs", "est": 1.0},
+    ]
+    got = [(f.system, f.key, f.queue) for f in found_from_catalog(rows)]
+    assert got == [
+        ("procrastinate", "public.procrastinate_jobs", None),
+        ("pgmq", "pgmq.q_emails", "emails"),
+        ("graphile-worker", "graphile_worker._private_jobs", None),
+        ("que", "app.que_jobs", None),
+    ]
+
+
+def test_consumption_is_arrivals_minus_growth() -> None:
+    assert consumed(None, 10, 5, 1.0) is None  # first poll
+    assert consumed(10, 30, 25, 2.0) == 2.5  # 10 arrived, grew by 5: 5 consumed in 2 s
+    assert consumed(4, 14, 10, 1.0) == 0.0  # all arrivals stayed: nobody consumes
+    assert consumed(0, 0, 8, 0.5) == 16.0  # drained 8 in 0.5 s
+
+
+# what the queue detectors and the Redis pane read from any probe's `queues`
+DETECTOR_FIELDS = {"name": str, "layout": str, "depth": int}
+OPTIONAL_NUMBERS = ("in_flight", "failed", "retry", "scheduled", "oldest_age_s", "consumed_per_s")
+
+
+def check_queue_contract(q: dict[str, Any]) -> None:
+    for k, t in DETECTOR_FIELDS.items():
+        assert isinstance(q.get(k), t), (k, q)
+    for k in OPTIONAL_NUMBERS:
+        assert k in q and (q[k] is None or isinstance(q[k], int | float)), (k, q)
+    assert q["source"] == "postgres" and isinstance(q["key"], str)
+    # the same keys as a Redis queue, plus the ones being added to it
+    assert set(q) - set(RedisQueue.__annotations__) <= {
+        "scheduled", "retry", "consumed_per_s", "source"
+    }  # fmt: skip
+
+
+def test_readings_carry_what_the_queue_detectors_need() -> None:
+    sample = {
+        "name": "emails", "layout": "procrastinate", "key": "public.procrastinate_jobs",
+        "depth": 63, "in_flight": 2, "failed": 3, "retry": 0, "scheduled": 4,
+        "oldest_age_s": 12.5, "consumed_per_s": 0.0, "source": "postgres",
+    }  # fmt: skip
+    check_queue_contract(sample)
+    with pytest.raises(AssertionError):
+        check_queue_contract({**sample, "depth": None})
+
+
+@pytest.mark.timeout(60)
+async def test_build_probes_reads_sql_queues_end_to_end(pg_dsn: str) -> None:
+    """The probe as a session builds it: every queue of a reading fits the contract."""
+    ps = build_probes(
+        pg_dsn=pg_dsn, pg_sql_queues=[SqlQueue("const", "SELECT 3 AS depth, 1 AS in_flight")]
+    )
+    try:
+        readings = await ps.poll_once()
+        r = readings["pg_queues"]
+        assert r.ok, r.error
+        q = queue(dict(r.data), "const", "const")
+        assert q["depth"] == 3 and q["in_flight"] == 1 and q["failed"] is None
+        for x in r.data["queues"]:
+            check_queue_contract(x)
+    finally:
+        await ps.stop()
