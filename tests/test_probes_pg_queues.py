@@ -638,3 +638,32 @@ async def test_build_probes_reads_sql_queues_end_to_end(pg_dsn: str) -> None:
             check_queue_contract(x)
     finally:
         await ps.stop()
+
+
+def test_report_and_headless_line_show_postgres_queues() -> None:
+    from app.probes.summary import format_reading_line, probe_report_section
+    from app.tick import Reading, Tick
+
+    def pgq(t: float, depth: int, errors: list[str] | None = None) -> Reading:
+        q = {"name": "emails", "layout": "procrastinate", "key": "public.procrastinate_jobs",
+             "depth": depth, "in_flight": 2, "failed": 3, "retry": 0, "scheduled": 4,
+             "oldest_age_s": 9.0, "consumed_per_s": 0.0, "source": "postgres"}  # fmt: skip
+        return Reading("pg_queues", t, True, 4.0, {"queues": [q], "errors": errors or []})
+
+    ticks = [
+        Tick(index=i, t=1000.0 + i, elapsed=float(i + 1), interval=1.0, mode="watch",
+             target_concurrency=0, concurrency=0,
+             readings={"pg_queues": pgq(1000.0 + i, 40 + 5 * i,
+                                        ["queue.sql 'x': syntax error: fix the query"])})
+        for i in range(4)
+    ]  # fmt: skip
+    md = probe_report_section(ticks)
+    assert "Postgres queues (growth from the step's start):" in md
+    assert "| `emails` | procrastinate | 55 | +15 (+5.0/s) | 2 | 3 |" in md
+    assert "- Postgres queue not read: queue.sql 'x': syntax error: fix the query" in md
+    assert format_reading_line(ticks[-1].readings) == "pgq max 55"
+    # nothing found: the line stays quiet; a failing probe says so
+    empty = Reading("pg_queues", 1.0, True, 1.0, {"queues": []})
+    assert format_reading_line({"pg_queues": empty}) == ""
+    bad = Reading("pg_queues", 1.0, False, 1.0, {}, "connection refused: check")
+    assert format_reading_line({"pg_queues": bad}) == "pgq ERR"
