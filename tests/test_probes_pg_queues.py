@@ -426,6 +426,180 @@ async def test_river_and_oban_documented_layouts(
         await probe.close()
 
 
+# ---- Que and graphile-worker: documented layouts, workers that lock and delete ------------
+
+QUE_DDL = """
+CREATE TABLE {s}.que_jobs (
+    priority smallint NOT NULL DEFAULT 100,
+    run_at timestamptz NOT NULL DEFAULT now(),
+    id bigserial PRIMARY KEY,
+    job_class text NOT NULL,
+    error_count integer NOT NULL DEFAULT 0,
+    last_error_message text,
+    queue text NOT NULL DEFAULT 'default',
+    last_error_backtrace text,
+    finished_at timestamptz,
+    expired_at timestamptz,
+    args jsonb NOT NULL DEFAULT '[]',
+    data jsonb NOT NULL DEFAULT '{{}}',
+    job_schema_version integer NOT NULL DEFAULT 1,
+    kwargs jsonb NOT NULL DEFAULT '{{}}');
+CREATE INDEX que_poll_idx ON {s}.que_jobs (job_schema_version, queue, priority, run_at, id)
+    WHERE finished_at IS NULL AND expired_at IS NULL;
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_que_documented_layout_advisory_locks(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str
+) -> None:
+    s = schema
+    await conn.execute(QUE_DDL.format(s=s))
+
+    async def insert(n: int, run_at: str = "now()", extra: str = "", vals: str = "") -> None:
+        await conn.execute(
+            f"INSERT INTO {s}.que_jobs (job_class, run_at{extra}) "
+            f"SELECT 'Mailer', {run_at}{vals} FROM generate_series(1, $1)",
+            n,
+        )
+
+    await insert(1, "now() - interval '15 seconds'")
+    await insert(9)
+    await insert(3, "now() + interval '1 hour'")  # scheduled
+    await insert(2, "now() - interval '1 second'", ", error_count", ", 1")  # retrying, due
+    await insert(1, "now()", ", expired_at, error_count", ", now(), 15")  # gave up
+    await insert(1, "now()", ", finished_at", ", now()")  # finished, kept
+    # a Que worker holds a session advisory lock on each job it works
+    worker = await asyncpg.connect(pg_dsn, server_settings={"application_name": "que-worker"})
+    probe = PgQueuesProbe(pg_dsn)
+    try:
+        locked = [
+            r["id"]
+            for r in await worker.fetch(
+                f"SELECT id FROM {s}.que_jobs WHERE finished_at IS NULL AND expired_at IS NULL "
+                "AND run_at <= now() AND error_count = 0 ORDER BY id DESC LIMIT 2"
+            )
+        ]
+        for i in locked:
+            assert await worker.fetchval("SELECT pg_try_advisory_lock($1)", i)
+        t0 = time.monotonic()
+        d = await poll(probe)
+        got = queue(d, f"{s}.que_jobs", "default")
+        assert got["depth"] == 10 and got["in_flight"] == 2, got  # 12 due, 2 being worked
+        assert got["scheduled"] == 3 and got["retry"] == 2 and got["failed"] == 1
+        truth = await conn.fetchval(
+            f"SELECT extract(epoch FROM now() - min(run_at))::float8 FROM {s}.que_jobs "
+            "WHERE finished_at IS NULL AND expired_at IS NULL AND run_at <= now() "
+            "AND NOT (id = ANY($1))",
+            locked,
+        )
+        assert abs(got["oldest_age_s"] - truth) < 1.0 and got["oldest_age_s"] >= 15.0
+
+        # the worker finishes both (Que deletes done jobs) and unlocks; one job arrives
+        await worker.execute(f"DELETE FROM {s}.que_jobs WHERE id = ANY($1)", locked)
+        await worker.execute("SELECT pg_advisory_unlock_all()")
+        await insert(1)
+        await asyncio.sleep(0.5)
+        t1 = time.monotonic()
+        got = queue(await poll(probe), f"{s}.que_jobs", "default")
+        assert got["in_flight"] == 0 and got["depth"] == 11
+        assert abs(got["consumed_per_s"] * (t1 - t0) - 2) < 0.2, got
+    finally:
+        await worker.close()
+        await probe.close()
+
+
+GRAPHILE_DDL = """
+CREATE TABLE {s}._private_jobs (
+    id bigserial PRIMARY KEY,
+    job_queue_id integer,
+    task_id integer NOT NULL,
+    payload json DEFAULT '{{}}' NOT NULL,
+    priority smallint DEFAULT 0 NOT NULL,
+    run_at timestamptz DEFAULT now() NOT NULL,
+    attempts smallint DEFAULT 0 NOT NULL,
+    max_attempts smallint DEFAULT 25 NOT NULL,
+    last_error text,
+    created_at timestamptz DEFAULT now() NOT NULL,
+    updated_at timestamptz DEFAULT now() NOT NULL,
+    key text,
+    locked_at timestamptz,
+    locked_by text,
+    revision integer DEFAULT 0 NOT NULL,
+    flags jsonb,
+    is_available boolean GENERATED ALWAYS AS ((locked_at IS NULL) AND (attempts < max_attempts))
+        STORED NOT NULL);
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_graphile_worker_documented_layout(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str
+) -> None:
+    s = schema
+    await conn.execute(GRAPHILE_DDL.format(s=s))
+
+    async def insert(n: int, cols: str = "", vals: str = "") -> None:
+        await conn.execute(
+            f"INSERT INTO {s}._private_jobs (task_id{cols}) "
+            f"SELECT 1{vals} FROM generate_series(1, $1)",
+            n,
+        )
+
+    await insert(1, ", run_at", ", now() - interval '25 seconds'")
+    await insert(7)
+    await insert(2, ", locked_at, locked_by", ", now(), 'worker-7'")  # being worked
+    await insert(1, ", locked_at, locked_by", ", now() - interval '5 hours', 'worker-dead'")
+    await insert(3, ", run_at", ", now() + interval '1 hour'")
+    await insert(2, ", attempts, last_error", ", 1, 'boom'")  # retrying
+    await insert(1, ", attempts, last_error", ", 25, 'boom'")  # permanently failed
+    probe = PgQueuesProbe(pg_dsn)
+    key = f"{s}._private_jobs"
+    try:
+        t0 = time.monotonic()
+        got = queue(await poll(probe), key, "jobs")
+        assert got["layout"] == "graphile-worker"
+        assert (got["depth"], got["in_flight"], got["scheduled"], got["retry"], got["failed"]) == (
+            10, 3, 3, 2, 1
+        ), got  # fmt: skip
+        assert "1 claimed more than 4 h ago" in got["note"]
+        assert 25.0 <= got["oldest_age_s"] < 27.0
+        # the live worker completes its 2 (graphile deletes them); one job arrives
+        await conn.execute(f"DELETE FROM {s}._private_jobs WHERE locked_by = 'worker-7'")
+        await insert(1)
+        await asyncio.sleep(0.5)
+        t1 = time.monotonic()
+        got = queue(await poll(probe), key, "jobs")
+        assert got["depth"] == 11 and got["in_flight"] == 1
+        assert abs(got["consumed_per_s"] * (t1 - t0) - 2) < 0.2, got
+    finally:
+        await probe.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_same_named_table_of_another_layout_is_reported_not_read(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str
+) -> None:
+    # Que 0.x (and que-go) call their id job_id and have no finished_at
+    await conn.execute(
+        f"CREATE TABLE {schema}.que_jobs (priority smallint NOT NULL DEFAULT 100, run_at "
+        "timestamptz NOT NULL DEFAULT now(), job_id bigserial NOT NULL, job_class text NOT NULL,"
+        " args json NOT NULL DEFAULT '[]', error_count integer NOT NULL DEFAULT 0, last_error "
+        "text, queue text NOT NULL DEFAULT '', PRIMARY KEY (queue, priority, run_at, job_id))"
+    )
+    probe = PgQueuesProbe(pg_dsn)
+    try:
+        d = await poll(probe)
+        assert not [q for q in d["queues"] if q["key"] == f"{schema}.que_jobs"]
+        err = [e for e in d["errors"] if f"{schema}.que_jobs" in e]
+        assert err == [
+            f"{schema}.que_jobs has no column 'id': not the que layout loadtop reads; "
+            "describe it with a [[queue.sql]] query"
+        ]
+    finally:
+        await probe.close()
+
+
 # ---- [[queue.sql]]: a user's own queue, and bad queries --------------------------------------
 
 

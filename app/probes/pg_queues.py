@@ -62,7 +62,9 @@ TABLES = {
 }
 
 DETECT_SQL = r"""
-SELECT n.nspname AS schema, c.relname AS name, c.reltuples::float8 AS est
+SELECT n.nspname AS schema, c.relname AS name, c.reltuples::float8 AS est,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS cols
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p')
   AND (c.relname = ANY($1::name[])
@@ -73,7 +75,25 @@ WHERE c.relkind IN ('r', 'p')
 ORDER BY 1, 2
 """
 
-QUEUE_KEYS = ("depth", "in_flight", "failed", "retry", "scheduled")
+# the columns each reader needs: a same-named table of another layout (Que 0.x's
+# job_id, a home-made `river_job`) is reported, not queried every poll
+NEEDS = {
+    "procrastinate": ("id", "queue_name", "status", "scheduled_at", "attempts"),
+    "river": ("id", "queue", "state", "scheduled_at"),
+    "oban": ("id", "queue", "state", "scheduled_at"),
+    "pgmq": ("msg_id", "vt", "read_ct", "enqueued_at"),
+    "graphile-worker": ("id", "attempts", "max_attempts", "locked_at", "run_at"),
+    "good_job": (
+        "queue_name",
+        "finished_at",
+        "performed_at",
+        "scheduled_at",
+        "error",
+        "created_at",
+    ),
+    "solid_queue": ("queue_name", "created_at", "job_id"),
+    "que": ("id", "queue", "run_at", "error_count", "finished_at", "expired_at"),
+}
 
 
 def qi(*parts: str) -> str:
@@ -144,6 +164,7 @@ class Found:
     est: float  # pg_class.reltuples (-1: never analyzed)
     key: str = ""  # schema.table shown as the queue's key
     queue: str | None = None  # one queue per table (pgmq)
+    missing: tuple[str, ...] = ()  # columns the reader needs that the table lacks
 
     @property
     def ident(self) -> str:
@@ -163,7 +184,9 @@ def found_from_catalog(rows: Sequence[Mapping[str, Any]]) -> list[Found]:
             system = "graphile-worker"
         if system is None:
             continue
-        out.append(Found(system, schema, name, est, f"{schema}.{name}", queue))
+        cols = r.get("cols")
+        missing = tuple(c for c in NEEDS[system] if cols is not None and c not in cols)
+        out.append(Found(system, schema, name, est, f"{schema}.{name}", queue, missing))
     # graphile-worker >= 0.16 keeps a `jobs` view over _private_jobs: read the table
     private = {f.schema for f in out if f.table == "_private_jobs"}
     return [f for f in out if not (f.table == "jobs" and f.schema in private)]
@@ -467,6 +490,12 @@ class PgQueuesProbe(Probe):
         queues: list[dict[str, Any]] = []
         errors: list[str] = []
         for f in self._found:
+            if f.missing:
+                errors.append(
+                    f"{f.key} has no column {f.missing[0]!r}: not the {f.system} layout loadtop "
+                    "reads; describe it with a [[queue.sql]] query"
+                )
+                continue
             try:
                 queues += await self._read_system(conn, f, now, due)
             except asyncpg.PostgresError as e:
