@@ -841,3 +841,36 @@ def test_report_and_headless_line_show_postgres_queues() -> None:
     assert format_reading_line({"pg_queues": empty}) == ""
     bad = Reading("pg_queues", 1.0, False, 1.0, {}, "connection refused: check")
     assert format_reading_line({"pg_queues": bad}) == "pgq ERR"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_watch_with_queue_sql_in_loadtop_toml_records_it(
+    pg_dsn: str, tmp_path: Path, run_id: str
+) -> None:
+    """loadtop.toml's [[queue.sql]] reaches the probe through `loadtop watch`: the
+    recording and the report carry the queue, and a bad query is a line, not a crash."""
+    from app.session.recording import read_recording
+
+    f = tmp_path / "loadtop.toml"
+    f.write_text(
+        "[[queue.sql]]\n"
+        f'name = "outbox-{run_id}"\n'
+        'sql = "SELECT 12 AS depth, 3 AS in_flight, 1 AS failed, 42.5 AS oldest_s"\n'
+        "[[queue.sql]]\n"
+        'name = "broken"\n'
+        'sql = "SELECT depth FROM nowhere"\n'
+    )
+    rec, md = tmp_path / "w.jsonl", tmp_path / "w.md"
+    code = main(["watch", "--headless", "--config", str(f), "--pg", pg_dsn, "-d", "2s",
+                 "--interval", "0.5s", "--record", str(rec), "--export", str(md)])  # fmt: skip
+    assert code == 0
+    ticks = read_recording(rec).ticks
+    got = [r for t in ticks if (r := t.readings.get("pg_queues")) is not None and r.ok]
+    assert got, "no pg_queues reading recorded"
+    q = queue(dict(got[-1].data), f"outbox-{run_id}", f"outbox-{run_id}")
+    assert (q["depth"], q["in_flight"], q["failed"], q["oldest_age_s"]) == (12, 3, 1, 42.5)
+    assert any("'broken'" in e and "nowhere" in e for e in got[-1].data["errors"])
+    report = md.read_text()
+    assert f"`outbox-{run_id}` | sql | 12 |" in report
+    assert "Postgres queue not read: queue.sql 'broken'" in report
