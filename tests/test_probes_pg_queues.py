@@ -600,6 +600,156 @@ async def test_a_same_named_table_of_another_layout_is_reported_not_read(
         await probe.close()
 
 
+# ---- good_job and Solid Queue (Rails: naive UTC datetimes) ------------------------------
+
+GOOD_JOB_DDL = """
+CREATE TABLE {s}.good_jobs (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    queue_name text, priority integer, serialized_params jsonb,
+    scheduled_at timestamp(6), performed_at timestamp(6), finished_at timestamp(6), error text,
+    created_at timestamp(6) NOT NULL, updated_at timestamp(6) NOT NULL,
+    active_job_id uuid, concurrency_key text, cron_key text, retried_good_job_id uuid,
+    cron_at timestamp(6), batch_id uuid, batch_callback_id uuid, is_discrete boolean,
+    executions_count integer, job_class text, error_event smallint, labels text[],
+    locked_by_id uuid, locked_at timestamp(6));
+CREATE INDEX index_good_jobs_on_queue_name_and_scheduled_at ON {s}.good_jobs
+    (queue_name, scheduled_at) WHERE finished_at IS NULL;
+CREATE INDEX index_good_jobs_jobs_on_finished_at ON {s}.good_jobs (finished_at)
+    WHERE retried_good_job_id IS NULL AND finished_at IS NOT NULL;
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_good_job_documented_layout(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str
+) -> None:
+    s, utc = schema, "timezone('UTC', now())"
+    await conn.execute(GOOD_JOB_DDL.format(s=s))
+    await conn.execute("SET TimeZone = 'Asia/Tokyo'")  # Rails writes UTC whatever the session
+
+    async def insert(n: int, cols: str = "", vals: str = "", created: str = utc) -> None:
+        await conn.execute(
+            f"INSERT INTO {s}.good_jobs (queue_name, job_class, created_at, updated_at{cols}) "
+            f"SELECT 'mailers', 'MailJob', {created}, {utc}{vals} FROM generate_series(1, $1)",
+            n,
+        )
+
+    await insert(1, created=f"{utc} - interval '30 seconds'")
+    await insert(5)  # queued
+    await insert(2, ", performed_at", f", {utc}")  # running
+    await insert(3, ", scheduled_at", f", {utc} + interval '1 hour'")
+    await insert(1, ", scheduled_at, error", f", {utc} + interval '10 seconds', 'Timeout'")
+    await insert(2, ", performed_at, finished_at, error", f", {utc}, {utc}, 'boom'")  # discarded
+    await insert(5, ", performed_at, finished_at", f", {utc}, {utc}")  # succeeded
+    probe = PgQueuesProbe(pg_dsn)
+    key = f"{s}.good_jobs"
+    try:
+        t0 = time.monotonic()
+        got = queue(await poll(probe), key, "mailers")
+        assert (got["depth"], got["in_flight"], got["scheduled"], got["retry"], got["failed"]) == (
+            6, 2, 4, 1, 2
+        ), got  # fmt: skip
+        assert 30.0 <= got["oldest_age_s"] < 32.0, got
+        # the 2 running jobs finish
+        await conn.execute(
+            f"UPDATE {s}.good_jobs SET finished_at = {utc} "
+            "WHERE performed_at IS NOT NULL AND finished_at IS NULL"
+        )
+        await asyncio.sleep(0.5)
+        t1 = time.monotonic()
+        got = queue(await poll(probe), key, "mailers")
+        assert got["in_flight"] == 0 and abs(got["consumed_per_s"] * (t1 - t0) - 2) < 0.2, got
+        await asyncio.sleep(0.3)
+        got = queue(await poll(probe), key, "mailers")
+        assert got["consumed_per_s"] == 0.0
+    finally:
+        await probe.close()
+
+
+SOLID_QUEUE_DDL = """
+CREATE TABLE {s}.solid_queue_jobs (
+    id bigserial PRIMARY KEY, queue_name varchar NOT NULL, class_name varchar NOT NULL,
+    arguments text, priority integer NOT NULL DEFAULT 0, active_job_id varchar,
+    scheduled_at timestamp(6), finished_at timestamp(6), concurrency_key varchar,
+    created_at timestamp(6) NOT NULL, updated_at timestamp(6) NOT NULL);
+CREATE TABLE {s}.solid_queue_ready_executions (
+    id bigserial PRIMARY KEY, job_id bigint NOT NULL UNIQUE, queue_name varchar NOT NULL,
+    priority integer NOT NULL DEFAULT 0, created_at timestamp(6) NOT NULL);
+CREATE TABLE {s}.solid_queue_claimed_executions (
+    id bigserial PRIMARY KEY, job_id bigint NOT NULL UNIQUE, process_id bigint,
+    created_at timestamp(6) NOT NULL);
+CREATE TABLE {s}.solid_queue_failed_executions (
+    id bigserial PRIMARY KEY, job_id bigint NOT NULL UNIQUE, error text,
+    created_at timestamp(6) NOT NULL);
+CREATE TABLE {s}.solid_queue_scheduled_executions (
+    id bigserial PRIMARY KEY, job_id bigint NOT NULL UNIQUE, queue_name varchar NOT NULL,
+    priority integer NOT NULL DEFAULT 0, scheduled_at timestamp(6) NOT NULL,
+    created_at timestamp(6) NOT NULL);
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_solid_queue_documented_layout(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str
+) -> None:
+    s, utc = schema, "timezone('UTC', now())"
+    await conn.execute(SOLID_QUEUE_DDL.format(s=s))
+
+    async def enqueue(n: int, where: str, created: str = utc) -> list[int]:
+        ids = [
+            r["id"]
+            for r in await conn.fetch(
+                f"INSERT INTO {s}.solid_queue_jobs (queue_name, class_name, created_at, "
+                f"updated_at) SELECT 'default', 'MailJob', {created}, {utc} "
+                "FROM generate_series(1, $1) RETURNING id",
+                n,
+            )
+        ]
+        if where == "ready":
+            sql = (f"INSERT INTO {s}.solid_queue_ready_executions (job_id, queue_name, "
+                   f"created_at) SELECT unnest($1::int8[]), 'default', {created}")  # fmt: skip
+        elif where == "claimed":
+            sql = (f"INSERT INTO {s}.solid_queue_claimed_executions (job_id, process_id, "
+                   f"created_at) SELECT unnest($1::int8[]), 1, {utc}")  # fmt: skip
+        elif where == "failed":
+            sql = (f"INSERT INTO {s}.solid_queue_failed_executions (job_id, error, "
+                   f"created_at) SELECT unnest($1::int8[]), 'boom', {utc}")  # fmt: skip
+        else:
+            sql = (f"INSERT INTO {s}.solid_queue_scheduled_executions (job_id, queue_name, "
+                   f"scheduled_at, created_at) SELECT unnest($1::int8[]), 'default', "
+                   f"{utc} + interval '1 hour', {utc}")  # fmt: skip
+        await conn.execute(sql, ids)
+        return ids
+
+    await enqueue(1, "ready", created=f"{utc} - interval '20 seconds'")
+    await enqueue(7, "ready")
+    claimed = await enqueue(3, "claimed")
+    await enqueue(2, "failed")
+    await enqueue(4, "scheduled")
+    probe = PgQueuesProbe(pg_dsn)
+    key = f"{s}.solid_queue_ready_executions"
+    try:
+        t0 = time.monotonic()
+        got = queue(await poll(probe), key, "default")
+        assert (got["depth"], got["in_flight"], got["failed"], got["scheduled"]) == (8, 3, 2, 4)
+        assert 20.0 <= got["oldest_age_s"] < 22.0
+        # the worker finishes its 3 claimed jobs (claims deleted, jobs kept finished); 1 arrives
+        await conn.execute(
+            f"DELETE FROM {s}.solid_queue_claimed_executions WHERE job_id = ANY($1)", claimed
+        )
+        await conn.execute(
+            f"UPDATE {s}.solid_queue_jobs SET finished_at = {utc} WHERE id = ANY($1)", claimed
+        )
+        await enqueue(1, "ready")
+        await asyncio.sleep(0.5)
+        t1 = time.monotonic()
+        got = queue(await poll(probe), key, "default")
+        assert got["depth"] == 9 and got["in_flight"] == 0
+        assert abs(got["consumed_per_s"] * (t1 - t0) - 3) < 0.2, got
+    finally:
+        await probe.close()
+
+
 # ---- [[queue.sql]]: a user's own queue, and bad queries --------------------------------------
 
 
