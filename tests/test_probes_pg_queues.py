@@ -129,6 +129,9 @@ async def test_procrastinate_real_worker_killed(
             assert q["layout"] == "procrastinate" and q["source"] == "postgres"
             assert q["oldest_age_s"] >= 1.0
             assert q["consumed_per_s"] is None  # no previous poll yet
+            # no worker has ever heartbeated: direct evidence that nobody consumes
+            assert q["consumers"]["kind"] == "registry" and q["consumers"]["count"] == 0
+            check_queue_contract(q)
 
             # 2. procrastinate's own worker consumes (2 at a time, 0.15 s a job)
             worker = subprocess.Popen(
@@ -146,6 +149,7 @@ async def test_procrastinate_real_worker_killed(
                     break
             assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
             assert q["failed"] == 3, q
+            assert q["consumers"]["count"] == 1 and q["consumers"]["evidence"] == "direct"
             # 2 workers x 1 job / 0.15 s: ~13/s at most (boom jobs are instant)
             assert 2.0 < max(rates) < 40.0, rates
 
@@ -685,6 +689,10 @@ CREATE TABLE {s}.solid_queue_scheduled_executions (
     id bigserial PRIMARY KEY, job_id bigint NOT NULL UNIQUE, queue_name varchar NOT NULL,
     priority integer NOT NULL DEFAULT 0, scheduled_at timestamp(6) NOT NULL,
     created_at timestamp(6) NOT NULL);
+CREATE TABLE {s}.solid_queue_processes (
+    id bigserial PRIMARY KEY, kind varchar NOT NULL, last_heartbeat_at timestamp(6) NOT NULL,
+    supervisor_id bigint, pid integer NOT NULL, hostname varchar, metadata text,
+    created_at timestamp(6) NOT NULL, name varchar NOT NULL);
 """
 
 
@@ -726,6 +734,13 @@ async def test_solid_queue_documented_layout(
     claimed = await enqueue(3, "claimed")
     await enqueue(2, "failed")
     await enqueue(4, "scheduled")
+    # one live worker, one whose heartbeat stopped 10 minutes ago, and a supervisor
+    await conn.execute(
+        f"""INSERT INTO {s}.solid_queue_processes (kind, last_heartbeat_at, pid, created_at, name)
+            VALUES ('Worker', {utc}, 11, {utc}, 'worker-a'),
+                   ('Worker', {utc} - interval '10 minutes', 12, {utc}, 'worker-b'),
+                   ('Supervisor', {utc}, 10, {utc}, 'supervisor')"""
+    )
     probe = PgQueuesProbe(pg_dsn)
     key = f"{s}.solid_queue_ready_executions"
     try:
@@ -733,6 +748,7 @@ async def test_solid_queue_documented_layout(
         got = queue(await poll(probe), key, "default")
         assert (got["depth"], got["in_flight"], got["failed"], got["scheduled"]) == (8, 3, 2, 4)
         assert 20.0 <= got["oldest_age_s"] < 22.0
+        assert got["consumers"]["kind"] == "registry" and got["consumers"]["count"] == 1
         # the worker finishes its 3 claimed jobs (claims deleted, jobs kept finished); 1 arrives
         await conn.execute(
             f"DELETE FROM {s}.solid_queue_claimed_executions WHERE job_id = ANY($1)", claimed
@@ -791,6 +807,7 @@ async def test_sql_queues_good_and_bad(pg_dsn: str, conn: asyncpg.Connection, sc
         q = queue(d, "app-jobs", "app-jobs")
         assert (q["depth"], q["in_flight"], q["failed"]) == (7, 2, 1)
         assert 19.0 <= q["oldest_age_s"] <= 22.0 and q["layout"] == "sql"
+        assert q["consumers"]["kind"] == "polling"  # it returns `done`
         assert [x["name"] for x in d["queues"] if x["layout"] == "sql"] == ["app-jobs"]
         errors = d["errors"]
         assert len(errors) == 5 and all("\n" not in e for e in errors), errors
@@ -931,8 +948,14 @@ def check_queue_contract(q: dict[str, Any]) -> None:
     assert q["source"] == "postgres" and isinstance(q["key"], str)
     # the same keys as a Redis queue, plus the ones being added to it
     assert set(q) - set(RedisQueue.__annotations__) <= {
-        "scheduled", "retry", "consumed_per_s", "source"
+        "scheduled", "retry", "consumed_per_s", "source", "consumers"
     }  # fmt: skip
+    cons = q["consumers"]
+    assert cons["kind"] in ("registry", "polling", "unknown") and cons["evidence"] in (
+        "direct",
+        "indirect",
+    )
+    assert cons["count"] is None or isinstance(cons["count"], int)
 
 
 def test_readings_carry_what_the_queue_detectors_need() -> None:
@@ -940,6 +963,8 @@ def test_readings_carry_what_the_queue_detectors_need() -> None:
         "name": "emails", "layout": "procrastinate", "key": "public.procrastinate_jobs",
         "depth": 63, "in_flight": 2, "failed": 3, "retry": 0, "scheduled": 4,
         "oldest_age_s": 12.5, "consumed_per_s": 0.0, "source": "postgres",
+        "consumers": {"kind": "registry", "count": 0, "evidence": "direct",
+                      "via": "procrastinate_workers heartbeats (< 30 s)"},
     }  # fmt: skip
     check_queue_contract(sample)
     with pytest.raises(AssertionError):

@@ -372,6 +372,28 @@ LEFT JOIN c USING (queue) LEFT JOIN x USING (queue) LEFT JOIN n USING (queue)"""
     raise ValueError(f"unknown queue system {f.system!r}")
 
 
+WORKER_ALIVE_S = {"procrastinate": 30, "solid_queue": 300}  # their own stale-worker thresholds
+
+
+def consumers_sql(f: Found) -> str | None:
+    """Workers that heartbeat in a table of their own: (alive, stalled claims)."""
+    s = f.schema
+    if f.system == "procrastinate":
+        w, j = qi(s, "procrastinate_workers"), qi(s, f.table)
+        alive = f"now() - interval '{WORKER_ALIVE_S['procrastinate']} seconds'"
+        return f"""
+SELECT (SELECT count(*) FROM {w} WHERE last_heartbeat > {alive}) AS alive,
+       (SELECT count(*) FROM {j} x LEFT JOIN {w} k ON k.id = x.worker_id
+         WHERE x.status = 'doing' AND (k.id IS NULL OR k.last_heartbeat <= {alive})) AS stalled"""
+    if f.system == "solid_queue":
+        p = qi(s, "solid_queue_processes")
+        return f"""
+SELECT count(*) FILTER (WHERE last_heartbeat_at::timestamptz > now() - interval
+                        '{WORKER_ALIVE_S["solid_queue"]} seconds') AS alive, NULL::int8 AS stalled
+FROM {p} WHERE kind = 'Worker'"""
+    return None
+
+
 def failed_sql(f: Found) -> str | None:
     """Failures kept among finished rows, which no index covers: per queue."""
     t = qi(f.schema, f.table)
@@ -536,6 +558,7 @@ class PgQueuesProbe(Probe):
             arg = prev.hwm
         rows = await conn.fetch(sql, arg) if "$1" in sql else await conn.fetch(sql)
         failed = await self._slow_failed(conn, f, now, due)
+        consumers, stalled = await self._consumers(conn, f)
         hwm = rows[0]["hwm"] if rows else (prev.hwm if prev else None)
         dt = now - prev.t if prev is not None else 0.0
         table_arrivals = None
@@ -571,7 +594,13 @@ class PgQueuesProbe(Probe):
                 "oldest_age_s": _age_s(r["oldest_s"]),
                 "consumed_per_s": rate,
                 "source": "postgres",
+                "consumers": dict(consumers),
             }
+            if stalled:
+                q["note"] = (
+                    f"{stalled} in flight held by workers with no heartbeat for "
+                    f"{WORKER_ALIVE_S[f.system]} s (stalled)"
+                )
             if active >= MAX_SCAN:
                 q["note"] = f"more than {MAX_SCAN} unfinished rows: counts are lower bounds"
             if r.get("stale"):
@@ -579,6 +608,26 @@ class PgQueuesProbe(Probe):
             out.append(q)
         self._prev[f.ident] = cur
         return out
+
+    async def _consumers(
+        self, conn: asyncpg.Connection, f: Found
+    ) -> tuple[dict[str, Any], int | None]:
+        """(QueueConsumers, stalled claims). Heartbeat tables count the workers of
+        this install (count 0 is direct evidence that nobody consumes); elsewhere
+        workers poll the table unseen, and only consumption between polls tells."""
+        polling = {"kind": "polling", "count": None, "evidence": "indirect",
+                   "via": "consumption between polls"}  # fmt: skip
+        sql = consumers_sql(f)
+        if sql is None:
+            return polling, None
+        try:
+            row = await conn.fetchrow(sql)
+        except asyncpg.UndefinedTableError:  # an older version without a workers table
+            return polling, None
+        via = "procrastinate_workers" if f.system == "procrastinate" else "solid_queue_processes"
+        cons = {"kind": "registry", "count": int(row["alive"]), "evidence": "direct",
+                "via": f"{via} heartbeats (< {WORKER_ALIVE_S[f.system]} s)"}  # fmt: skip
+        return cons, _int(row["stalled"])
 
     async def _slow_failed(
         self, conn: asyncpg.Connection, f: Found, now: float, due: bool
@@ -635,6 +684,13 @@ class PgQueuesProbe(Probe):
             "oldest_age_s": _age_s(row["oldest_s"]) if "oldest_s" in row else None,
             "consumed_per_s": rate,
             "source": "postgres",
+            # with a `done` column, stopped consumers show as nothing consumed
+            "consumers": {
+                "kind": "polling" if done is not None else "unknown",
+                "count": None,
+                "evidence": "indirect",
+                "via": "[[queue.sql]]",
+            },  # fmt: skip
         }
 
     def describe(self, exc: BaseException) -> str:

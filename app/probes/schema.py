@@ -129,7 +129,9 @@ class PgQueuesReading(TypedDict, total=False):
     `queues` carries the keys of `RedisQueue` (name, layout, key, depth,
     in_flight, failed, oldest_age_s, note) plus `scheduled` (due later, not
     backlog), `retry` (failed once, will run again), `consumed_per_s` (arrivals
-    minus growth between polls; None on the first poll) and `source`: "postgres".
+    minus growth between polls; None on the first poll), `source`: "postgres" and
+    `consumers` ({kind, count, evidence, via}: "registry" with the workers whose
+    heartbeat is fresh for procrastinate and Solid Queue, else "polling", count None).
     layout: procrastinate | pgmq | river | oban | graphile-worker | good_job |
     solid_queue | que | sql; key: "schema.table" (the query's name for sql)."""
 
