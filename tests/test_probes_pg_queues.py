@@ -1049,3 +1049,33 @@ def test_watch_with_queue_sql_in_loadtop_toml_records_it(
     report = md.read_text()
     assert f"`outbox-{run_id}` | sql | 12 |" in report
     assert "Postgres queue not read: queue.sql 'broken'" in report
+
+
+@pytest.mark.timeout(60)
+async def test_queue_tables_created_and_dropped_while_watching(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str
+) -> None:
+    """Detection runs again every detect_every_s (30 s by default): a system
+    installed mid-watch appears, and one dropped disappears without an error."""
+    probe = PgQueuesProbe(pg_dsn, detect_every_s=1.0)
+    key = f"{schema}.river_job"
+    try:
+        d = await poll(probe)
+        assert not [q for q in d["queues"] if q["key"] == key]
+        await conn.execute(RIVER_DDL.format(s=schema))
+        await conn.execute(
+            f"INSERT INTO {schema}.river_job (kind, max_attempts) SELECT 'Mailer', 25 "
+            "FROM generate_series(1, 3)"
+        )
+        d = await poll(probe)  # before the next detection: not seen yet
+        assert not [q for q in d["queues"] if q["key"] == key]
+        await asyncio.sleep(1.1)
+        assert queue(await poll(probe), key, "default")["depth"] == 3
+        await conn.execute(f"DROP TABLE {schema}.river_job")
+        d = await poll(probe)  # the read fails: dropped, not an error; detection runs again
+        assert not [q for q in d["queues"] if q["key"] == key]
+        assert not any(key in e for e in d.get("errors", [])), d
+        d = await poll(probe)
+        assert f"river {schema}" not in d["systems"]
+    finally:
+        await probe.close()

@@ -520,6 +520,8 @@ class PgQueuesProbe(Probe):
                 continue
             try:
                 queues += await self._read_system(conn, f, now, due)
+            except asyncpg.UndefinedTableError:
+                self._detected_at = None  # dropped since the last detection: look again
             except asyncpg.PostgresError as e:
                 errors.append(
                     f"{f.system} ({f.key}): {describe_pg_error(e, self.target, self.statement_timeout_ms)}"
