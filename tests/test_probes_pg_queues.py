@@ -828,6 +828,11 @@ async def test_sql_queues_good_and_bad(pg_dsn: str, conn: asyncpg.Connection, sc
         t1 = time.monotonic()
         q = queue(await poll(probe), "app-jobs", "app-jobs")
         assert q["depth"] == 4 and abs(q["consumed_per_s"] * (t1 - t0) - 3) < 0.2, q
+        # the query that timed out is not run every poll: the poll stays fast
+        r = await run_poll(probe)
+        assert r.ok and r.duration_ms < 1000, r
+        slow = [e for e in r.data["errors"] if "'slow'" in e]
+        assert len(slow) == 1 and "timeout" in slow[0] and "next try in" in slow[0], slow
     finally:
         await probe.close()
 
@@ -1077,5 +1082,32 @@ async def test_queue_tables_created_and_dropped_while_watching(
         assert not any(key in e for e in d.get("errors", [])), d
         d = await poll(probe)
         assert f"river {schema}" not in d["systems"]
+    finally:
+        await probe.close()
+
+
+@pytest.mark.timeout(60)
+async def test_consumption_counted_from_an_empty_table(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str
+) -> None:
+    """A queue table empty at the first poll: the jobs that arrive and are done
+    before the next poll still count as consumed."""
+    await conn.execute(RIVER_DDL.format(s=schema))
+    probe = PgQueuesProbe(pg_dsn)
+    try:
+        t0 = time.monotonic()
+        assert not [q for q in (await poll(probe))["queues"] if q["key"] == f"{schema}.river_job"]
+        await conn.execute(
+            f"INSERT INTO {schema}.river_job (kind, max_attempts) SELECT 'Mailer', 25 "
+            "FROM generate_series(1, 4)"
+        )
+        await conn.execute(
+            f"UPDATE {schema}.river_job SET state = 'completed', finalized_at = now() "
+            f"WHERE id IN (SELECT id FROM {schema}.river_job ORDER BY id LIMIT 2)"
+        )
+        await asyncio.sleep(0.5)
+        t1 = time.monotonic()
+        got = queue(await poll(probe), f"{schema}.river_job", "default")
+        assert got["depth"] == 2 and abs(got["consumed_per_s"] * (t1 - t0) - 2) < 0.2, got
     finally:
         await probe.close()

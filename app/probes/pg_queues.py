@@ -49,6 +49,7 @@ MAX_ARRIVALS = 1_000_000  # rows scanned to count arrivals since the previous po
 BIG_TABLE = 200_000  # estimated rows above which finished-row counts are taken every 30 s
 DETECT_EVERY_S = 30.0
 SQL_TIMEOUT_MS = 2000
+SQL_SLOW_BACKOFF_S = 10.0  # a [[queue.sql]] query that timed out is retried this much later
 
 # table name -> system; the schema is free (Oban's prefix, procrastinate's search_path ...)
 TABLES = {
@@ -477,6 +478,9 @@ class PgQueuesProbe(Probe):
         self._prev: dict[str, _Prev] = {}  # per system ident / "sql:<name>"
         self._failed: dict[str, tuple[float, dict[str, int]]] = {}  # slow failed counts
         self._clock: Callable[[], float] = time.monotonic
+        # [[queue.sql]] queries that hit their timeout: (retry at, error), so one slow
+        # query does not push every poll past its timeout
+        self._sql_backoff: dict[str, tuple[float, str]] = {}
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(
@@ -527,10 +531,17 @@ class PgQueuesProbe(Probe):
                     f"{f.system} ({f.key}): {describe_pg_error(e, self.target, self.statement_timeout_ms)}"
                 )
         for sq in self.sql_queues:
+            held = self._sql_backoff.get(sq.name)
+            if held is not None and now < held[0]:  # too slow last time: not every poll
+                errors.append(f"{held[1]} (next try in {held[0] - now:.0f} s)")
+                continue
             try:
                 queues.append(await self._read_sql(conn, sq, now))
+                self._sql_backoff.pop(sq.name, None)
             except (asyncpg.PostgresError, QueueConfigError) as e:
                 errors.append(f"queue.sql {sq.name!r}: {_sql_error(e)}")
+                if isinstance(e, asyncpg.QueryCanceledError):
+                    self._sql_backoff[sq.name] = (now + SQL_SLOW_BACKOFF_S, errors[-1])
             except (asyncpg.InterfaceError, ValueError, TypeError) as e:
                 errors.append(f"queue.sql {sq.name!r}: {e}: fix the query in loadtop.toml")
         _unique_names(queues)
@@ -556,7 +567,9 @@ class PgQueuesProbe(Probe):
         sql, mode = sql_for(f)
         prev = self._prev.get(f.ident)
         arg = None
-        if prev is not None and mode in ("ids", "time"):
+        if prev is not None and mode == "ids":
+            arg = prev.hwm if prev.hwm is not None else 0  # the table was empty: all are new
+        elif prev is not None and mode == "time":
             arg = prev.hwm
         rows = await conn.fetch(sql, arg) if "$1" in sql else await conn.fetch(sql)
         failed = await self._slow_failed(conn, f, now, due)
