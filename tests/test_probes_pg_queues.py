@@ -1111,3 +1111,46 @@ async def test_consumption_counted_from_an_empty_table(
         assert got["depth"] == 2 and abs(got["consumed_per_s"] * (t1 - t0) - 2) < 0.2, got
     finally:
         await probe.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_monitoring_role_that_cannot_read_the_queue_is_told_what_to_grant(
+    pg_dsn: str, conn: asyncpg.Connection, schema: str, run_id: str
+) -> None:
+    """--pg-monitor is often a pg_monitor-only role: its queues must not vanish silently."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    role = f"loadtop_pgq_{run_id}"
+    await conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER IN ROLE pg_monitor")
+    await conn.execute(SOLID_QUEUE_DDL.format(s=schema))
+    await conn.execute(
+        f"INSERT INTO {schema}.solid_queue_ready_executions (job_id, queue_name, created_at) "
+        "SELECT g, 'default', timezone('UTC', now()) FROM generate_series(1, 5) g"
+    )
+    u = urlsplit(pg_dsn)
+    dsn = urlunsplit((u.scheme, f"{role}@{u.hostname}:{u.port or 5432}", u.path, "", ""))
+    probe = PgQueuesProbe(dsn, detect_every_s=0.3)
+    key = f"{schema}.solid_queue_ready_executions"
+    try:
+        d = await poll(probe)
+        assert not [q for q in d["queues"] if q["key"] == key]
+        assert (
+            f"solid_queue queue {key}: this role cannot read it: GRANT USAGE ON SCHEMA {schema} "
+            f"TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}"
+        ) in d["errors"]
+        # half granted: the ready table only, not the claimed/failed ones it also reads
+        await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        await conn.execute(f"GRANT SELECT ON {key} TO {role}")
+        await asyncio.sleep(0.4)
+        d = await poll(probe)
+        err = [e for e in d["errors"] if key in e]
+        assert len(err) == 1 and "permission denied for table solid_queue_" in err[0], err
+        assert f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}" in err[0]
+        await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        await asyncio.sleep(0.4)
+        d = await poll(probe)
+        assert queue(d, key, "default")["depth"] == 5 and not d.get("errors")
+    finally:
+        await probe.close()
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")

@@ -65,14 +65,15 @@ TABLES = {
 DETECT_SQL = r"""
 SELECT n.nspname AS schema, c.relname AS name, c.reltuples::float8 AS est,
        ARRAY(SELECT a.attname::text FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS cols
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS cols,
+       has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')
+         AS readable
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p')
   AND (c.relname = ANY($1::name[])
        OR (n.nspname = 'graphile_worker' AND c.relname = 'jobs')
        OR (n.nspname = 'pgmq' AND c.relname LIKE 'q\_%'))
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND has_table_privilege(c.oid, 'SELECT')
 ORDER BY 1, 2
 """
 
@@ -166,6 +167,7 @@ class Found:
     key: str = ""  # schema.table shown as the queue's key
     queue: str | None = None  # one queue per table (pgmq)
     missing: tuple[str, ...] = ()  # columns the reader needs that the table lacks
+    readable: bool = True  # this role may read it (a pg_monitor-only role often may not)
 
     @property
     def ident(self) -> str:
@@ -187,7 +189,8 @@ def found_from_catalog(rows: Sequence[Mapping[str, Any]]) -> list[Found]:
             continue
         cols = r.get("cols")
         missing = tuple(c for c in NEEDS[system] if cols is not None and c not in cols)
-        out.append(Found(system, schema, name, est, f"{schema}.{name}", queue, missing))
+        readable = r.get("readable") is not False
+        out.append(Found(system, schema, name, est, f"{schema}.{name}", queue, missing, readable))
     # graphile-worker >= 0.16 keeps a `jobs` view over _private_jobs: read the table
     private = {f.schema for f in out if f.table == "_private_jobs"}
     return [f for f in out if not (f.table == "jobs" and f.schema in private)]
@@ -516,6 +519,9 @@ class PgQueuesProbe(Probe):
         queues: list[dict[str, Any]] = []
         errors: list[str] = []
         for f in self._found:
+            if not f.readable:
+                errors.append(self._grant_hint(f, "this role cannot read it"))
+                continue
             if f.missing:
                 errors.append(
                     f"{f.key} has no column {f.missing[0]!r}: not the {f.system} layout loadtop "
@@ -526,6 +532,8 @@ class PgQueuesProbe(Probe):
                 queues += await self._read_system(conn, f, now, due)
             except asyncpg.UndefinedTableError:
                 self._detected_at = None  # dropped since the last detection: look again
+            except asyncpg.InsufficientPrivilegeError as e:
+                errors.append(self._grant_hint(f, str(e).strip().splitlines()[0]))
             except asyncpg.PostgresError as e:
                 errors.append(
                     f"{f.system} ({f.key}): {describe_pg_error(e, self.target, self.statement_timeout_ms)}"
@@ -623,6 +631,14 @@ class PgQueuesProbe(Probe):
             out.append(q)
         self._prev[f.ident] = cur
         return out
+
+    def _grant_hint(self, f: Found, what: str) -> str:
+        conn = self._conn
+        role = (conn.get_settings().session_authorization if conn else None) or "<role>"
+        return (
+            f"{f.system} queue {f.key}: {what}: GRANT USAGE ON SCHEMA {f.schema} "
+            f"TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {f.schema} TO {role}"
+        )
 
     async def _consumers(
         self, conn: asyncpg.Connection, f: Found
