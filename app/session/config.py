@@ -36,7 +36,7 @@ PROFILE_KEYS = {
     "pg", "pg_monitor", "redis", "http", "prometheus", "k8s_namespace", "k8s_selector",
     "k8s_context", "scenario", "concurrency", "max_concurrency", "steps", "step_seconds",
     "duration", "rate", "abort_on", "params", "readonly", "detect", "slo", "probe_intervals",
-    "redis_lock_patterns", "redis_queue_patterns", "profile", "processes",
+    "redis_lock_patterns", "redis_queue_patterns", "profile", "processes", "queue",
 }  # fmt: skip
 
 
@@ -271,6 +271,12 @@ def build_run_config(
             detect = detect_flags(args.detect, detect)
         except ValueError as e:
             fail(str(e))
+    from app.probes.pg_queues import QueueConfigError, parse_sql_queues
+
+    try:
+        sql_queues = parse_sql_queues(prof.get("queue"))  # [[queue.sql]]
+    except QueueConfigError as e:
+        fail(str(e))
     engine = EngineConfig(
         concurrency=min(conc, max_c), max_concurrency=max_c, rate=rate, plan=steps,
         step_seconds=step_s, duration=duration, interval=interval, seed=args.seed if hasattr(args, "seed") else 0,
@@ -286,7 +292,7 @@ def build_run_config(
         readonly=readonly, probes=not getattr(args, "no_probes", False),
         probe_intervals=prof.get("probe_intervals"), redis_lock_patterns=prof.get("redis_lock_patterns"),
         redis_queue_patterns=prof.get("redis_queue_patterns"), detect=detect, slo=slo,
-        processes=procs,
+        processes=procs, pg_sql_queues=sql_queues,
     )  # fmt: skip
     if watch and not (cfg.pg_dsn or cfg.redis_url or cfg.k8s_namespace or cfg.prometheus_url):
         fail("watch needs a target: give --pg, --redis, --k8s-namespace or --prometheus")

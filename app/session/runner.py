@@ -59,6 +59,7 @@ class RunConfig:
     probe_intervals: dict[str, float] | None = None
     redis_lock_patterns: list[str] | None = None
     redis_queue_patterns: list[str] | None = None
+    pg_sql_queues: list[Any] | None = None  # [[queue.sql]] (app.probes.pg_queues.SqlQueue)
     detect: dict[str, Any] | None = None
     slo: dict[str, float] | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -521,6 +522,7 @@ class Session:
             intervals=cfg.probe_intervals,
             redis_lock_patterns=cfg.redis_lock_patterns,
             redis_queue_patterns=cfg.redis_queue_patterns,
+            pg_sql_queues=cfg.pg_sql_queues,
         )
 
     @contextlib.asynccontextmanager
