@@ -148,6 +148,9 @@ def run_demo(args: Any) -> int:
         record=getattr(args, "record", None),
         export=getattr(args, "export", None),
     )
+    from app.commands.base import mark_run_started
+
+    mark_run_started()
     with contextlib.ExitStack() as stack:
         _say("starting embedded PostgreSQL, Valkey and the demo service…")
         # side by side, to be on screen within seconds: the servers (their ports

@@ -9,9 +9,8 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from app.commands.base import add_targets, fail, say_err
+from app.commands.base import add_targets, fail, mark_run_started, say_err
 from app.session.config import build_run_config
-from app.session.recording import check_output_path
 
 if TYPE_CHECKING:
     from app.session.runner import RunConfig
@@ -30,8 +29,8 @@ class Run:
         out.add_argument("--export", metavar="F.md", help="write the Markdown report at the end")
 
     def run(self, args: argparse.Namespace) -> int:
-        cfg = build_run_config(args)
-        check_outputs(cfg)
+        cfg = build_run_config(args)  # checks --record / --export too
+        mark_run_started()
         saved = interrupt_on_signals()
         try:
             with embedded_targets(cfg, say_err):
@@ -48,13 +47,6 @@ class Run:
             for sig, handler in saved.items():
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     signal.signal(sig, handler)
-
-
-def check_outputs(cfg: RunConfig) -> None:
-    """An output that cannot be written is bad input at start, not a lost session."""
-    for flag, path in (("--record", cfg.record), ("--export", cfg.export)):
-        if path:
-            check_output_path(path, flag)
 
 
 def add_load(p: argparse.ArgumentParser) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.commands.base import add_targets
-from app.commands.run import check_outputs
+from app.commands.base import add_targets, mark_run_started
 from app.session.config import build_run_config
 
 
@@ -24,8 +23,8 @@ class Watch:
 
     def run(self, args: argparse.Namespace) -> int:
         """Until --duration, Ctrl-C, SIGTERM or SIGHUP. Exit code 0, 2 for bad input."""
-        cfg = build_run_config(args, watch=True)
-        check_outputs(cfg)
+        cfg = build_run_config(args, watch=True)  # checks --record / --export too
+        mark_run_started()
         from app.session.watch import WatchSession
 
         if not args.headless:
