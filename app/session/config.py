@@ -156,6 +156,7 @@ def _near(word: str, choices: Sequence[str]) -> str:
 
 # ---- the schema: every key loadtop.toml takes, with its flag ---------------------
 
+ITEM_NAMES = {str: "strings", int: "whole numbers"}
 TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
               list: "a list", dict: "a table"}  # fmt: skip
 
@@ -172,6 +173,7 @@ class Key:
     parse: Callable[[Any], Any] | None = None
     env: str | None = None
     items: type | None = None  # for a list: the type of its items
+    what: str = ""  # what it must be, when not the TOML types' names
 
 
 def _target(check: Callable[[str], str]) -> Callable[[Any], str]:
@@ -247,6 +249,7 @@ def _detect_table(v: Mapping[str, Any]) -> dict[str, Any]:
     return dict(v)
 
 
+DUR = 'a duration ("5m") or a number of seconds'
 SCHEMA: dict[str, Key] = {
     "pg": Key("--pg", (str,), 'pg = "postgresql://user@host/db"', _target(check_pg_dsn), "LOADTOP_PG_DSN"),
     "pg_monitor": Key("--pg-monitor", (str,), 'pg_monitor = "postgresql://monitor@host/db"',
@@ -266,18 +269,19 @@ SCHEMA: dict[str, Key] = {
     "scenario": Key("--scenario", (str, list), 'scenario = ["stock-reservation", "hot-counter=2"]',
                     items=str),
     "concurrency": Key("--concurrency", (int, str), "concurrency = 8",
-                       lambda v: positive_int("--concurrency", v, 0, MAX_WORKERS)),
+                       lambda v: positive_int("--concurrency", v, 0, MAX_WORKERS), what="a whole number"),
     "max_concurrency": Key("--max-concurrency", (int, str), "max_concurrency = 256",
-                           lambda v: positive_int("--max-concurrency", v, 1, MAX_WORKERS)),
+                           lambda v: positive_int("--max-concurrency", v, 1, MAX_WORKERS), what="a whole number"),
     "processes": Key("--processes", (int, str), "processes = 2",
-                     lambda v: positive_int("--processes", v, 1)),
+                     lambda v: positive_int("--processes", v, 1), what="a whole number"),
     "steps": Key("--steps", (list, str), "steps = [1, 2, 4, 8]", parse_steps, items=int),
     "step_seconds": Key("--step-seconds", (int, float, str), 'step_seconds = "30s"',
-                        lambda v: parse_duration(v, "--step-seconds")),
-    "duration": Key("--duration", (int, float, str), 'duration = "5m"', parse_duration),
+                        lambda v: parse_duration(v, "--step-seconds"), what=DUR),
+    "duration": Key("--duration", (int, float, str), 'duration = "5m"', parse_duration, what=DUR),
     "interval": Key("--interval", (int, float, str), 'interval = "1s"',
-                    lambda v: parse_duration(v, "--interval", 60.0)),
-    "rate": Key("--rate", (int, float, str), 'rate = "200/s"', parse_rate),
+                    lambda v: parse_duration(v, "--interval", 60.0), what=DUR),
+    "rate": Key("--rate", (int, float, str), 'rate = "200/s"', parse_rate,
+                what='a rate ("200/s") or a number per second'),
     "abort_on": Key("--abort-on", (str, list), 'abort_on = ["p95>500ms", "errors>1%"]', items=str),
     "params": Key("-p", (dict,), '[params] mode = "unsafe"', _param_table),
     "readonly": Key("--readonly", (bool,), "readonly = true", _bool("--readonly")),
@@ -302,7 +306,7 @@ def _check_table(where: str, data: Mapping[str, Any]) -> None:
             fail(f"{where}: unknown key {k!r}{_near(k, sorted(SCHEMA))}:"
                  f" remove it (valid: {', '.join(sorted(SCHEMA))})")  # fmt: skip
         if (isinstance(v, bool) and bool not in spec.types) or not isinstance(v, spec.types):
-            kinds = " or ".join(TYPE_NAMES[t] for t in spec.types)
+            kinds = spec.what or " or ".join(TYPE_NAMES[t] for t in spec.types)
             fail(f"{where}: {k} = {_short(v)} must be {kinds}, e.g. {spec.example}")
         if isinstance(v, str) and not v.strip():
             fail(f"{where}: {k} is empty: give a value, e.g. {spec.example}, or remove the key")
@@ -313,7 +317,7 @@ def _check_table(where: str, data: Mapping[str, Any]) -> None:
                 if spec.items is not None and (
                     isinstance(x, bool) or not isinstance(x, spec.items)
                 ):
-                    fail(f"{where}: {k} = {_short(v)} must hold only {TYPE_NAMES[spec.items]}s,"
+                    fail(f"{where}: {k} = {_short(v)} must hold only {ITEM_NAMES[spec.items]},"
                          f" e.g. {spec.example}")  # fmt: skip
 
 
@@ -471,7 +475,7 @@ def build_run_config(
             detect = detect_flags(args.detect, detect)
         except ValueError as e:
             fail(str(e))
-    record, export = _output("--record", args, "record"), _output("--export", args, "export")
+    record, export = _outputs(args)
     seed = getattr(args, "seed", 0) or 0
     engine = EngineConfig(
         concurrency=min(conc, max_c), max_concurrency=max_c, rate=rate, plan=steps,
@@ -508,30 +512,32 @@ def _str_list(v: Any) -> list[str] | None:
     return [v] if isinstance(v, str) else list(v)
 
 
-def _output(flag: str, args: Any, attr: str) -> str | None:
-    """--record / --export: a file that can be written, checked now (an output
+def _outputs(args: Any) -> tuple[str | None, str | None]:
+    """--record / --export: files that can be written, checked now (an output
     that cannot be written is bad input at start, not a lost session), and not
-    the other output's file."""
+    one file for both."""
     from app.session.recording import RecordingError, check_output_path
 
-    path = getattr(args, attr, None)
-    if path is None:
-        return None
-    if not str(path).strip():
-        fail(f"{flag} is empty: give a file name, or leave the flag out")
-    other = "export" if attr == "record" else "record"
-    theirs = getattr(args, other, None)
-    if attr == "export" and theirs and _same_file(path, theirs):
-        fail(f"--record and --export are the same file ({path}): the report would overwrite"
+    paths = {}
+    for flag, attr in (("--record", "record"), ("--export", "export")):
+        path = getattr(args, attr, None)
+        if path is not None and not str(path).strip():
+            fail(f"{flag} is empty: give a file name, or leave the flag out")
+        paths[flag] = None if path is None else str(path)
+    rec, exp = paths["--record"], paths["--export"]
+    if rec and exp and same_file(rec, exp):
+        fail(f"--record and --export are the same file ({exp}): the report would overwrite"
              " the recording; give two names")  # fmt: skip
-    try:
-        check_output_path(path, flag)
-    except RecordingError as e:
-        fail(str(e))
-    return str(path)
+    for flag, path in paths.items():
+        if path:
+            try:
+                check_output_path(path, flag)
+            except RecordingError as e:
+                fail(str(e))
+    return rec, exp
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
     try:
         if os.path.exists(a) and os.path.exists(b):
             return os.path.samefile(a, b)
