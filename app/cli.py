@@ -11,7 +11,6 @@ path the line names.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -24,7 +23,7 @@ from typing import NoReturn
 
 from app.commands import COMMANDS
 from app.commands import base as _base
-from app.commands.base import UsageError, fail, say_err
+from app.commands.base import UsageError, fail, say_err, silence_stdout, stdout_gone
 from app.engine.thresholds import ThresholdError
 from app.scenario import ScenarioError
 from app.session.recording import RecordingError
@@ -144,23 +143,6 @@ def crash_log(exc: BaseException, argv: Sequence[str]) -> str:
     return "(no log file could be written)"
 
 
-def _stdout_gone(e: BaseException) -> bool:
-    return isinstance(e, BrokenPipeError) or (
-        isinstance(e, OSError) and e.errno in (errno.EPIPE, errno.EIO)
-    )
-
-
-def _silence_stdout() -> None:
-    """stdout's reader went away: send the rest (and the interpreter's final
-    flush) to /dev/null instead of a BrokenPipeError at exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_logging()
@@ -188,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, SetupError):
             say_err(redact(str(e)))
             return 2
-        if _stdout_gone(e):  # `loadtop ... | head`: the reader left; not an error of ours
-            _silence_stdout()
+        if stdout_gone(e):  # `loadtop ... | head`: the reader left; not an error of ours
+            silence_stdout()
             return 0 if not _base.RUN_STARTED else 1
         path = crash_log(e, argv)
         first = (str(e).strip().splitlines() or [""])[0][:200]

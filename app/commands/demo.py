@@ -194,7 +194,7 @@ def run_demo(args: Any) -> int:
             from app.frontends.headless import headless_printer, run_headless
 
             return run_headless(Session(cfg, printer=headless_printer(cfg)))
-        from app.ui.main import run_session_console
+        from app.commands.run import run_console
 
-        return run_session_console(Session(cfg), say=_say, cleanup=stack.close)
+        return run_console(Session(cfg), cleanup=stack.close)
     return 0

@@ -9,7 +9,14 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from app.commands.base import add_targets, fail, mark_run_started, say_err
+from app.commands.base import (
+    add_targets,
+    fail,
+    mark_run_started,
+    say_err,
+    silence_stdout,
+    stdout_gone,
+)
 from app.session.config import build_run_config
 
 if TYPE_CHECKING:
@@ -40,13 +47,28 @@ class Run:
                     from app.frontends.headless import headless_printer, run_headless
 
                     return run_headless(Session(cfg, printer=headless_printer(cfg)))
-                from app.ui.main import run_session_console
-
-                return run_session_console(Session(cfg))
+                return run_console(Session(cfg))
         finally:
             for sig, handler in saved.items():
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     signal.signal(sig, handler)
+
+
+def run_console(session: Any, cleanup: Callable[[], None] | None = None) -> int:
+    """The console over `session`; returns the session's exit code. A terminal
+    that went away (SIGHUP of a dropped SSH session: every write then fails
+    with EIO) does not turn a clean teardown into a traceback and exit 1: the
+    messages that can no longer be shown are dropped, the code is the run's."""
+    from app.ui.main import run_session_console
+
+    try:
+        return run_session_console(session, say=say_err, cleanup=cleanup)
+    except OSError as e:
+        outcome = getattr(session, "outcome", None)
+        if not stdout_gone(e) or outcome is None:
+            raise
+        silence_stdout(stderr=True)
+        return int(outcome.exit_code)
 
 
 def add_load(p: argparse.ArgumentParser) -> None:

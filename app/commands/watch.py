@@ -28,9 +28,9 @@ class Watch:
         from app.session.watch import WatchSession
 
         if not args.headless:
-            from app.ui.main import run_session_console
+            from app.commands.run import run_console
 
-            return int(run_session_console(WatchSession(cfg)))
+            return run_console(WatchSession(cfg))
         from app.frontends.headless import headless_printer, run_headless
 
         code = run_headless(WatchSession(cfg, printer=headless_printer(cfg)))

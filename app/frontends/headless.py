@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+from app.commands.base import silence_stdout, stdout_gone
 from app.probes.summary import format_reading_line
 from app.session.runner import RunConfig, Session, print_outcome, run_sync
 from app.targets import Redactor
@@ -84,7 +85,37 @@ def _redactor(cfg: RunConfig) -> Redactor:
 
 def run_headless(session: Session) -> int:
     """Run `session` to its end on this thread (Ctrl-C, SIGTERM and SIGHUP stop
-    it), print the outcome; returns the session's exit code."""
+    it), print the outcome; returns the session's exit code. When stdout's
+    reader goes away (`loadtop ... | head`), the run stops as on SIGTERM:
+    teardown and cleanup run, the rest of the output goes to /dev/null."""
+    if session.printer is not None:
+        session.printer = _until_stdout_closes(session, session.printer)
     outcome = run_sync(session.run(install_signals=True))
-    print_outcome(session, outcome)
+    try:
+        print_outcome(session, outcome)
+    except OSError as e:
+        if not stdout_gone(e):
+            raise
+        silence_stdout()
     return int(outcome.exit_code)
+
+
+def _until_stdout_closes(
+    session: Session, printer: Callable[[Tick], None]
+) -> Callable[[Tick], None]:
+    closed = False
+
+    def guarded(tick: Tick) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            printer(tick)
+        except OSError as e:
+            if not stdout_gone(e):
+                raise
+            closed = True
+            silence_stdout()
+            session.stop("stdout closed")
+
+    return guarded
