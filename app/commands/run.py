@@ -17,7 +17,7 @@ from app.commands.base import (
     silence_stdout,
     stdout_gone,
 )
-from app.session.config import build_run_config
+from app.session.config import build_run_config, forget_secret_environment
 
 if TYPE_CHECKING:
     from app.session.runner import RunConfig
@@ -37,6 +37,7 @@ class Run:
 
     def run(self, args: argparse.Namespace) -> int:
         cfg = build_run_config(args)  # checks --record / --export too
+        forget_secret_environment()
         mark_run_started()
         saved = interrupt_on_signals()
         try:

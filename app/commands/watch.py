@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from app.commands.base import add_targets, mark_run_started
-from app.session.config import build_run_config
+from app.session.config import build_run_config, forget_secret_environment
 
 
 class Watch:
@@ -24,6 +24,7 @@ class Watch:
     def run(self, args: argparse.Namespace) -> int:
         """Until --duration, Ctrl-C, SIGTERM or SIGHUP. Exit code 0, 2 for bad input."""
         cfg = build_run_config(args, watch=True)  # checks --record / --export too
+        forget_secret_environment()
         mark_run_started()
         from app.session.watch import WatchSession
 

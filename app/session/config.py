@@ -497,6 +497,18 @@ def build_run_config(
     return cfg
 
 
+def forget_secret_environment(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:
+    """Once the config is built: drop the LOADTOP_* target variables that hold
+    a password or token from this process's environment, so the processes it
+    starts (worker processes, embedded servers) do not inherit them."""
+    from app.targets import url_secrets
+
+    for var in ENV.values():
+        value = environ.get(var)
+        if value and url_secrets(value):
+            environ.pop(var, None)
+
+
 def _writes(cls: type, params: Mapping[str, str]) -> bool:
     """Whether the scenario writes with these parameters (the http scenario
     decides per instance, from -p method)."""
