@@ -152,6 +152,9 @@ class Redactor:
         for k, v in (params or {}).items():
             if SECRET_PARAM.search(k):
                 r.add(v)
+            else:  # a secret header's value in -p headers, a URL's password in -p path
+                for s in [*header_secrets(v), *url_secrets(v)]:
+                    r.add(s)
         return r
 
 
