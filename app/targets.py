@@ -183,18 +183,18 @@ def shown(url: str) -> str:
     netloc_end = min(
         i for i in (rest.find("/"), rest.find("?"), rest.find("#"), len(rest)) if i >= 0
     )
-    if rest.count("@") > 1 or "@" in rest[netloc_end:] or not _printable(url):
+    if rest.count("@") > 1 or "@" in rest[netloc_end:] or not printable(url):
         return f"{scheme}{sep}{MASK}"
     return redact(url)
 
 
-def _printable(text: str) -> bool:
+def printable(text: str) -> bool:
     """No undecodable byte (a surrogate from a non-UTF-8 argv) and no control character."""
     return not any("\udc80" <= c <= "\udcff" or (ord(c) < 32 and c != "\t") for c in text)
 
 
 def _check_text(url: str, flag: str, path_at_ok: bool = False) -> None:
-    if not _printable(url):
+    if not printable(url):
         raise TargetError(
             f"{flag} {shown(url)!r} holds a byte that is not UTF-8 text or a control character:"
             " percent-encode it (ä as %C3%A4)"

@@ -115,6 +115,7 @@ for flag, bad, needle in [
     ("--prometheus", "", "--prometheus is empty"),
     ("--k8s-namespace", "", "--k8s-namespace is empty"),
     ("--k8s-selector", "a=b\nc", "control character"),
+    ("--k8s-namespace", "ns\udcff", "not UTF-8"),
     ("--config", "", "--config is empty"),
     ("--config", "/nonexistent.toml", "does not exist"),
     ("--profile", "", "--profile is empty"),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from app.engine.engine import EngineConfig
 from app.engine.thresholds import ThresholdError, parse_thresholds
 from app.scenario import ScenarioError, check_params, check_processes, parse_mix
-from app.targets import TargetError, check_http_url, check_pg_dsn, check_redis_url
+from app.targets import TargetError, check_http_url, check_pg_dsn, check_redis_url, printable
 
 if TYPE_CHECKING:
     from app.session.runner import RunConfig
@@ -188,8 +188,9 @@ def _target(check: Callable[[str], str]) -> Callable[[Any], str]:
 
 def _k8s(flag: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
-        if any(c in v for c in "\n\r\t\0"):
-            fail(f"{flag} {v!r} has a control character: give a plain name")
+        if not printable(v) or "\t" in v:
+            fail(f"{flag} {v!r} has a control character or a byte that is not UTF-8:"
+                 " give a plain name")  # fmt: skip
         return str(v)
 
     return parse
