@@ -169,3 +169,23 @@ def test_an_unexpected_exception_is_one_line_and_a_log_file(
     assert "Traceback" in text and "RuntimeError: kaput" in text and "second line" in text
     assert "Sekr1t-pw" not in text  # the log is masked too
     assert oct(logs[0].stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.integration
+def test_sigpipe_stops_a_headless_run_like_sigterm(pg_dsn: str, tmp_path: Path) -> None:
+    rec = tmp_path / "p.jsonl"
+    proc = subprocess.Popen(
+        [LOADTOP, "run", "--headless", "-s", "hot-counter", "--pg", pg_dsn, "-d", "60s",
+         "--interval", "0.2s", "--record", str(rec)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"ops/s" in proc.stdout.readline()
+    proc.send_signal(signal.SIGPIPE)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    assert b"stopped: signal SIGPIPE" in out, out[-300:]
+    header, end = _end(rec)
+    assert end["reason"] == "signal SIGPIPE"
+    assert asyncio_run(_schemas(pg_dsn, header["run_id"])) == []

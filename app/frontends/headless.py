@@ -7,12 +7,14 @@ which one is listening.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import Callable
 
 from app.commands.base import silence_stdout, stdout_gone
 from app.probes.summary import format_reading_line
-from app.session.runner import RunConfig, Session, print_outcome, run_sync
+from app.session.runner import Outcome, RunConfig, Session, print_outcome, run_sync
 from app.targets import Redactor
 from app.tick import Tick
 
@@ -90,7 +92,11 @@ def run_headless(session: Session) -> int:
     teardown and cleanup run, the rest of the output goes to /dev/null."""
     if session.printer is not None:
         session.printer = _until_stdout_closes(session, session.printer)
-    outcome = run_sync(session.run(install_signals=True))
+    try:
+        outcome = run_sync(_with_sigpipe(session))
+    finally:  # the loop's handler removed leaves SIG_DFL: a closed pipe would then kill us
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         print_outcome(session, outcome)
     except OSError as e:
@@ -98,6 +104,15 @@ def run_headless(session: Session) -> int:
             raise
         silence_stdout()
     return int(outcome.exit_code)
+
+
+async def _with_sigpipe(session: Session) -> Outcome:
+    """The session, with SIGPIPE (sent, or a write to a pipe whose reader left)
+    stopping it like SIGTERM instead of being ignored."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGPIPE, session.stop, "signal SIGPIPE")
+    return await session.run(install_signals=True)
 
 
 def _until_stdout_closes(
