@@ -17,7 +17,13 @@ from app.commands.base import (
     silence_stdout,
     stdout_gone,
 )
-from app.session.config import build_run_config, forget_secret_environment
+from app.session.config import (
+    MAX_DURATION_TEXT,
+    MAX_RATE,
+    MAX_WORKERS,
+    build_run_config,
+    forget_secret_environment,
+)
 
 if TYPE_CHECKING:
     from app.session.runner import RunConfig
@@ -76,19 +82,23 @@ def add_load(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("load")
     g.add_argument("--scenario", "-s", action="append", metavar="S[=W]",
                    help="built-in name, path.py or path.py:Class; repeat with =weight for a mix")  # fmt: skip
-    g.add_argument("--concurrency", "-c", metavar="N", help="workers at start (default 1)")
+    g.add_argument("--concurrency", "-c", metavar="N",
+                   help=f"workers at start (default 1; at most {MAX_WORKERS})")  # fmt: skip
     g.add_argument("--steps", metavar="N,N,...", help="a ramp plan, e.g. 1,2,4,8")
     g.add_argument("--step-seconds", metavar="T", help="time per plan step (default 30s)")
-    g.add_argument("--rate", metavar="R/s", help="open model: a fixed arrival rate")
-    g.add_argument("--duration", "-d", metavar="T", help="e.g. 60s, 5m (default: the plan, or 60s)")
-    g.add_argument("--max-concurrency", metavar="N", help="hard cap on workers (default 256)")
+    g.add_argument("--rate", metavar="R/s",
+                   help=f"open model: a fixed arrival rate (at most {MAX_RATE:g}/s)")  # fmt: skip
+    g.add_argument("--duration", "-d", metavar="T",
+                   help=f"e.g. 60s, 5m (default: the plan, or 60s; at most {MAX_DURATION_TEXT})")  # fmt: skip
+    g.add_argument("--max-concurrency", metavar="N",
+                   help=f"hard cap on workers (default 256; at most {MAX_WORKERS})")  # fmt: skip
     g.add_argument("--abort-on", action="append", metavar="EXPR",
                    help="stop the load when it holds 3 ticks: p95>500ms, errors>1%%, ops<100/s")  # fmt: skip
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--processes", metavar="N",
                    help="run the workers in N processes when one core is not enough (default 1)")  # fmt: skip
     g.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                   help="a scenario parameter")  # fmt: skip
+                   help="a scenario parameter (`loadtop scenarios` lists each one's)")  # fmt: skip
     g.add_argument("--interval", metavar="T", help="tick length (default 1s)")
 
 

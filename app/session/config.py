@@ -51,6 +51,9 @@ def _fmt_duration(v: float) -> str:
     return f"{v:g}s"
 
 
+MAX_DURATION_TEXT = _fmt_duration(MAX_DURATION)  # "7d", for --help
+
+
 def parse_duration(text: Any, flag: str = "--duration", maximum: float = MAX_DURATION) -> float:
     """`90`, `30s`, `250ms`, `5m`, `1h`, `2d` (or a number of seconds in loadtop.toml)."""
     m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(text))
