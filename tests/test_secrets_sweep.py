@@ -7,6 +7,7 @@ worker processes, and a sweep of:
 
 - the headless lines (stdout) and stderr,
 - the recording, the exported report, `loadtop report` in Markdown and JSON,
+- `loadtop watch` over the same targets (its lines and its recording),
 - the error lines for a wrong password (PostgreSQL and Redis),
 - the argv and the environment of every child process of `loadtop` (/proc).
 
@@ -175,6 +176,15 @@ def test_no_secret_form_reaches_any_output(servers: Servers, form: Form, tmp_pat
         assert r.returncode == 0, r.stderr
         outputs[f"report {extra}"] = (r.stdout + r.stderr).decode()
     json.loads(outputs["report ['--json']"])  # still JSON after masking
+    # `loadtop watch` over the same targets: its lines and recording
+    wrec = tmp_path / "watch.jsonl"
+    w = subprocess.run([LOADTOP, "watch", "--headless", "--pg", pg_url, "--redis", redis_url,
+                        "-d", "2s", "--interval", "0.5s", "--record", str(wrec)],
+                       capture_output=True, timeout=60, env=_env(tmp_path))  # fmt: skip
+    assert w.returncode == 0, w.stderr
+    assert b"watch" in w.stdout
+    outputs["watch"] = (w.stdout + w.stderr).decode()
+    outputs["watch recording"] = wrec.read_text(encoding="utf-8")
     # wrong passwords in the same form: the error line says so without the secret
     wrong_pg = pg_url.replace(form.in_url, form.in_url[::-1])
     wrong_redis = redis_url.replace(redis_in_url, redis_in_url[::-1])
