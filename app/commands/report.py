@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from app.commands.base import fail
+from app.session.config import same_file
 from app.session.recording import RecordingError, read_recording
 
 
@@ -21,6 +22,13 @@ class Report:
     def run(self, args: argparse.Namespace) -> int:
         from app.session.export import render_report, write_report
 
+        if not args.recording.strip():
+            fail("the recording is empty text: give the path of a .jsonl recording")
+        if args.output is not None and not args.output.strip():
+            fail("-o is empty: give a file name, or leave it out to print the report")
+        if args.output and same_file(args.output, args.recording):
+            fail(f"-o {args.output} is the recording itself: the report would overwrite it;"
+                 " give another file name")  # fmt: skip
         try:
             rec = read_recording(args.recording)
         except RecordingError as e:
