@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from app.engine.engine import Clients, EngineConfig, LoadEngine, allocate
 from app.engine.thresholds import parse_thresholds
 from app.scenario import Context, Scenario
+from app.session.pipeline import Pipeline, Verifier, with_invariants
 from app.tick import Tick
 
 
@@ -34,10 +36,33 @@ async def _admin(name: str) -> AsyncIterator[Context]:
     yield Context(worker=-1, params={}, rng=random.Random(0), prefix="t", scenario=name)
 
 
-def make(cfg: EngineConfig, params: dict[str, str] | None = None, mix=None) -> LoadEngine:
+class Rig:
+    """The engine inside the session's tick pipeline: the engine generates the
+    load and closes windows; the pipeline runs the clock, verify and thresholds.
+    Controls and figures go to the engine."""
+
+    def __init__(self, engine: LoadEngine) -> None:
+        self.engine = engine
+        self.pipeline = Pipeline(engine)
+        self.thresholds = self.pipeline.thresholds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def subscribe(self, listener: Callable[[Tick], None]) -> None:
+        self.pipeline.subscribe(listener)
+
+    async def run(self, admin: Any) -> str:
+        eng = self.engine
+        self.pipeline.verifier = v = Verifier([r.instance for r in eng.runs], admin, eng.event)
+        self.pipeline.enrichers.insert(0, with_invariants(v))
+        return await self.pipeline.run()
+
+
+def make(cfg: EngineConfig, params: dict[str, str] | None = None, mix=None) -> Any:
     mix = mix or [(Sleepy(params), 1.0)]
-    return LoadEngine(
-        mix, Clients(), cfg, prefixes={s.name: "t" for s, _ in mix}, params=params or {}
+    return Rig(
+        LoadEngine(mix, Clients(), cfg, prefixes={s.name: "t" for s, _ in mix}, params=params or {})
     )
 
 
