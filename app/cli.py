@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("recording", metavar="F.jsonl")
     rep.add_argument("-o", "--output", metavar="F.md")
     rep.add_argument("--json", action="store_true")
+    rep.add_argument("--redetect", action="store_true",
+                     help="run the detectors again over the recording (with --detect changes)")  # fmt: skip
+    rep.add_argument("--detect", action="append", default=[], metavar="KIND.OPTION=VALUE",
+                     help="with --redetect: change a detector option (or disabled=KIND,...)")  # fmt: skip
 
     sub.add_parser("scenarios", help="list the built-in scenarios")
     return ap
@@ -273,6 +277,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         rec = read_recording(args.recording)
     except RecordingError as e:
         fail(str(e))
+    if args.detect and not args.redetect:
+        fail("--detect needs --redetect: `loadtop report --redetect F.jsonl --detect K.O=V`")
+    if args.redetect:
+        from app.session.pipeline import redetect_recording
+
+        try:
+            rec = redetect_recording(rec, args.detect)
+        except ValueError as e:
+            fail(str(e))
     text = render_json(rec) if args.json else render_markdown(rec)
     text = Redactor()(text)
     if args.output:

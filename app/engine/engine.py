@@ -127,6 +127,11 @@ class LoadEngine:
         return self.control.plan_index
 
     @property
+    def ticks_emitted(self) -> int:
+        """Windows closed so far (each one a tick for the pipeline)."""
+        return self._tick_index
+
+    @property
     def runs(self) -> list[ScenarioRun]:
         """The workers' scenario runs on this loop ([] with --processes)."""
         return self.pool.runs if self.pool is not None else []

@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from app.detect import build_detectors, detect_flags
 from app.engine.engine import LoadEngine
 from app.engine.errors import classify, is_connection_error
 from app.engine.thresholds import ThresholdSet
 from app.scenario import Context, Scenario
+from app.session.recording import Recording
 from app.tick import ControlEvent, Tick
 
 Enricher = Callable[[Tick], Tick]
@@ -52,6 +54,7 @@ class Verifier:
         self.redact = redact
         self.violations: dict[str, list[str]] = {}
         self._pending: dict[str, tuple[str, ...]] = {}
+        self.closed = False
 
     async def verify_all(self) -> None:
         for inst in self.scenarios:
@@ -77,9 +80,13 @@ class Verifier:
             self._pending[inst.name] = tuple(found)
 
     async def loop(self, every: float) -> None:
-        while True:
+        """verify_all() every `every` seconds until `closed` (a flag as well as
+        the cancel: Python 3.11's wait_for can swallow a cancel that arrives as
+        verify() returns, and the loop would then run on)."""
+        while not self.closed:
             await asyncio.sleep(every)
-            await self.verify_all()
+            if not self.closed:
+                await self.verify_all()
 
     def take(self) -> dict[str, tuple[str, ...]]:
         """The results completed since the last take."""
@@ -125,6 +132,18 @@ def redetect(ticks: Iterable[Tick], detectors: Analyzer) -> Iterator[Tick]:
     enrich = with_anomalies(detectors)
     for t in ticks:
         yield enrich(dataclasses.replace(t, anomalies=(), cleared=()))
+
+
+def redetect_recording(rec: Recording, flags: Iterable[str] = ()) -> Recording:
+    """The recording with its anomalies found again: with the detector options
+    it was recorded with (its header's `detect` and `slo`), changed by `flags`
+    (`--detect KIND.OPTION=VALUE`). Raises ValueError on a bad flag."""
+    config = dict(rec.header.get("detect") or {})
+    if rec.header.get("slo") and "slo" not in config:
+        config["slo"] = rec.header["slo"]
+    config = detect_flags(flags, config)
+    ticks = list(redetect(rec.ticks, build_detectors(config)))
+    return dataclasses.replace(rec, ticks=ticks)
 
 
 class Pipeline:
@@ -204,6 +223,8 @@ class Pipeline:
                     eng.stop(f"threshold {tripped.expr}")
                 self._emit(tick)
         finally:
+            if self.verifier is not None:
+                self.verifier.closed = True
             for t in bg:
                 t.cancel()
             await asyncio.gather(*bg, return_exceptions=True)

@@ -411,6 +411,7 @@ class Session:
             },
             "thresholds": [t.expr for t in e.thresholds],
             "slo": self.cfg.slo,
+            "detect": dict(self.cfg.detect or {}),  # what `report --redetect` starts from
             "readonly": self.cfg.readonly,
         }
 
