@@ -8,6 +8,9 @@ anomalies, thresholds and invariant results added; nobody mutates a tick.
 Latencies are microseconds in HdrHistograms (1 µs .. 60 s, 3 significant
 digits). Probe readings are JSON-able mappings whose shapes are documented in
 `app.probes` (see `app/probes/schema.py`); the tick does not interpret them.
+
+Over ~500 lines on purpose: the data model and its JSON form (the recording
+format) change together, field by field, so they live in one module.
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ from any thread.
 Order matters for "lose nothing, leave nothing": the recording is opened
 before anything is created on a target; every prefix is removed in a
 `finally`, even when `setup` failed halfway or the run was interrupted.
+
+Over ~500 lines for now: the lifecycle (connect, setup, run, teardown,
+cleanup, the end line) is one ordered sequence that reads best in one place;
+the clock and enrichers are already in app/session/pipeline.py, the clients
+in app/engine/clients.py. The thread-safe control wrappers and the backend
+cancel/terminate could move next, once the bounded-memory (issue 10) and
+app/commands branches that also edit this file have landed.
 """
 
 from __future__ import annotations
