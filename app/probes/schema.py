@@ -121,6 +121,27 @@ class RedisReading(TypedDict, total=False):
     master_link_status: str  # replicas only
 
 
+# ---- postgres-native queues (Reading.probe == "pg_queues", app.probes.pg_queues) ----
+
+
+class PgQueuesReading(TypedDict, total=False):
+    """Job queues kept in Postgres tables, and `[[queue.sql]]` queues. Each of
+    `queues` carries the keys of `RedisQueue` (name, layout, key, depth,
+    in_flight, failed, oldest_age_s, note) plus `scheduled` (due later, not
+    backlog), `retry` (failed once, will run again), `consumed_per_s` (arrivals
+    minus growth between polls; None on the first poll), `source`: "postgres" and
+    `consumers` ({kind, count, evidence, via}: "registry" with the workers whose
+    heartbeat is fresh for procrastinate and Solid Queue, else "polling", count None).
+    layout: procrastinate | pgmq | river | oban | graphile-worker | good_job |
+    solid_queue | que | sql; key: "schema.table" (the query's name for sql)."""
+
+    queues: list[dict]
+    systems: list[str]  # "<layout> <schema>" of each system found
+    detected_age_s: float  # since the tables were last looked for (every 30 s)
+    errors: list[str]  # a system or a [[queue.sql]] query that could not be read
+    warning: str  # the errors in one line
+
+
 # ---- pods (Reading.probe == "pods") ----------------------------------------------
 
 

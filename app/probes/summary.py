@@ -11,7 +11,7 @@ from typing import Any
 
 from app.tick import Reading, Tick
 
-SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods"}
+SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods", "pg_queues": "pgq"}
 
 
 def _human(x: float) -> str:
@@ -73,6 +73,10 @@ def format_reading_line(readings: Mapping[str, Reading]) -> str:
             depths = [q.get("depth") or 0 for q in d.get("queues") or []]
             if depths:
                 parts.append(f"q max {_human(max(depths))}")
+    pq = readings.get("pg_queues")  # shown only when it has queues (or fails)
+    if pq is not None and (not pq.ok or pq.data.get("queues")):
+        depths = [q.get("depth") or 0 for q in pq.data.get("queues") or []]
+        parts.append(f"pgq max {_human(max(depths))}" if pq.ok else "pgq ERR")
     pods = readings.get("pods")
     if pods is not None:
         if not pods.ok:
@@ -219,6 +223,14 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
             )
         if len(rows) > 10:
             lines.append(f"| … {len(rows) - 10} more | | | | |")
+    return lines + _queue_lines(rs, before)
+
+
+def _queue_lines(rs: list[Reading], before: Reading | None, title: str = "Queues") -> list[str]:
+    """The queue table of any probe whose readings carry `queues` (redis, pg_queues)."""
+    if not rs:
+        return []
+    lines: list[str] = []
     queues: dict[tuple[str, str], list[tuple[float, dict]]] = {}
     for r in ([before] if before else []) + rs:
         for q in r.data.get("queues") or []:
@@ -226,7 +238,7 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
     in_step = {k: v for k, v in queues.items() if any(t >= rs[0].t for t, _ in v)}
     if in_step:
         lines.append("")
-        lines.append("Queues (growth from the step's start):")
+        lines.append(f"{title} (growth from the step's start):")
         lines.append("")
         lines.append("| queue | layout | peak depth | growth | peak in flight | failed |")
         lines.append("|---|---|---|---|---|---|")
@@ -323,13 +335,17 @@ def probe_report_section(ticks: list[Tick]) -> str:
         pg, rd, pods = (_ok(step.ticks, p) for p in ("postgres", "redis", "pods"))
         body += _pg_lines(pg, last.get("postgres"))
         body += _redis_lines(rd, last.get("redis"))
+        pgq = _ok(step.ticks, "pg_queues")
+        body += _queue_lines(pgq, last.get("pg_queues"), "Postgres queues")
+        errs = sorted({e for r in pgq for e in r.data.get("errors") or ()})
+        body += [f"- Postgres queue not read: {_md(e, 200)}" for e in errs[:5]]
         pl = _pods_lines(pods, last.get("pods"))
         if pl:
             body += ([""] if body and body[-1].startswith("|") else []) + pl
         body += _failures(step.ticks)
         out += body or ["- no probe readings in this step"]
         out.append("")
-        for name, rs in (("postgres", pg), ("redis", rd), ("pods", pods)):
+        for name, rs in (("postgres", pg), ("redis", rd), ("pods", pods), ("pg_queues", pgq)):
             if rs:
                 last[name] = rs[-1]
     return "\n".join(_blank_after_tables(out)).rstrip() + "\n"

@@ -35,9 +35,9 @@ from app.engine.engine import EngineConfig, LoadEngine, allocate
 from app.engine.errors import classify
 from app.engine.procs import HostSpec, ProcessWorkers
 from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
+from app.session.export import write_report
 from app.session.pipeline import Pipeline, Verifier
 from app.session.recording import Recorder, Recording, RecordingError
-from app.session.report import render_markdown
 from app.targets import Redactor, TargetError, redact_params
 from app.tick import Tick
 
@@ -67,6 +67,7 @@ class RunConfig:
     probe_intervals: dict[str, float] | None = None
     redis_lock_patterns: list[str] | None = None
     redis_queue_patterns: list[str] | None = None
+    pg_sql_queues: list[Any] | None = None  # [[queue.sql]] (app.probes.pg_queues.SqlQueue)
     detect: dict[str, Any] | None = None
     slo: dict[str, float] | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -272,9 +273,7 @@ class Session:
     def export_report(self, path: str | None = None) -> str:
         path = path or f"loadtop-{self.cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.md"
         rec = Recording(header=self.header, ticks=list(self.ticks))
-        text = self.redactor(render_markdown(rec))
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_report(rec, path, redactor=self.redactor)
         self.note("export", path)
         return path
 
@@ -482,6 +481,7 @@ class Session:
             intervals=cfg.probe_intervals,
             redis_lock_patterns=cfg.redis_lock_patterns,
             redis_queue_patterns=cfg.redis_queue_patterns,
+            pg_sql_queues=cfg.pg_sql_queues,
         )
 
     @contextlib.asynccontextmanager
@@ -585,9 +585,7 @@ class Session:
         if self.cfg.export and self.engine is not None:
             rec = Recording(header=self.header, ticks=list(self.ticks), end=end)
             try:
-                with open(self.cfg.export, "w", encoding="utf-8") as f:
-                    f.write(self.redactor(render_markdown(rec)))
-                report_path = self.cfg.export
+                report_path = write_report(rec, self.cfg.export, redactor=self.redactor)
             except OSError as e:
                 self.messages.append(f"--export {self.cfg.export}: {e.strerror}")
         self.outcome = Outcome(

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from app.session.runner import RunConfig, Session, print_outcome, run_sync
+from app.session.runner import RunConfig, Session
 from app.targets import TargetError
 from app.tick import Tick
 
@@ -73,19 +73,3 @@ class WatchSession(Session):
 
     def start_plan(self, source: str = "key") -> None:
         pass
-
-
-def watch(cfg: RunConfig, *, headless: bool, printer: Callable[[Tick], None] | None) -> int:
-    """Run a watch until --duration, Ctrl-C, SIGTERM or SIGHUP. Exit code 0,
-    2 for bad input."""
-    if not headless:
-        try:
-            from app.ui.main import run_session_console
-        except ImportError:
-            run_session_console = None  # type: ignore[assignment]
-        if run_session_console is not None:
-            return int(run_session_console(WatchSession(cfg)))
-    session = WatchSession(cfg, printer=printer)
-    outcome = run_sync(session.run(install_signals=True))
-    print_outcome(session, outcome)
-    return 0 if outcome.exit_code != 2 else 2

@@ -1,0 +1,90 @@
+"""The headless front end: one line per tick on stdout, then the outcome.
+
+The console (app.ui.main.run_session_console) is the other front end over the
+same Session; a command picks one. Neither the session nor the engine knows
+which one is listening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from app.probes.summary import format_reading_line
+from app.session.runner import RunConfig, Session, print_outcome, run_sync
+from app.targets import Redactor
+from app.tick import Tick
+
+
+def headless_printer(cfg: RunConfig) -> Callable[[Tick], None]:
+    """One line per tick on stdout, every line masked."""
+    scrub = _redactor(cfg)
+
+    def fmt_ms(v: float) -> str:
+        return f"{v:.1f}ms" if v < 100 else f"{v:.0f}ms"
+
+    shown: set[str] = set()
+
+    def line(tick: Tick) -> None:
+        lat = tick.latency()
+        errs = tick.errors()
+        err_s = ""
+        if errs:
+            top = sorted(errs.items(), key=lambda kv: -kv[1])[:2]
+            err_s = " [" + ", ".join(f"{k} {v}" for k, v in top) + "]"
+        mode = f"{tick.rate:g}/s" if tick.mode == "rate" and tick.rate else ""
+        lag = max((s.lag_ms for s in tick.scenarios), default=0.0)
+        drop = sum(s.dropped for s in tick.scenarios)
+        open_s = f" lag {fmt_ms(lag)} drop {drop}" if tick.mode == "rate" else ""
+        parts = [
+            f"{tick.elapsed:6.1f}s",
+            f"c={tick.concurrency}/{tick.target_concurrency}{' ' + mode if mode else ''}"
+            + (" paused" if tick.paused else ""),
+            f"{tick.ops_per_s:8.1f} ops/s",
+            f"p50 {fmt_ms(lat.p50)} p95 {fmt_ms(lat.p95)} p99 {fmt_ms(lat.p99)}",
+            f"err {100 * tick.error_ratio:.2f}%{err_s}{open_s}",
+        ]
+        if counts := tick.counters():
+            parts.append("# " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if tick.is_drain and tick.scenarios:  # not a second's figures: say what it is
+            parts = [
+                f"{tick.elapsed:6.1f}s",
+                f"drain: {tick.completed} in-flight ops finished after the stop"
+                + (f", slowest {fmt_ms(lat.max)}" if tick.completed else ""),
+            ]
+            if tick.failed:
+                parts.append(f"err {tick.failed}{err_s}")
+        if not tick.scenarios:  # `loadtop watch`: no load, readings only
+            parts = [f"{tick.elapsed:6.1f}s", "watch"]
+            for name, r in sorted(tick.readings.items()):
+                if not r.ok:
+                    parts.append(f"{name} DOWN: {r.error}")
+        if tick.readings:
+            with contextlib.suppress(Exception):
+                parts.append(format_reading_line(tick.readings))
+        for a in tick.anomalies:
+            if a.key not in shown:  # raised in this tick (it may have started earlier)
+                shown.add(a.key)
+                parts.append(f"! {a.kind}: {a.summary}")
+        for a in tick.cleared:
+            shown.discard(a.key)
+            parts.append(f"✓ cleared {a.kind}")
+        for e in tick.events:
+            if e.kind not in ("start",):
+                parts.append(f"> {e.kind}{' ' + e.note if e.note else ''}")
+        print(scrub("  ".join(parts)), flush=True)
+
+    return line
+
+
+def _redactor(cfg: RunConfig) -> Redactor:
+    urls = (cfg.pg_dsn, cfg.pg_monitor_dsn, cfg.redis_url, cfg.http_url, cfg.prometheus_url)
+    return Redactor.for_targets(urls, cfg.params)
+
+
+def run_headless(session: Session) -> int:
+    """Run `session` to its end on this thread (Ctrl-C, SIGTERM and SIGHUP stop
+    it), print the outcome; returns the session's exit code."""
+    outcome = run_sync(session.run(install_signals=True))
+    print_outcome(session, outcome)
+    return int(outcome.exit_code)
