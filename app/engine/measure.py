@@ -60,6 +60,14 @@ class Window:
         """The window as plain data (to send to another process or machine)."""
         return {k: getattr(self, k) for k in self.__slots__}
 
+    @classmethod
+    def of(cls, p: Mapping[str, Any]) -> Window:
+        """A window from a payload, taking its dicts as they are (no copy)."""
+        w = cls()
+        for k in cls.__slots__:
+            setattr(w, k, p[k])
+        return w
+
     def merge(self, p: Mapping[str, Any]) -> None:
         """Add another window's payload into this one: counts add, latencies
         add bucket by bucket (exact), the worst lag wins."""
