@@ -4,12 +4,23 @@ output, and the target options `run` and `watch` both take."""
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import Protocol
 
 from app.session.config import UsageError, fail
 
-__all__ = ["Command", "UsageError", "add_targets", "fail", "say_err"]
+__all__ = [
+    "Command",
+    "UsageError",
+    "add_targets",
+    "fail",
+    "mark_run_started",
+    "say_err",
+    "silence_stdout",
+    "stdout_gone",
+]
 
 
 class Command(Protocol):
@@ -26,8 +37,22 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
+# set once a command starts a run (servers, load): an unexpected exception is
+# then exit 1 (a run that failed), before it exit 2 (input not understood)
+RUN_STARTED = False
+
+
+def mark_run_started() -> None:
+    global RUN_STARTED
+    RUN_STARTED = True
+
+
 def say_err(msg: str) -> None:
-    print(f"loadtop: {msg}", file=sys.stderr, flush=True)
+    """One line on stderr; a closed or hung-up stderr is not an error."""
+    try:
+        print(f"loadtop: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def add_targets(p: argparse.ArgumentParser) -> None:
@@ -51,3 +76,24 @@ def add_targets(p: argparse.ArgumentParser) -> None:
                    " or disabled=KIND,KIND; also [detect] in loadtop.toml")  # fmt: skip
     d.add_argument("--slo", metavar="p95=500ms,p99=1s,errors=0.1%",
                    help="the SLO the report's verdict and the slo-breach detector use")  # fmt: skip
+
+
+def stdout_gone(e: BaseException) -> bool:
+    """A write failed because the reader of stdout left (a closed pipe, a
+    hung-up terminal)."""
+    return isinstance(e, BrokenPipeError) or (
+        isinstance(e, OSError) and e.errno in (errno.EPIPE, errno.EIO, errno.ENXIO)
+    )
+
+
+def silence_stdout(stderr: bool = False) -> None:
+    """Send the rest of stdout (and stderr too when asked), and the
+    interpreter's final flush, to /dev/null instead of a BrokenPipeError (or
+    exit status 120) at exit."""
+    for stream in (sys.stdout, sys.stderr) if stderr else (sys.stdout,):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass

@@ -5,9 +5,10 @@ listener (`TickInbox`) only appends the tick to a deque and posts one
 coalescing `TicksArrived` message, so a slow frame collapses a backlog into
 one render without losing a tick from the charts. Every control goes through
 the `SessionControl` protocol, which records it as a control event in the
-next tick; the console reads the load's state (paused, panicked, plan) back
-from the ticks (`controls`), with a short-lived local mark after a key press
-so the screen answers before the next tick does.
+next tick; the console keeps no copy of the load's state (paused, panicked,
+plan): it reads the newest tick's `ControlState` (`controls`), with a
+short-lived local mark after a key press so the screen answers before the
+next tick does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from app.session.control import SessionControl
-from app.tick import Tick
+from app.tick import ControlState, Tick
 from app.ui.console import BackendAction, Clock, Console
 from app.ui.screens import LIVE_KEYS, ConfirmScreen
 
@@ -61,25 +62,14 @@ class TickInbox:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Controls:
-    """The load's state as the console shows it and acts on it."""
-
-    paused: bool = False
-    panicked: bool = False
-    plan_running: bool = False
-
-
-def controls_after(tick: Tick, before: Controls) -> Controls:
-    """The load's state once `tick` closed. The tick says paused and the plan
-    step; panicked only shows as panic / resume events, so it carries over."""
-    panicked = before.panicked
-    for e in tick.events:
-        if e.kind == "panic":
-            panicked = True
-        elif e.kind == "resume":
-            panicked = False
-    return Controls(paused=tick.paused, panicked=panicked, plan_running=tick.plan_step is not None)
+def controls_of(tick: Tick) -> ControlState:
+    """Where the controls stood when `tick` closed. A tick from before ticks
+    carried their `ControlState` says only paused and the plan step."""
+    if tick.control is not None:
+        return tick.control
+    return ControlState(
+        paused=tick.paused, plan_running=tick.plan_step is not None, plan_step=tick.plan_step
+    )
 
 
 class LiveConsole(Console):
@@ -115,9 +105,12 @@ class LiveConsole(Console):
         self.step_index = 0
         self.stopping = False
         self.ended = False
-        # the state the ticks gave, and a key press's mark until a newer tick
-        self._told = Controls(plan_running=bool(control.plan))
-        self._local: Controls | None = None
+        plan = control.plan
+        self._before_ticks = ControlState(
+            plan_running=bool(plan), plan_step=0 if plan else None, plan_steps=len(plan)
+        )
+        # a key press's mark, shown until a tick closes after it
+        self._local: ControlState | None = None
         self._local_at = 0.0  # wall time of the last key that changed state
 
     # ---- the Console hooks ----------------------------------------------------------
@@ -146,12 +139,13 @@ class LiveConsole(Console):
 
     # ---- the load's state -----------------------------------------------------------
     @property
-    def controls(self) -> Controls:
-        """The one place the console reads paused / panicked / plan from."""
+    def controls(self) -> ControlState:
+        """The one place the console reads paused / panicked / plan from: the
+        newest tick's, or a key press's mark until a tick closes after it."""
         last = self.last_tick
         if self._local is not None and (last is None or last.t <= self._local_at):
             return self._local
-        return self._told
+        return controls_of(last) if last is not None else self._before_ticks
 
     @property
     def paused(self) -> bool:
@@ -165,9 +159,21 @@ class LiveConsole(Console):
     def plan_running(self) -> bool:
         return self.controls.plan_running
 
-    def _mark_local(self, **change: bool) -> None:
+    def _mark_local(
+        self,
+        *,
+        paused: bool | None = None,
+        panicked: bool | None = None,
+        plan_running: bool | None = None,
+    ) -> None:
         """A key changed the state: show it now, until a newer tick says."""
-        self._local = replace(self.controls, **change)
+        c = self.controls
+        self._local = replace(
+            c,
+            paused=c.paused if paused is None else paused,
+            panicked=c.panicked if panicked is None else panicked,
+            plan_running=c.plan_running if plan_running is None else plan_running,
+        )
         self._local_at = self.wall_clock()
 
     # ---- ticks in -------------------------------------------------------------
@@ -181,8 +187,6 @@ class LiveConsole(Console):
         ticks = self.inbox.drain()
         if not ticks:
             return
-        for t in ticks:
-            self._told = controls_after(t, self._told)
         self.last_tick_at = self.clock()
         self.toast(self.take(ticks))
 

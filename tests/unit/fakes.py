@@ -5,8 +5,9 @@ implements the protocol in `app/session/control.py`, records every call in
 `calls`, and keeps the little load state the protocol documents (target
 clamped to 0..max_concurrency; a manual change pauses a running plan; panic
 pauses and stops the plan; resume clears a panic) so the ticks a test pushes
-with `tick()` say what a real engine would say next. Control events are
-recorded into the next tick, as the real session does.
+with `tick()` say what a real engine would say next, `ControlState`
+included. Control events are recorded into the next tick, as the real
+session does.
 
 It is not an engine: no worker, no timing, no database. Tests that are about a
 real session (a lock really held, a backend really terminated, a recording
@@ -24,7 +25,7 @@ from typing import Any
 from app.session.control import TickListener
 from app.session.export import write_report
 from app.session.recording import Recording
-from app.tick import ControlEvent, Reading, Tick
+from app.tick import ControlEvent, ControlState, Reading, Tick
 from tests.unit.ticks import tick as build_tick
 
 Call = tuple[str, tuple[Any, ...]]
@@ -87,6 +88,14 @@ class FakeSession:
         events since the last one, hand it to every listener, return it."""
         live = 0 if self.paused else self.target
         plan_step = self.plan_index if self.plan_running else None
+        control = ControlState(
+            paused=self.paused,
+            panicked=self.panicked,
+            plan_running=self.plan_running,
+            plan_step=self.plan_index,
+            plan_steps=len(self.plan),
+            target=self.target,
+        )
         t = build_tick(
             len(self.ticks),
             t=self.wall_clock(),
@@ -97,6 +106,7 @@ class FakeSession:
             plan_step=plan_step,
             events=self._events,
             readings=readings,
+            control=control,
             **kw,
         )
         self._events = []

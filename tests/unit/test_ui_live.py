@@ -20,13 +20,13 @@ from textual.widgets import DataTable
 from app.session.control import SessionControl
 from app.session.runner import RunConfig, Session
 from app.tick import Tick
-from app.ui.live import LiveConsole
+from app.ui.live import LiveConsole, controls_of
 from app.ui.main import make_live_app
 from app.ui.panes import PostgresPane
 from app.ui.screens import BlockerScreen, ConfirmScreen, HelpScreen
 from app.ui.textshot import screen_text
 from tests.unit.fakes import FakeSession
-from tests.unit.ticks import PLAN, T0, make_ticks, pg_reading
+from tests.unit.ticks import PLAN, T0, make_ticks, pg_reading, tick
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,6 +183,30 @@ async def test_a_key_shows_at_once_and_the_next_tick_has_the_last_word() -> None
         assert not live.app.paused
 
 
+async def test_the_state_is_the_ticks_not_a_copy() -> None:
+    """Whatever the keys did, once a tick closes after them the console shows
+    that tick's ControlState: an engine that panicked on its own (a
+    threshold) is shown panicked, and resuming asks first."""
+    live = Live(concurrency=2)
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await live.tick(pilot)
+        assert not live.app.panicked
+        live.fake.panic(source="threshold")
+        await live.tick(pilot)
+        assert live.app.panicked and live.app.paused
+        await pilot.press("p")
+        assert isinstance(live.app.screen, ConfirmScreen)
+
+
+def test_a_tick_without_control_state_says_paused_and_plan_only() -> None:
+    """Ticks from before ticks carried their ControlState."""
+    old = tick(3, paused=True, plan_step=1)
+    assert old.control is None
+    c = controls_of(old)
+    assert c.paused and c.plan_running and c.plan_step == 1 and not c.panicked
+    assert not controls_of(tick(4)).plan_running
+
+
 async def test_panic_stops_the_load_and_resuming_asks_first() -> None:
     live = Live(concurrency=8)
     fake = live.fake
@@ -194,7 +218,9 @@ async def test_panic_stops_the_load_and_resuming_asks_first() -> None:
         assert "PANIC — load stopped" in live.screen()  # the header, not the footer's key
         assert any("PANIC: all load stopped" in n for n in live.notes())
         await live.tick(pilot)
-        assert live.app.panicked  # the tick's panic event says so too
+        last = live.fake.ticks[-1].control
+        assert last is not None and last.panicked  # the tick says so
+        assert live.app.panicked
         assert "workers 0/0" in live.screen()
         # resuming asks first; "n" keeps the load stopped
         await pilot.press("p")

@@ -17,7 +17,15 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from app.session.recording import Recording
-from app.tick import Anomaly, ControlEvent, Reading, ScenarioWindow, Tick, new_histogram
+from app.tick import (
+    Anomaly,
+    ControlEvent,
+    ControlState,
+    Reading,
+    ScenarioWindow,
+    Tick,
+    new_histogram,
+)
 
 T0 = 1_790_000_000.0  # a fixed wall time: the snapshots never see a real clock
 PLAN = [2, 4, 8]
@@ -68,6 +76,7 @@ def tick(
     readings: Mapping[str, Reading] | None = None,
     anomalies: Iterable[Anomaly] = (),
     ops_per_worker: int = 100,
+    control: ControlState | None = None,
 ) -> Tick:
     """One tick: `concurrency` workers split over `scenarios`, each worker
     completing `ops_per_worker` operations of about 10 ms."""
@@ -90,6 +99,7 @@ def tick(
         readings=dict(readings or {}),
         anomalies=tuple(anomalies),
         events=tuple(events),
+        control=control,
     )
 
 
