@@ -12,7 +12,7 @@ import contextlib
 import signal
 from collections.abc import Callable
 
-from app.commands.base import silence_stdout, stdout_gone
+from app.frontends.streams import silence_stdout, stdout_gone
 from app.probes.summary import format_reading_line
 from app.session.runner import Outcome, RunConfig, Session, print_outcome, run_sync
 from app.targets import Redactor
