@@ -411,6 +411,8 @@ class RedisProbe(Probe):
                 "age_s": round(now - prev[1], 3),
                 "no_ttl": p == -1,
             }
+            if len(val) >= HOLDER_BYTES:
+                lock["holder_truncated"] = True
             t = uuid1_time(val)
             if t is not None and 0 <= now - t < 7 * 86400:
                 lock["token_age_s"] = round(now - t, 3)

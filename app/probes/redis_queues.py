@@ -176,6 +176,7 @@ class QueueFinder:
         self._zprev: dict[str, tuple[float, float, int]] = {}  # key -> (t, cutoff score, due)
         self._entries_read: dict[tuple[str, str], tuple[float, int]] = {}
         self._zunit: dict[str, float] = {}
+        self.user_zsets: set[bytes] = set()  # named by the user: a queue whatever its scores
 
     # ---- classification ----------------------------------------------------------
     def note_name(self, key: bytes) -> bool:
@@ -245,6 +246,7 @@ class QueueFinder:
         if kind in ("list", "zset", "stream"):
             if kind == "zset":
                 self.zsets.add(key)
+                self.user_zsets.add(key)
             else:
                 self.note_typed(key, kind)
 
@@ -263,9 +265,6 @@ class QueueFinder:
         plans: list[_Plan] = []
         claimed: set[str] = set()
         now_ms = now * 1000.0
-        # bull candidates: confirm by <base>:meta or <base>:id
-        cand = sorted(self.bull_candidates)[:MAX_QUEUES]
-        i_bull = {base: b.add("EXISTS", f"{base}:meta", f"{base}:id") for base in cand}
 
         def lst(plan: _Plan, key: str, end: str | None, role: str = "depth") -> None:
             """LLEN plus the reads that measure consumption (end = consumer end)."""
@@ -326,8 +325,9 @@ class QueueFinder:
                 plan.idx.update(retry=[i_retry], failed=[i_dead], scheduled=[i_sched],
                                 head=b.add("LINDEX", key, -1), sidekiq=i_busy)  # fmt: skip
                 plans.append(plan)
-        # -- bullmq (confirmed bases; candidates are confirmed below for the next poll)
-        for base in sorted(self.bull)[:MAX_QUEUES]:
+        # -- bullmq: a base is confirmed by <base>:meta or <base>:id (a name like
+        # user:42:active alone is not a BullMQ queue)
+        for base in sorted(self.bull | self.bull_candidates)[:MAX_QUEUES]:
             prefix, _, qn = base.rpartition(":")
             claimed |= {f"{base}:{s}" for s in BULL_SUFFIXES}
             plan = _Plan({"name": qn, "layout": "bullmq", "key": base})
@@ -432,7 +432,7 @@ class QueueFinder:
                 continue
             plan = _Plan({"name": n, "layout": "stream", "key": n})
             plan.idx["length"] = b.add("XLEN", k)
-            plan.idx["groups"] = b.add("XINFO", "GROUPS", k)
+            plan.idx["groups"] = b.add("XINFO GROUPS", k)
             plans.append(plan)
         # hint candidates: their types
         hint_keys = [k for k in sorted(self.hint_candidates) if k not in self.hint_types][:50]
@@ -440,12 +440,6 @@ class QueueFinder:
         await b.run()
         cmds = b.n
 
-        for base, i in i_bull.items():
-            self.bull_candidates.discard(base)
-            if b.get(i, 0):
-                self.bull.add(base)
-            else:
-                self.bull_rejected.add(base)
         for k, i in i_hint.items():
             self.hint_types[k] = _s(b.get(i, b"none"))
 
@@ -455,9 +449,13 @@ class QueueFinder:
         for plan in plans:
             q, idx = plan.q, plan.idx
             q.setdefault("source", "redis")
-            if "exists" in idx and not b.get(idx["exists"], 0):
-                self.bull.discard(q["key"])
-                continue
+            if "exists" in idx:
+                self.bull_candidates.discard(q["key"])
+                if not b.get(idx["exists"], 0):
+                    self.bull.discard(q["key"])
+                    self.bull_rejected.add(q["key"])
+                    continue
+                self.bull.add(q["key"])
             if "length" in idx:
                 if self._stream(b, plan, now):
                     stream_plans.append(plan)
@@ -584,6 +582,9 @@ class QueueFinder:
             except (TypeError, ValueError, IndexError):
                 score = 0.0
             sec = _ts_seconds(score)
+            if sec is None and key.encode() in self.user_zsets:  # a priority queue
+                q.update(depth=card, scheduled=None, oldest_age_s=None, consumed_per_s=None)
+                return True
             if sec is None:  # scores are not times: a leaderboard or a counter, not a queue
                 self.zsets.discard(key.encode())
                 self.zset_rejected.add(key.encode())
@@ -699,8 +700,6 @@ class QueueFinder:
             self.streams.discard(q["key"].encode())
             return False
         groups_raw = b.get(idx["groups"], []) or []
-        if not groups_raw:  # an event log, not a backlog
-            return False
         groups = []
         for g in groups_raw:
             if not isinstance(g, dict):
@@ -717,6 +716,8 @@ class QueueFinder:
                     else None,
                 }
             )
+        if not groups:  # no consumer group: an event log, not a backlog
+            return False
         length = _int(b.get(idx["length"], 0))
         q["length"] = length
         q["groups"] = groups
@@ -774,7 +775,7 @@ class QueueFinder:
         i_cons: list[tuple[Any, dict, int]] = []
         for plan in streams:
             for g in plan.q["groups"][:5]:
-                i_cons.append((plan.q, g, b.add("XINFO", "CONSUMERS", plan.q["key"], g["name"])))
+                i_cons.append((plan.q, g, b.add("XINFO CONSUMERS", plan.q["key"], g["name"])))
                 if g["last_delivered_id"]:
                     g["_next"] = b.add(
                         "XRANGE", plan.q["key"], f"({g['last_delivered_id']}", "+", "COUNT", 1
