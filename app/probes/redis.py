@@ -37,6 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from app.probes.base import PROBE_APP_NAME, Probe, describe_exception
+from app.probes.redis_locks import LockWatch, keyspace_expired_on
 from app.probes.redis_queues import (
     KOMBU_SEP,
     KOMBU_SYSTEM_EXCHANGES,
@@ -154,6 +155,8 @@ class RedisProbe(Probe):
         self._slowlog_last: int | None = None
         self._config: dict[str, Any] = {}
         self._config_at = 0.0
+        self.watch = LockWatch(url, self.db, PROBE_APP_NAME, HOLDER_BYTES)
+        self._lock_raw: list[tuple[bytes, bytes, int | None]] = []
 
     # ---- connection -------------------------------------------------------------
     async def _client(self) -> aioredis.Redis:
@@ -186,6 +189,7 @@ class RedisProbe(Probe):
                 await asyncio.wait_for(r.aclose(), 2)
 
     async def close(self) -> None:
+        await self.watch.close()
         await self.reset()
 
     def describe(self, exc: BaseException) -> str:
@@ -201,7 +205,10 @@ class RedisProbe(Probe):
         b1 = _Batch(r)
         i_info = b1.add("INFO")
         refresh_config = now_mono - self._config_at > CONFIG_EVERY_S
-        i_cfg = [b1.add("CONFIG GET", k) for k in ("maxclients", "latency-monitor-threshold")]
+        i_cfg = [
+            b1.add("CONFIG GET", k)
+            for k in ("maxclients", "latency-monitor-threshold", "notify-keyspace-events")
+        ]
         if not refresh_config:
             i_cfg = []
         i_slow = b1.add("SLOWLOG GET", 128)
@@ -237,6 +244,12 @@ class RedisProbe(Probe):
 
         data: dict[str, Any] = self._info_figures(info, now_mono)
         data["locks"], data["locks_truncated"] = self._locks(b1, i_lock, seen_at), truncated
+        keyspace = keyspace_expired_on(str(self._config.get("notify-keyspace-events", "")))
+        data["keyspace_events"] = keyspace
+        data["takeovers"] = self.watch.drain()
+        self.watch.feed(self._lock_raw, self.interval * 1000.0 + 500.0, keyspace)
+        cmds += self.watch.cmds
+        self.watch.cmds = 0
         data["slowlog"] = self._slowlog(b1.res[i_slow])
         data["latency"] = self._latency(b1.res[i_lat])
 
@@ -390,6 +403,7 @@ class RedisProbe(Probe):
     # ---- locks ------------------------------------------------------------------
     def _locks(self, b: _Batch, idx: dict[bytes, tuple[int, int]], now: float) -> list[RedisLock]:
         out: list[RedisLock] = []
+        self._lock_raw = []
         for key, (ip, ig) in idx.items():
             pttl, val = b.res[ip], b.res[ig]
             if isinstance(pttl, int) and pttl == -2:  # gone
@@ -404,6 +418,7 @@ class RedisProbe(Probe):
             if prev is None or prev[0] != val:
                 prev = self._first_seen[key] = (val, now)
             p = pttl if isinstance(pttl, int) else None
+            self._lock_raw.append((key, val, p))
             lock: RedisLock = {
                 "key": _s(key),
                 "holder": _s(val),  # whole, up to HOLDER_BYTES; screens elide the middle
