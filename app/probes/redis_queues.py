@@ -297,7 +297,7 @@ class QueueFinder:
                 for k in keys:
                     lst(plan, k, "R")
                 plan.idx["in_flight"] = [i_unacked[p]]
-                plan.q["consumers"] = self._blocked(clients, LIST_POPS, len(celery) == 1)
+                plan.q["consumers"] = self._blocked(clients, LIST_POPS)
                 plans.append(plan)
         # -- rq
         for qn in sorted(self.rq)[:MAX_QUEUES]:
@@ -309,7 +309,8 @@ class QueueFinder:
             plan.idx["failed"] = [b.add("ZCARD", f"rq:failed:{qn}")]
             plan.idx["scheduled"] = [b.add("ZCARD", f"rq:scheduled:{qn}")]
             plan.idx["head"] = b.add("LINDEX", key, 0)
-            plan.idx["workers"] = b.add("SMEMBERS", f"rq:workers:{qn}")
+            plan.idx["workers"] = b.add("SCARD", f"rq:workers:{qn}")
+            plan.q["consumers"] = self._blocked(clients, LIST_POPS)
             plans.append(plan)
         # -- sidekiq
         if self.sidekiq:
@@ -371,7 +372,7 @@ class QueueFinder:
             plan = _Plan({"name": qn, "layout": "huey", "key": key})
             lst(plan, key, "R")
             plan.idx["scheduled"] = [b.add("ZCARD", f"huey.schedule.{qn}")]
-            plan.q["consumers"] = self._blocked(clients, LIST_POPS, False)
+            plan.q["consumers"] = self._blocked(clients, LIST_POPS)
             plans.append(plan)
         # -- arq (a zset scored by due time in ms)
         for key in sorted(self.arq)[:MAX_QUEUES]:
@@ -405,14 +406,13 @@ class QueueFinder:
             if owner is not None and owner != n:
                 aux_of[n] = (owner, role)
         generic = sorted(n for n in names if n not in aux_of and not _NOT_QUEUE_LIST.search(n))
-        lists_in_db = len(generic) + len(self.huey)
         for n in generic[:MAX_QUEUES]:
             plan = _Plan({"name": n, "layout": "list", "key": n})
             lst(plan, n, None)
             for sib, (owner, role) in aux_of.items():
                 if owner == n:
                     lst(plan, sib, None, role)
-            plan.q["consumers"] = self._blocked(clients, LIST_POPS, lists_in_db == 1)
+            plan.q["consumers"] = self._blocked(clients, LIST_POPS)
             plans.append(plan)
         # -- generic sorted sets scored by due time
         for k in sorted(self.zsets)[:MAX_QUEUES]:
@@ -421,7 +421,7 @@ class QueueFinder:
                 continue
             plan = _Plan({"name": n, "layout": "zset", "key": n})
             self._zset(b, plan, n, now, None)
-            plan.q["consumers"] = self._blocked(clients, ZSET_POPS, False) if clients.get(
+            plan.q["consumers"] = self._blocked(clients, ZSET_POPS) if clients.get(
                 "blocked", {}).keys() & ZSET_POPS else {"kind": "polling", "count": None,
                                                         "evidence": "indirect"}  # fmt: skip
             plans.append(plan)
@@ -434,6 +434,14 @@ class QueueFinder:
             plan.idx["length"] = b.add("XLEN", k)
             plan.idx["groups"] = b.add("XINFO GROUPS", k)
             plans.append(plan)
+        # the only queue popped with a blocking command on this database: the clients
+        # blocked there wait on it (the server does not say which key they wait on)
+        blocking = [pl for pl in plans if (pl.q.get("consumers") or {}).get("kind") == "blocked"
+                    and "via" not in pl.q["consumers"]]  # fmt: skip
+        if len(blocking) == 1:
+            blocking[0].q["consumers"].update(
+                evidence="direct", note="clients blocked in a pop on this database, which "
+                "has no other queue read that way")  # fmt: skip
         # hint candidates: their types
         hint_keys = [k for k in sorted(self.hint_candidates) if k not in self.hint_types][:50]
         i_hint = {k: b.add("TYPE", k) for k in hint_keys}
@@ -484,14 +492,14 @@ class QueueFinder:
                         self.arq_retry.discard(k)
                 q["in_flight"] = sum(1 for i in idx["arq_ip"].values() if b.get(i, 0))
                 q["retry"] = sum(1 for i in idx["arq_retry"].values() if b.get(i, 0))
-            if "workers" in idx:
-                members = b.get(idx["workers"], set()) or set()
-                q["consumers"] = {"kind": "registry", "count": None, "evidence": "direct",
-                                  "registered": len(members),
-                                  "_check": sorted(_s(m) for m in members)[:50]}  # fmt: skip
+            if "workers" in idx:  # RQ's registry keeps a killed worker for minutes: a hint only
+                q["consumers"]["registered"] = _int(b.get(idx["workers"], 0))
             if "beats" in idx:
-                q["consumers"] = {"kind": "polling", "count": _int(b.get(idx["beats"], 0)),
-                                  "evidence": "direct", "via": "heartbeats"}  # fmt: skip
+                beats = _int(b.get(idx["beats"], 0))
+                # a busy dramatiq worker does not fetch, so it does not beat either
+                busy = beats == 0 and (q.get("in_flight") or 0) > 0
+                q["consumers"] = {"kind": "polling", "count": beats, "via": "heartbeats",
+                                  "evidence": "indirect" if busy else "direct"}  # fmt: skip
             if "sidekiq" in idx:
                 vals = [b.get(i) for i in idx["sidekiq"]]
                 q["in_flight"] = sum(_int(v[0]) for v in vals if isinstance(v, list) and v)
@@ -533,7 +541,7 @@ class QueueFinder:
         return out[:MAX_QUEUES], hints, cmds
 
     # ---- consumers evidence from CLIENT LIST --------------------------------------
-    def _blocked(self, clients: dict[str, Any], cmds: set[str], sole: bool) -> dict[str, Any]:
+    def _blocked(self, clients: dict[str, Any], cmds: set[str]) -> dict[str, Any]:
         blocked = clients.get("blocked")
         if blocked is None:
             return {"kind": "unknown", "count": None, "evidence": "indirect"}
@@ -541,12 +549,10 @@ class QueueFinder:
         return {
             "kind": "blocked",
             "count": n,
-            "evidence": "direct" if sole else "indirect",
+            "evidence": "indirect",
             "db": self.db,
-            "note": (
-                "clients blocked in a pop on this database"
-                + ("" if sole else "; the server does not say on which key")
-            ),
+            "note": "clients blocked in a pop on this database; the server does not say "
+            "on which key",
         }
 
     def _named(self, clients: dict[str, Any], name: str) -> dict[str, Any]:
@@ -554,7 +560,7 @@ class QueueFinder:
         if names is None:
             return {"kind": "unknown", "count": None, "evidence": "indirect"}
         n = sum(c for nm, c in names.items() if nm == name or nm.startswith(f"{name}:w:"))
-        return {"kind": "blocked", "count": n, "evidence": "direct", "via": "client name"}
+        return {"kind": "named", "count": n, "evidence": "direct", "via": "client name"}
 
     # ---- sorted sets scored by due time -----------------------------------------
     def _zset(self, b: _Batch, plan: _Plan, key: str, now: float, unit: float | None) -> None:
@@ -767,11 +773,6 @@ class QueueFinder:
         for q in out:
             if q["layout"] in ("list", "celery", "huey") and q.get("depth"):
                 q.setdefault("oldest_age_s", None)
-        for q in out:
-            cons = q.get("consumers") or {}
-            check = cons.pop("_check", None) if isinstance(cons, dict) else None
-            if check is not None:
-                q["_rq_check"] = [b.add("EXISTS", w) for w in check]  # type: ignore[typeddict-unknown-key]
         i_cons: list[tuple[Any, dict, int]] = []
         for plan in streams:
             for g in plan.q["groups"][:5]:
@@ -795,11 +796,6 @@ class QueueFinder:
                 else:
                     ts = int(v) / 1000.0
                 q["oldest_age_s"] = round(max(0.0, now - ts), 3)
-        for q in out:
-            idxs = q.pop("_rq_check", None)  # type: ignore[misc]
-            if idxs is not None:
-                cons = q["consumers"]
-                cons["count"] = sum(1 for i in idxs if b.get(i, 0))
         for plan in streams:
             q = plan.q
             ages = []

@@ -100,7 +100,8 @@ class LockTakeover(TypedDict, total=False):
 class QueueConsumers(TypedDict, total=False):
     """added: evidence about THIS queue's consumers (never server-wide counts)."""
 
-    kind: str  # blocked (a pop waiting on the key's db) | stream (XINFO CONSUMERS) |
+    kind: str  # blocked (a pop waiting on the key's db; a busy consumer is not blocked) |
+    #            named (clients named for the queue, BullMQ) | stream (XINFO CONSUMERS) |
     #            registry (RQ workers, Sidekiq processes) | polling (arq, dramatiq,
     #            sorted-set pollers) | unknown
     count: int | None  # consumers alive now; None = cannot be counted

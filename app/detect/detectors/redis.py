@@ -627,7 +627,10 @@ class ConsumersGoneDetector(Detector):
                 not_consuming = len(tail) >= o.min_samples and all(not s.consumed for s in tail)
                 count, direct = cons.get("count"), cons.get("evidence") == "direct"
                 severity = None
-                if isinstance(count, int) and count == 0 and not_consuming:
+                # a busy consumer is not blocked: zero blocked clients means gone only
+                # after some were seen blocked (and nothing is consumed)
+                zero_means_gone = cons.get("kind") != "blocked" or h.peak > 0
+                if isinstance(count, int) and count == 0 and not_consuming and zero_means_gone:
                     if direct:
                         severity = "critical"
                         why = f"no consumer left ({_consumers_txt(cons)}; {h.peak} seen before)"
@@ -637,10 +640,13 @@ class ConsumersGoneDetector(Detector):
                             f"clients blocked in a pop on its database went {h.peak} -> 0 "
                             f"(indirect: the server does not say which key they waited on)"
                         )
-                elif count is None and cons.get("kind") == "polling":
+                if severity is None and cons.get("kind") == "polling":
+                    # heartbeats lag (dramatiq's count stays up to 10 s after a kill):
+                    # consumption that stops while items wait says it sooner
                     span = rec[-1].t - rec[0].t
                     if (
                         h.consumed_seen_t is not None
+                        and not last.in_flight  # busy on long jobs is not gone
                         and len(rec) >= o.min_samples
                         and span >= o.window_s * 0.8 - 0.3
                         and all(s.consumed == 0 for s in rec[1:])
