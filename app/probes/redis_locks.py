@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,16 +41,33 @@ EARLY_SLACK_MS = 20.0  # ... or this little before it (clock and round-trip jitt
 MAX_PENDING = 64
 
 
+_SEP = re.compile(r"([:@/|,; _-])")
+
+
 def elide_middle(text: str, width: int) -> str:
-    """`text` whole if it fits, else its start and end around an ellipsis, so a
-    holder like `worker-host-42:pid-7731:…:thread-3` keeps host and pid."""
+    """`text` whole if it fits, else shortened in the middle so both ends survive.
+
+    A long random-looking part (a uuid or base64 token) is shortened first, so
+    `worker-host-42:pid-7731:6f1c0e4a9b2d4c3e8f7a6b5c4d3e2f1a` keeps its host and
+    pid; otherwise the cut is in the middle of the whole text."""
     if width <= 0:
         return ""
     if len(text) <= width:
         return text
     if width == 1:
         return "…"
-    head = (width - 1 + 1) // 2
+    parts = _SEP.split(text)
+    longest = max(range(len(parts)), key=lambda i: len(parts[i]))
+    tok = parts[longest]
+    over = len(text) - width
+    if len(tok) >= 12:  # shorten the token first, keeping 3+ characters each side
+        keep = max(6, len(tok) - over - 1)
+        head = (keep + 1) // 2
+        parts[longest] = tok[:head] + "…" + tok[len(tok) - (keep - head) :]
+        text = "".join(parts)
+        if len(text) <= width:
+            return text
+    head = width // 2
     tail = width - 1 - head
     return text[:head] + "…" + (text[-tail:] if tail else "")
 
