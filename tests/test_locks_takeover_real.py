@@ -96,7 +96,9 @@ LIBS: dict[str, Any] = {
 }
 
 
-async def takeover_run(url: str, lib: str, ttl: float = 2.0) -> tuple[Watch, str, str, float]:
+async def takeover_run(url: str, lib: str, ttl: float = 2.0) -> tuple[Watch, str, str, int, str]:
+    """A lock held with a `ttl` lease that is never renewed, and another process
+    retrying until it takes it: (watch, key, old holder, tick taken, new holder)."""
     r = redis.Redis.from_url(url)
     name = f"tk{uuid.uuid4().hex[:8]}"
     key, take = LIBS[lib](r, name, ttl)
@@ -115,7 +117,7 @@ async def takeover_run(url: str, lib: str, ttl: float = 2.0) -> tuple[Watch, str
         await w.close()
         r.delete(key, f"lock-signal:{name}")
         r.close()
-    return w, key, old.decode(), taken_at_tick, new  # type: ignore[return-value]
+    return w, key, old.decode(), taken_at_tick, str(new)
 
 
 @pytest.mark.parametrize("lib", list(LIBS))
@@ -184,6 +186,8 @@ async def test_keyspace_expired_event_is_proof(own_redis: Any) -> None:
         if a.kind == "lock-takeover" and a.evidence["key"] == key
     )
     assert hit.evidence["proof"] == "keyspace-expired"
+    assert (hit.evidence["old_holder"], hit.evidence["new_holder"]) == (old, new)
+    assert hit.started_tick - taken_at <= 2
     assert "server reported the expiry" in hit.summary
     assert w.ticks[-1].readings["redis"].data["keyspace_events"] is True
 
