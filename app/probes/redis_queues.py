@@ -405,7 +405,14 @@ class QueueFinder:
                 (f"{base}:{s}" for s in READY_SUFFIXES if f"{base}:{s}" in names), None)  # fmt: skip
             if owner is not None and owner != n:
                 aux_of[n] = (owner, role)
-        generic = sorted(n for n in names if n not in aux_of and not _NOT_QUEUE_LIST.search(n))
+        generic = sorted(
+            n
+            for n in names
+            if n not in aux_of
+            and not _NOT_QUEUE_LIST.search(n)
+            # an in-flight or failed list is never a backlog, even while its queue is empty
+            and n.rpartition(":")[2] not in INFLIGHT_SUFFIXES + FAILED_SUFFIXES
+        )
         for n in generic[:MAX_QUEUES]:
             plan = _Plan({"name": n, "layout": "list", "key": n})
             lst(plan, n, None)
@@ -664,12 +671,14 @@ class QueueFinder:
         """Items consumed since the last poll, from where the old end items are now."""
         depth = self._llen_of(b, it)
         d0 = tr.depth
-        if d0 == 0:
-            return 0
+        if d0 == 0:  # nothing was waiting: nothing could be seen consumed
+            return 0 if self._llen_of(b, it) else None
         if isinstance(pl, Exception) or isinstance(pr, Exception):  # no LPOS (< 6.0.6)
             return None
         pl = pl if isinstance(pl, list) else []
         pr = pr if isinstance(pr, list) else []
+        if depth == 0 or (not pl and not pr and depth <= LPOS_MAXLEN):
+            return d0  # every item of the last poll is gone
         if end is None:  # learn the consumer end of a plain list
             if tr.left == tr.right and d0 > 1:
                 return None

@@ -495,7 +495,7 @@ class QueueStuckOptions(Options):
     window_s: float = 5.0  # ... and nothing consumed for this long
     min_samples: int = 4
     age_min_s: float = 10.0  # or the oldest ready item this old and aging with the clock
-    busy_factor: float = 3.0  # consumers busy (in flight > 0): wait this many windows
+    busy_factor: float = 2.0  # consumers busy (in flight > 0): wait this many windows
 
 
 @register
