@@ -123,3 +123,21 @@ def test_postgres_queue_readings_get_the_same_detectors() -> None:
     kinds = {a.kind: a for a in r.active[-1]}
     assert kinds["queue-stuck"].subject == "pgqueues:queue:procrastinate:default"
     assert kinds["consumers-gone"].severity == "critical"
+
+
+def test_busy_consumers_are_not_gone() -> None:
+    """Consumers busy with a backlog are not blocked in a pop, and identical items
+    hide the consumption rate: still connected, so not gone."""
+    r = Run(only(None, "consumers-gone", "queue-backlog"))
+
+    def q(i: int, blocked: int, clients: int) -> list[dict]:
+        return [{"name": "jobs", "layout": "list", "depth": 150 + 40 * i, "consumed_per_s": None,
+                 "consumers": {"kind": "blocked", "count": blocked, "evidence": "direct",
+                               "db_clients": clients}}]  # fmt: skip
+
+    i = feed(r, 4, 0, lambda i: q(i, 3, 5))  # idle consumers blocked
+    i = feed(r, 8, i, lambda i: q(i, 0, 5))  # busy: none blocked, all connected
+    assert "consumers-gone" not in r.kinds_ever()
+    assert not any(a.evidence.get("consumers_gone") for act in r.active for a in act)
+    feed(r, 3, i, lambda i: q(i, 0, 2))  # they disconnect
+    assert r.of("consumers-gone")[0].severity == "critical"

@@ -442,9 +442,12 @@ def test_queue_backlog_growth_and_drain() -> None:
     # on another database must not make it critical)
     assert a.evidence["consumers_gone"] and a.severity == "warning"
     cons = {"kind": "blocked", "count": 3, "evidence": "direct"}
-    for n in (3, 3, 0, 0):  # evidence about THIS queue: its consumers drop to none
+    # evidence about THIS queue's database: blocked pops drop to none AND its clients
+    # disconnect (busy consumers are not blocked either, but they stay connected)
+    for n, conns in ((3, 10), (3, 10), (0, 7), (0, 7)):
         depth += 40
-        q = {"name": "jobs", "depth": depth, "consumers": {**cons, "count": n}}
+        q = {"name": "jobs", "depth": depth,
+             "consumers": {**cons, "count": n, "db_clients": conns}}  # fmt: skip
         r.feed(tick(i, readings=_rd(i, queues=[q])))
         i += 1
     a = r.of("queue-backlog")[0]

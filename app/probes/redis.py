@@ -146,6 +146,11 @@ class RedisProbe(Probe):
         self._cursors = {"names": 0, "list": 0, "zset": 0, "stream": 0}
         self._lock_keys: set[bytes] = set()
         self._pattern_keys: dict[bytes, str | None] = {}  # user queue patterns -> TYPE
+        # a pattern with no glob character names one key: it is a queue even while empty
+        # (a well-served list has no key most of the time)
+        self._exact = {p.encode() for p in self.queue_patterns if not any(c in p for c in "*?[\\")}
+        for k in self._exact:
+            self._pattern_keys[k] = None
         self.db = redis_db(url)
         self.queues = QueueFinder(db=self.db, queue_patterns=self._queue_re,
                                   bullmq_prefixes=self.bullmq_prefixes)  # fmt: skip
@@ -279,6 +284,8 @@ class RedisProbe(Probe):
             if t in ("list", "zset", "stream"):
                 self._pattern_keys[k] = t
                 qf.note_pattern(k, t)
+            elif k in self._exact:
+                qf.note_pattern(k, "list")  # absent for now: an empty list reads as depth 0
             else:
                 self._pattern_keys.pop(k, None)
         raw_clients = b1.get(i_clients)

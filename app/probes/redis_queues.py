@@ -558,6 +558,8 @@ class QueueFinder:
             "count": n,
             "evidence": "indirect",
             "db": self.db,
+            # connected to this database: busy consumers are not blocked but stay here
+            "db_clients": clients.get("db_clients"),
             "note": "clients blocked in a pop on this database; the server does not say "
             "on which key",
         }
@@ -868,6 +870,7 @@ def parse_client_list(text: str, db: int, own_name: str) -> dict[str, Any]:
     """CLIENT LIST -> {"blocked": {cmd: n} on `db`, "names": {name: n} on any db}."""
     blocked: dict[str, int] = {}
     names: dict[str, int] = {}
+    on_db = 0
     for line in text.splitlines():
         f = dict(p.split("=", 1) for p in line.split(" ") if "=" in p)
         name = f.get("name", "")
@@ -875,7 +878,10 @@ def parse_client_list(text: str, db: int, own_name: str) -> dict[str, Any]:
             continue
         if name:
             names[name] = names.get(name, 0) + 1
-        if "b" in f.get("flags", "") and f.get("db") == str(db):
+        if f.get("db") != str(db):
+            continue
+        on_db += 1
+        if "b" in f.get("flags", ""):
             cmd = f.get("cmd", "").split("|")[0].lower()
             blocked[cmd] = blocked.get(cmd, 0) + 1
-    return {"blocked": blocked, "names": names, "at": time.time()}
+    return {"blocked": blocked, "names": names, "db_clients": on_db, "at": time.time()}

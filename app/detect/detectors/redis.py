@@ -263,6 +263,8 @@ class _QHist:
     last_t: float = -1.0
     peak: int = 0  # most consumers seen (about this queue)
     peak_t: float = 0.0
+    peak_clients: int | None = None  # clients on the queue's database at that peak
+    clients: int | None = None  # ... and now
     consumed_seen_t: float | None = None  # last time anything was consumed
 
     def add(self, t: float, q: Mapping[str, Any], keep_s: float) -> bool:
@@ -287,8 +289,10 @@ class _QHist:
                 count,
             )
         )
+        dbc = cons.get("db_clients") if isinstance(cons, Mapping) else None
+        self.clients = dbc if isinstance(dbc, int) else None
         if count is not None and count >= self.peak:
-            self.peak, self.peak_t = count, t
+            self.peak, self.peak_t, self.peak_clients = count, t, self.clients
         if consumed:
             self.consumed_seen_t = t
         while self.samples and t - self.samples[0].t > keep_s:
@@ -297,6 +301,26 @@ class _QHist:
             self.peak = max((s.count or 0) for s in self.samples)
             self.peak_t = t
         return True
+
+    def gone(self, cons: Any, n: int = 2) -> bool:
+        """Evidence about this queue says its consumers are gone. For blocked-pop
+        evidence a count of 0 is not enough (a busy consumer is not blocked): the
+        database must also have lost clients since the peak, or the last `n`
+        polls must have measured no consumption."""
+        if not isinstance(cons, Mapping) or cons.get("count") != 0:
+            return False
+        if cons.get("kind") != "blocked":
+            return True
+        if self.peak <= 0:
+            return False
+        if (
+            self.clients is not None
+            and self.peak_clients is not None
+            and self.clients <= self.peak_clients - max(1, (self.peak + 1) // 2)
+        ):
+            return True
+        tail = list(self.samples)[-n:]
+        return len(tail) >= n and all(s.consumed == 0 for s in tail)
 
     def recent(self, t: float, window_s: float) -> list[_QSample]:
         return [s for s in self.samples if t - s.t <= window_s + 1e-6]
@@ -419,7 +443,7 @@ class QueueBacklogDetector(Detector):
                 growth, short = st.growth, st.short
                 cons = q.get("consumers")
                 if isinstance(cons, Mapping) and isinstance(cons.get("count"), int):
-                    gone = cons["count"] == 0 and st.hist.peak > 0
+                    gone = st.hist.gone(cons)
                     direct = cons.get("evidence") == "direct"
                 else:
                     gone, direct = legacy, False
@@ -628,9 +652,9 @@ class ConsumersGoneDetector(Detector):
                 count, direct = cons.get("count"), cons.get("evidence") == "direct"
                 severity = None
                 # a busy consumer is not blocked: zero blocked clients means gone only
-                # after some were seen blocked (and nothing is consumed)
-                zero_means_gone = cons.get("kind") != "blocked" or h.peak > 0
-                if isinstance(count, int) and count == 0 and not_consuming and zero_means_gone:
+                # after some were seen blocked and the database lost clients or nothing
+                # is consumed (_QHist.gone)
+                if isinstance(count, int) and not_consuming and h.gone(cons):
                     if direct:
                         severity = "critical"
                         why = f"no consumer left ({_consumers_txt(cons)}; {h.peak} seen before)"
