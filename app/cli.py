@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from app.detect.news import AnomalyNews
 from app.engine.engine import EngineConfig
 from app.engine.thresholds import ThresholdError, parse_thresholds
 from app.scenario import ScenarioError, builtin_scenarios, check_processes, parse_mix
@@ -469,7 +470,7 @@ def headless_printer(cfg: Any) -> Any:
     def fmt_ms(v: float) -> str:
         return f"{v:.1f}ms" if v < 100 else f"{v:.0f}ms"
 
-    shown: set[str] = set()
+    news = AnomalyNews()  # raised, escalated or materially changed: a line each
 
     def line(tick: Tick) -> None:
         lat = tick.latency()
@@ -509,11 +510,10 @@ def headless_printer(cfg: Any) -> Any:
             with contextlib.suppress(Exception):
                 parts.append(format_reading_line(tick.readings))
         for a in tick.anomalies:
-            if a.key not in shown:  # raised in this tick (it may have started earlier)
-                shown.add(a.key)
-                parts.append(f"! {a.kind}: {a.summary}")
+            if (msg := news.news(a)) is not None:
+                parts.append(msg)
         for a in tick.cleared:
-            shown.discard(a.key)
+            news.cleared(a)
             parts.append(f"✓ cleared {a.kind}")
         for e in tick.events:
             if e.kind not in ("start",):
