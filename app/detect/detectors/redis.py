@@ -468,6 +468,7 @@ class QueueBacklogDetector(Detector):
                 )
                 if not rising and not slow:
                     continue
+                now_rate = max(growth, short)
                 if gone:
                     summary = (
                         f"queue {qname}: consumers gone ({_consumers_txt(cons)}; peak "
@@ -475,7 +476,7 @@ class QueueBacklogDetector(Detector):
                     )
                 elif rising:
                     summary = (
-                        f"queue {qname} backlog grows +{growth:.1f}/s, depth {depth}: arrivals "
+                        f"queue {qname} backlog grows +{now_rate:.1f}/s, depth {depth}: arrivals "
                         f"exceed service; {drain_txt}; add consumers or slow the producers"
                     )
                 else:
@@ -493,7 +494,9 @@ class QueueBacklogDetector(Detector):
                             "layout": st.layout,
                             "source": q.get("source", "redis"),
                             "depth": depth,
-                            "growth_per_s": round(growth, 2),
+                            # the recent slope when it is steeper: a window that began
+                            # before the surge understates it
+                            "growth_per_s": round(now_rate if rising else growth, 2),
                             "window_s": round(st.samples[-1][0] - st.samples[0][0], 1),
                             "time_to_drain_s": None if drain is None else round(drain, 1),
                             "drain_per_s": round(st.drain_per_s, 2) or None,
