@@ -7,14 +7,18 @@ LRU age), a handful of round trips per poll:
 - discovery: SCAN with COUNT 500 (never KEYS), a bounded number of calls per
   poll, resumed on the next poll, so a large keyspace costs the same per poll
   as a small one (a small one is swept completely every poll). One cursor
-  classifies key names (lock patterns, queue patterns, Celery/RQ/Sidekiq/BullMQ
-  layouts); a second one (`TYPE stream`) finds streams. Keys once found are
-  re-read every poll until they are gone.
-- INFO figures, SLOWLOG entries new since the last poll, LATENCY LATEST.
-- lock keys: value (the holder's token, shortened) and PTTL; the hold age is
-  the time since this (key, value) pair was first seen.
-- queues: depth, in flight, failed, oldest item's age where the layout stores
-  it, and for streams each consumer group's pending and lag.
+  classifies key names (lock patterns, queue patterns, library layouts); three
+  more (`TYPE list|zset|stream`) find queues by what their keys are
+  (app/probes/redis_queues.py). Keys once found are re-read every poll until
+  they are gone.
+- INFO figures, SLOWLOG entries new since the last poll, LATENCY LATEST,
+  CLIENT LIST (clients blocked in a pop on this database, client names).
+- lock keys: value (the holder, whole up to 256 bytes) and PTTL; the hold age
+  is the time since this (key, value) pair was first seen. Locks about to
+  expire are watched every 50 ms for a takeover (app/probes/redis_locks.py).
+- queues: depth (ready items), scheduled, in flight, failed, retry, the oldest
+  ready item's age where the layout stores a time, the consumption rate
+  measured between polls, and evidence about the queue's consumers.
 
 Figures leave the probe out: its connection, its commands and its slow-log
 entries. The data's shape is `RedisReading` in `app.probes.schema`.
@@ -302,8 +306,8 @@ class RedisProbe(Probe):
         if hints:
             data["hints"] = [
                 f"{len(hints)} key(s) look like queues or locks but match no known layout or "
-                f"pattern (e.g. {', '.join(hints[:3])}): name them with --queue-pattern / "
-                f"--lock-pattern or [redis] queue_patterns / lock_patterns in loadtop.toml"
+                f"pattern (e.g. {', '.join(hints[:3])}): name them with redis_queue_patterns "
+                f"or redis_lock_patterns in loadtop.toml"
             ]
             data["unmatched_keys"] = hints
         self._own_cmds = cmds
@@ -518,8 +522,10 @@ def describe_redis_error(exc: BaseException, target: str) -> str:
         return f"{msg}: check the user and password in the Redis URL for {target}"
     if isinstance(exc, rexc.NoPermissionError) or msg.startswith("NOPERM"):
         return (
-            f"{msg}: allow the probe's ACL user +info +scan +type +get +pttl +llen +zcard +xlen "
-            "+xinfo +smembers +hlen +hget +lindex +slowlog|get +latency|latest +client|setname"
+            f"{msg}: allow the probe's ACL user +info +scan +type +getrange +pttl +llen +lindex "
+            "+lpos +zcard +zcount +zrange +xlen +xinfo +xrange +smembers +scard +hlen +hget "
+            "+hmget +exists +slowlog|get +latency|latest +client|setname +client|list "
+            "+client|no-touch +config|get (and +subscribe on __keyevent@*__:expired)"
         )
     if isinstance(exc, rexc.BusyLoadingError):
         return f"{msg}: {target} is loading its dataset; the probe will retry"
