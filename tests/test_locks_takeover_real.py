@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 
 from app.probes.redis_locks import elide_middle
-from tests.test_queues_real_libs import Watch
+from tests.test_queues_real_libs import Watch, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -131,6 +131,10 @@ async def test_lock_expired_and_taken_is_raised_within_two_ticks(lib: str, redis
     ]
     assert hits, f"{lib}: no lock-takeover for {key}"
     raised, a = hits[0]
+    record({"lib": lib, "takeover_after_ticks": raised - taken_at,
+            "last_pttl_ms": a.evidence["last_pttl_ms"], "ttl_ms": a.evidence["ttl_ms"],
+            "gap_ms": a.evidence["gap_ms"], "old_holder": a.evidence["old_holder"],
+            "new_holder": a.evidence["new_holder"]})  # fmt: skip
     assert raised - taken_at <= 2, (raised, taken_at)
     assert a.severity == "critical"
     assert a.evidence["old_holder"] == old and a.evidence["new_holder"] == str(new)
