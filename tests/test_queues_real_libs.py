@@ -337,6 +337,9 @@ async def test_real_library_queue(lib: str, redis_url: str, tmp_path: Path) -> N
         )
         listed = {x["key"] for tk in w.ticks for x in tk.readings["redis"].data["queues"]}
         assert not [k for k in listed if plumbing.search(k)], sorted(listed)
+        # nor hinted at as "looks like a queue or lock but matches nothing"
+        hinted = {k for tk in w.ticks for k in tk.readings["redis"].data.get("unmatched_keys", ())}
+        assert not [k for k in hinted if q in k], sorted(hinted)
         row["listed"] = sorted(listed)
 
         # -- phase B: the worker is killed; jobs keep arriving

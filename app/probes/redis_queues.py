@@ -205,8 +205,8 @@ class QueueFinder:
             if len(self.arq_retry) < MAX_AUX_KEYS:
                 self.arq_retry.add(name)
             return True
-        if name.startswith(("arq:job:", "arq:result:")):
-            return True
+        if name.startswith("arq:") or name in ("queues", "processes", "unacked_mutex"):
+            return True  # arq's jobs, results, health checks; Sidekiq's registries
         if ":__acks__." in name:
             if len(self.dramatiq_acks) < MAX_AUX_KEYS:
                 self.dramatiq_acks.add(name)
