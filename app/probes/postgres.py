@@ -67,7 +67,8 @@ SETTINGS_SQL = """
 SELECT current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved,
        coalesce(current_setting('reserved_connections', true), '0')::int AS reserved,
-       current_setting('server_version') AS server_version
+       current_setting('server_version') AS server_version,
+       current_database() AS database
 """
 # the target database only: other databases' deadlocks and rollbacks are not this load's
 STATS_SQL = """
@@ -198,6 +199,7 @@ class PostgresProbe(Probe):
     ) -> dict:
         data = summarize_activity(rows, lock_rows)
         data["server_version"] = srv["server_version"]
+        data["database"] = srv.get("database") or ""
         data["max_connections"] = srv["max_connections"]
         reserved = int(srv.get("superuser_reserved") or 0) + int(srv.get("reserved") or 0)
         data["reserved_connections"] = reserved

@@ -98,6 +98,7 @@ class PgReading(TypedDict, total=False):
     hidden_queries: int
     warning: str
     # added:
+    database: str  # current_database(): the counters are this database's
     blind: list[PgBlind]  # everything the role may not see, with the grant for each
     reserved_connections: int  # superuser_reserved_connections + reserved_connections
     usable_connections: int  # max_connections - reserved: what applications can use

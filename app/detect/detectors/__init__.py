@@ -8,6 +8,15 @@ from app.detect.detectors.load import (
     LatencySpikeDetector,
     SloBreachDetector,
 )
+from app.detect.detectors.pg_server import (
+    DeadlockCycleDetector,
+    LockContentionDetector,
+    PgConflictsDetector,
+    PgDeadlocksDetector,
+    PgRollbacksDetector,
+    PgTempFilesDetector,
+    ProbeBlindDetector,
+)
 from app.detect.detectors.pods import PodDetector
 from app.detect.detectors.postgres import (
     ConnectionSaturationDetector,
@@ -24,14 +33,21 @@ from app.detect.detectors.redis import (
 __all__ = [
     "CapacityKneeDetector",
     "ConnectionSaturationDetector",
+    "DeadlockCycleDetector",
     "ErrorBurstDetector",
     "GeneratorSaturatedDetector",
     "IdleInTransactionBlockerDetector",
     "InvariantDetector",
     "LatencySpikeDetector",
+    "LockContentionDetector",
     "LockWaitChainDetector",
     "LongTransactionDetector",
+    "PgConflictsDetector",
+    "PgDeadlocksDetector",
+    "PgRollbacksDetector",
+    "PgTempFilesDetector",
     "PodDetector",
+    "ProbeBlindDetector",
     "QueueBacklogDetector",
     "RedisLockDetector",
     "RedisPressureDetector",
