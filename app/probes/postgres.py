@@ -203,6 +203,7 @@ class PostgresProbe(Probe):
         data["max_connections"] = srv["max_connections"]
         reserved = int(srv.get("superuser_reserved") or 0) + int(srv.get("reserved") or 0)
         data["reserved_connections"] = reserved
+        data["connections_total"] = data["connections"] + 1  # the probe's own slot counts too
         data["usable_connections"] = max(1, srv["max_connections"] - reserved)
         if srv.get("locks") is not None:
             self._locks, self._locks_at = json.loads(srv["locks"]), now

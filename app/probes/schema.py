@@ -102,6 +102,7 @@ class PgReading(TypedDict, total=False):
     blind: list[PgBlind]  # everything the role may not see, with the grant for each
     reserved_connections: int  # superuser_reserved_connections + reserved_connections
     usable_connections: int  # max_connections - reserved: what applications can use
+    connections_total: int  # connections + the probe's own: what takes slots
     holders: list[dict]  # top connection holders: {application_name, usename, state,
     #                      connections}, most first (hidden sessions: state "hidden")
     active: int  # client backends in state active

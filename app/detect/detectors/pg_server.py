@@ -75,6 +75,15 @@ def _blind(probe: str, ok: bool, data: Mapping[str, Any], error: str) -> list[tu
             head, _, fix = error.partition(": ")
             out.append(("probe", f"every reading ({head})", fix or "GRANT pg_monitor TO <role>"))
     elif probe == "redis":
+        if ok and not data.get("version"):
+            out.append(
+                (
+                    "info",
+                    "INFO is denied by ACL: clients, memory, evictions, rejected connections "
+                    "and the server version are not shown",
+                    "ACL SETUSER <probe user> +info",
+                )
+            )
         if ok:
             for key, cmd in (("slowlog", "slowlog|get"), ("latency", "latency|latest")):
                 if data.get(key) == "unavailable":
@@ -87,9 +96,9 @@ def _blind(probe: str, ok: bool, data: Mapping[str, Any], error: str) -> list[tu
                             f"ACL SETUSER <probe user> +{cmd}",
                         )
                     )
-        elif "noperm" in low:
+        elif "noperm" in low or "no permissions" in low or "acl user" in low:
             head, _, fix = error.partition(": ")
-            out.append(("acl", f"every reading ({head})", fix or "ACL SETUSER <probe user> ..."))
+            out.append(("acl", f"every reading ({head})", fix or "ACL SETUSER <probe user> +info"))
     elif probe == "pods":
         text = str(data.get("warning") or "") if ok else error
         t = text.lower()

@@ -272,6 +272,9 @@ class ConnectionSaturationDetector(Detector):
             cap = data.get("usable_connections")
             if not isinstance(cap, int) or cap <= 0:
                 cap = top
+            total = data.get("connections_total")
+            if isinstance(total, int) and total >= conns:
+                conns = total  # the probe's own session takes a slot as well
             ratio = conns / cap
             if ratio < o.clear_ratio:
                 continue
