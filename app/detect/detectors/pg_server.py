@@ -75,7 +75,7 @@ def _blind(probe: str, ok: bool, data: Mapping[str, Any], error: str) -> list[tu
             head, _, fix = error.partition(": ")
             out.append(("probe", f"every reading ({head})", fix or "GRANT pg_monitor TO <role>"))
     elif probe == "redis":
-        if ok and not data.get("version"):
+        if ok and data.get("version") == "":  # the probe fills it from INFO, always
             out.append(
                 (
                     "info",
