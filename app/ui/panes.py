@@ -372,9 +372,7 @@ class PostgresPane(Pane):
         if inner <= 0:  # not laid out yet: the narrowest; cells widen on the next tick
             return {k: _fit(r, PG_MIN_QUERY) for k, r in rows.items()}
         widths = [max(Text(str(r[i])).cell_len for r in rows.values()) for i in range(3)]
-        widths = [
-            max(w, len(h)) for w, h in zip(widths, ("pid", "state", "app"), strict=True)
-        ]
+        widths = [max(w, len(h)) for w, h in zip(widths, ("pid", "state", "app"), strict=True)]
         room = max(PG_MIN_QUERY, inner - sum(w + 2 for w in widths) - 2)
         return {k: _fit(r, room) for k, r in rows.items()}
 
