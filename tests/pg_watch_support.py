@@ -121,6 +121,18 @@ class Watch:
     def kinds(self, start: int = 0, end: int | None = None) -> set[str]:
         return {a.kind for tk in self.ticks[start:end] for a in tk.anomalies}
 
+    def report(self) -> str:
+        """The session report (Markdown) of this watch's ticks."""
+        from app.session.recording import Recording
+        from app.session.report import render_markdown
+
+        header = {"type": "header", "version": 1, "run_id": "w12", "started": self._t0,
+                  "targets": {}, "scenarios": [], "load": {"mode": "workers"}}  # fmt: skip
+        rec = Recording(
+            header=header, ticks=list(self.ticks), end={"type": "end", "reason": "test"}
+        )
+        return render_markdown(rec)
+
     def cleared(self, kind: str) -> int | None:
         for tk in self.ticks:
             for a in tk.cleared:

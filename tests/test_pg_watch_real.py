@@ -113,6 +113,9 @@ async def test_role_without_pg_monitor_is_blind_loudly_and_the_grant_fixes_it(
         assert seen == await lock_waits(admin, app)
         assert len(seen) == 8
         assert w.cleared("probe-blind") is not None
+        report = w.report()
+        first = report.split("## Run")[0]  # the report's first section says it
+        assert f"fix: `GRANT pg_monitor TO {role}`" in first, first
         record("role without pg_monitor", seen=True, raised_tick=0, waiting=8, false_alarms=0)
     finally:
         await w.stop()
@@ -335,6 +338,10 @@ async def test_deadlock_cycle_shown_until_the_server_breaks_it_and_counted(
         assert raised_d is not None and raised_d - broken <= 3, (raised_d, broken)
         assert d is not None and d.evidence["since_start"] == 1
         assert w.kinds(0, onset) == set()
+        report = w.report()
+        assert report.splitlines()[2].startswith("**FAIL**"), report  # the verdict sees it
+        assert "Server side: 1 deadlocks" in report
+        assert "| deadlocks (40P01) | 1 | 0 |" in report  # server's count beside loadtop's
         record("deadlock cycle (psql-style)", seen=True, cycle_ticks=raised - onset,
                deadlock_ticks=raised_d - broken, server_deadlocks=1)  # fmt: skip
     finally:

@@ -219,6 +219,9 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     summary["anomalies"] = _section_data(
         "app.detect.report", "anomaly_report_data", ticks, slo=h.get("slo")
     )
+    # issue 12: what the probes could not see; the target database's own error counts
+    summary["probe_blind"] = _section_data("app.detect.pg_report", "blind_data", ticks) or []
+    summary["server_errors"] = _section_data("app.detect.pg_report", "server_error_data", ticks)
     return summary
 
 
@@ -269,8 +272,11 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     s = summary or build_summary(rec)
     ticks = rec.ticks
     L: list[str] = []
+    from app.detect import pg_report
+
+    server_bad = pg_report.server_errors_bad(s.get("server_errors"), ticks)
     verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
-        "tripped"] else "FAIL"  # fmt: skip
+        "tripped"] and not server_bad else "FAIL"  # fmt: skip
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
@@ -285,6 +291,10 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
+    if server_bad:
+        L.append(f"Server side: {', '.join(server_bad)} (see Errors).")
+        L.append("")
+    L += pg_report.blind_md(s.get("probe_blind") or [])
     L.append("## Run")
     L.append("")
     rows = [[k, f"`{v}`"] for k, v in s["targets"].items()]
@@ -359,7 +369,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
             L.append(f"Open model: {t['dropped']:,} intended starts dropped (no free worker),"
                      f" worst schedule lag {_ms(t['max_lag_ms'])}.")  # fmt: skip
     else:
-        L.append("None.")
+        L.append("None from loadtop's own operations.")
+    L += pg_report.server_errors_md(s.get("server_errors"))
     if s["outages"]:
         L.append("")
         L.append("Connection outages (operations failing for lack of a connection):")
