@@ -578,6 +578,40 @@ def test_invariant_raised_next_tick_and_cleared_when_gone() -> None:
     assert r.of("invariant") == []
 
 
+def test_invariant_keeps_its_anomaly_with_the_newest_figures() -> None:
+    """Issue 12: a check that finds the same violation with new figures does not
+    clear and re-raise it; the anomaly shows the latest numbers and the first."""
+    ds = only(None, "invariant")
+    r = Run(ds)
+    ds.note_invariants("stock", ["product 3: oversold by 1645 units (1745 reserved)"])
+    r.feed(_steady(0))
+    (a,) = r.of("invariant")
+    ds.note_invariants("stock", ["product 3: oversold by 7395 units (7495 reserved)",
+                                 "product 4: oversold by 1 units (101 reserved)"])  # fmt: skip
+    for i in range(1, 4):
+        r.feed(_steady(i))
+    now = {x.summary: x for x in r.of("invariant")}
+    b = now["product 3: oversold by 7395 units (7495 reserved)"]
+    assert b.key == a.key and b.started_tick == 0  # the same anomaly, never cleared
+    assert b.evidence["first"] == "product 3: oversold by 1645 units (1745 reserved)"
+    assert b.evidence["checks"] == 2
+    assert "first" not in now["product 4: oversold by 1 units (101 reserved)"].evidence
+    assert r.first_cleared("invariant") is None
+    ds.note_invariants("stock", ["product 4: oversold by 1 units (101 reserved)"])
+    r.feed(_steady(4))
+    assert [x.summary for x in r.of("invariant")] == [
+        "product 4: oversold by 1 units (101 reserved)"
+    ]
+    # beyond the cap: one more anomaly that counts and lists the rest
+    ds2 = only({"invariant": {"max_per_scenario": 2}}, "invariant")
+    r2 = Run(ds2)
+    ds2.note_invariants("s", [f"row {i}: lost" for i in range(5)])
+    r2.feed(_steady(0))
+    more = [x for x in r2.of("invariant") if x.key.endswith(":more")]
+    assert more[0].summary == "and 3 more invariant violations"
+    assert more[0].evidence["violations"] == ["row 2: lost", "row 3: lost", "row 4: lost"]
+
+
 def test_generator_saturated() -> None:
     r = Run(only(None, "generator-saturated"))
     for i in range(5):

@@ -109,3 +109,28 @@ def server_errors_md(data: dict[str, Any] | None) -> list[str]:
     out.append("| --- | ---: | ---: |")
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
+
+
+def invariant_data(ticks: Sequence[Tick]) -> dict[str, list[str]]:
+    """Each invariant anomaly once, with the latest check's figures (and the
+    first check's when they differ), per scenario; the "and N more" anomaly
+    expands into the violations it carries."""
+    latest: dict[str, tuple[str, Any]] = {}
+    for tk in ticks:
+        for a in (*tk.anomalies, *tk.cleared):
+            if a.kind == "invariant":
+                latest[a.key] = (a.subject, a)
+    out: dict[str, list[str]] = {}
+    more: dict[str, list[str]] = {}
+    for subject, a in latest.values():
+        ev = a.evidence or {}
+        if "more" in ev:
+            more.setdefault(subject, []).extend(ev.get("violations") or [a.summary])
+            continue
+        line = str(ev.get("violation") or a.summary)
+        if ev.get("first"):
+            line += f" (first check: {ev['first']})"
+        out.setdefault(subject, []).append(line)
+    for subject, lines in more.items():
+        out.setdefault(subject, []).extend(lines)
+    return out

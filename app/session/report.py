@@ -151,12 +151,10 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     )
     total = _figures(ticks)
     invariants: dict[str, list[str]] = dict(end.get("invariants") or {})
-    for t in ticks:
-        for a in t.anomalies:
-            if a.kind == "invariant":
-                lst = invariants.setdefault(a.subject, [])
-                if a.summary not in lst and len(lst) < 100:
-                    lst.append(a.summary)
+    # the anomalies carry each violation's latest figures (and the first's)
+    latest = _section_data("app.detect.pg_report", "invariant_data", ticks)
+    if isinstance(latest, dict) and "error" not in latest:
+        invariants.update(latest)
     thresholds = h.get("thresholds", [])
     tripped = end.get("threshold_tripped")
     if tripped is None:
@@ -390,6 +388,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         for name, vs in s["invariants"].items():
             for v in vs[:20]:
                 L.append(f"- **{name}**: {v}")
+            if len(vs) > 20:
+                L.append(f"- **{name}**: and {len(vs) - 20} more (all in `--json`)")
     else:
         L.append("Every scenario's `verify()` held.")
     L.append("")

@@ -1,0 +1,67 @@
+"""Issue 12 report parts on constructed ticks: invariants with the latest
+figures (and the first), every violation or "and N more", and the probe-blind
+and server-error sections."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from app.detect import build_detectors
+from app.session.recording import Recording
+from app.session.report import build_summary, render_markdown
+from app.tick import Reading, Tick
+
+T0 = 1_790_000_000.0
+
+
+def _tick(i: int, readings: dict | None = None) -> Tick:
+    return Tick(index=i, t=T0 + i, elapsed=float(i), interval=1.0, mode="workers",
+                target_concurrency=0, concurrency=0, readings=readings or {})  # fmt: skip
+
+
+def _run(feed) -> Recording:
+    ds = build_detectors(None)
+    ticks = []
+    for i in range(6):
+        feed(ds, i)
+        base = _tick(i, _pg(i))
+        act, clr = ds.evaluate(base)
+        ticks.append(dataclasses.replace(base, anomalies=act, cleared=clr))
+    header = {"type": "header", "version": 1, "run_id": "r", "started": T0, "targets": {},
+              "scenarios": [{"name": "stock"}], "load": {"mode": "workers"}}  # fmt: skip
+    return Recording(header=header, ticks=ticks, end={"type": "end", "reason": "duration"})
+
+
+def _pg(i: int) -> dict:
+    data = {"database": "shop", "connections": 3, "max_connections": 100, "waiting": 0,
+            "blocking_tree": [], "totals": {"deadlocks": 2 * i}, "rates": {"deadlocks": 0.0},
+            "deltas": {"commits": 100, "rollbacks": 5, "deadlocks": 2 if i else 0,
+                       "conflicts": 0, "temp_files": 0, "temp_bytes": 0}}  # fmt: skip
+    if i == 0:
+        data.pop("deltas")
+    return {"postgres": Reading("postgres", T0 + i, True, 1.0, data)}
+
+
+def test_report_shows_latest_invariant_figures_every_violation_and_server_counts() -> None:
+    def feed(ds, i: int) -> None:
+        if i == 1:
+            ds.note_invariants("stock", ["product 3: oversold by 1645 units"])
+        if i == 3:
+            ds.note_invariants("stock", ["product 3: oversold by 7395 units"]
+                               + [f"order {k}: lost" for k in range(30)])  # fmt: skip
+
+    rec = _run(feed)
+    s = build_summary(rec)
+    lines = s["invariants"]["stock"]
+    assert (
+        lines[0]
+        == "product 3: oversold by 7395 units (first check: product 3: oversold by 1645 units)"
+    )
+    assert len(lines) == 31  # 20 anomalies' worth, then the rest carried by "and N more"
+    md = render_markdown(rec, s)
+    assert "oversold by 7395 units (first check: product 3: oversold by 1645 units)" in md
+    assert "- **stock**: and 11 more (all in `--json`)" in md
+    # server-side: 5 polls with deltas, 2 deadlocks each, beside loadtop's own 0
+    assert s["server_errors"]["deadlocks"] == 10 and s["server_errors"]["polls"] == 5
+    assert "| deadlocks (40P01) | 10 | 0 |" in md
+    assert md.splitlines()[2].startswith("**FAIL**") and "Server side: 10 deadlocks" in md
