@@ -146,3 +146,52 @@ async def test_saturation_against_usable_slots_and_a_probe_waiting_for_one() -> 
             for c in held:
                 c.terminate()
             await admin.close()
+
+
+@pytest.mark.slow
+async def test_watch_started_on_a_full_server_starts_and_waits_for_a_slot(tmp_path: Path) -> None:
+    """`loadtop watch` with a monitoring role that has no reserved slot, on a
+    server whose application slots are all taken: it starts (no exit 2), each
+    tick says the probe waits for a slot, connection-saturation is raised, and
+    the probe gets in by itself once a slot frees."""
+    import json
+    import os
+    import sys
+
+    with EmbeddedPostgres(settings={"max_connections": 12,
+                                    "superuser_reserved_connections": 3}) as pg:  # fmt: skip
+        admin = await asyncpg.connect(pg.dsn)
+        await admin.execute("CREATE ROLE app LOGIN; CREATE ROLE mon LOGIN IN ROLE pg_monitor")
+        held: list[asyncpg.Connection] = []
+        rec = tmp_path / "w.jsonl"
+        try:
+            while True:
+                try:
+                    held.append(await asyncpg.connect(with_user(pg.dsn, "app")))
+                except asyncpg.TooManyConnectionsError:
+                    break
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "app.cli", "watch", "--headless", "--pg",
+                with_user(pg.dsn, "mon"), "-d", "8s", "--interval", "0.5s", "--record", str(rec),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+            await asyncio.sleep(4.0)
+            for c in held[:2]:  # two slots free up (the watch needs one)
+                await c.close()
+            _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            for c in held:
+                c.terminate()
+            await admin.close()
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(x) for x in rec.read_text().splitlines()]
+    ticks = [x for x in lines if x["type"] == "tick"]
+    pg_r = [t["readings"].get("postgres") for t in ticks if t["readings"].get("postgres")]
+    waiting = [r for r in pg_r if not r["ok"]]
+    assert waiting and all("waiting for a connection slot" in r["error"] for r in waiting)
+    assert pg_r[-1]["ok"], pg_r[-1]  # it got in by itself
+    kinds = {a["kind"] for t in ticks for a in t["anomalies"]}
+    assert "connection-saturation" in kinds
+    record("watch started on a full server", seen=True, waiting_ticks=len(waiting),
+           got_in=pg_r[-1]["ok"])  # fmt: skip
