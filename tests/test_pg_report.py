@@ -19,12 +19,12 @@ def _tick(i: int, readings: dict | None = None) -> Tick:
                 target_concurrency=0, concurrency=0, readings=readings or {})  # fmt: skip
 
 
-def _run(feed) -> Recording:
+def _run(feed, dl: int = 2) -> Recording:
     ds = build_detectors(None)
     ticks = []
     for i in range(6):
         feed(ds, i)
-        base = _tick(i, _pg(i))
+        base = _tick(i, _pg(i, dl))
         act, clr = ds.evaluate(base)
         ticks.append(dataclasses.replace(base, anomalies=act, cleared=clr))
     header = {"type": "header", "version": 1, "run_id": "r", "started": T0, "targets": {},
@@ -32,10 +32,10 @@ def _run(feed) -> Recording:
     return Recording(header=header, ticks=ticks, end={"type": "end", "reason": "duration"})
 
 
-def _pg(i: int) -> dict:
+def _pg(i: int, dl: int = 2) -> dict:
     data = {"database": "shop", "connections": 3, "max_connections": 100, "waiting": 0,
-            "blocking_tree": [], "totals": {"deadlocks": 2 * i}, "rates": {"deadlocks": 0.0},
-            "deltas": {"commits": 100, "rollbacks": 5, "deadlocks": 2 if i else 0,
+            "blocking_tree": [], "totals": {"deadlocks": dl * i}, "rates": {"deadlocks": 0.0},
+            "deltas": {"commits": 100, "rollbacks": 5, "deadlocks": dl if i else 0,
                        "conflicts": 0, "temp_files": 0, "temp_bytes": 0}}  # fmt: skip
     if i == 0:
         data.pop("deltas")
@@ -65,3 +65,21 @@ def test_report_shows_latest_invariant_figures_every_violation_and_server_counts
     assert s["server_errors"]["deadlocks"] == 10 and s["server_errors"]["polls"] == 5
     assert "| deadlocks (40P01) | 10 | 0 |" in md
     assert md.splitlines()[2].startswith("**FAIL**") and "Server side: 10 deadlocks" in md
+
+
+def test_watch_report_judges_the_systems_not_an_slo() -> None:
+    rec = _run(lambda ds, i: None)
+    rec.header["load"] = {"mode": "watch", "interval_s": 1.0}
+    md = render_markdown(rec)
+    for gone in ("## Steps", "## Thresholds", "SLO verdict", "### Capacity",
+                 "Recommended maximum concurrency", "## Invariants", "0 operations"):  # fmt: skip
+        assert gone not in md, gone
+    # 10 deadlocks on the server: the systems failed, whatever loadtop did
+    assert md.splitlines()[2].startswith("**FAIL**")
+    assert "A watch: the verdict is about the systems watched (pg-deadlocks, 10 deadlocks)" in md
+    assert "## Errors" in md and "## Anomalies" in md
+    quiet = _run(lambda ds, i: None, dl=0)
+    quiet.header["load"] = {"mode": "watch"}
+    md = render_markdown(quiet)
+    assert md.splitlines()[2].startswith("**OK**"), md
+    assert "(nothing raised)" in md

@@ -134,3 +134,42 @@ def invariant_data(ticks: Sequence[Tick]) -> dict[str, list[str]]:
     for subject, lines in more.items():
         out.setdefault(subject, []).extend(lines)
     return out
+
+
+def watch_verdict(ticks: Sequence[Tick], server_bad: list[str]) -> tuple[str, str]:
+    """A watch's verdict is about the systems it watched, not an SLO nobody
+    loaded for: FAIL on a critical anomaly or server-side errors, WARN on a
+    warning (a blind probe included), else OK. Returns (verdict, why)."""
+    worst: dict[str, set[str]] = {"critical": set(), "warning": set()}
+    for tk in ticks:
+        for a in (*tk.anomalies, *tk.cleared):
+            if a.severity in worst:
+                worst[a.severity].add(a.kind)
+    if worst["critical"] or server_bad:
+        why = sorted(worst["critical"]) + server_bad
+        return "FAIL", ", ".join(why)
+    if worst["warning"]:
+        return "WARN", ", ".join(sorted(worst["warning"]))
+    return "OK", "nothing raised"
+
+
+# what a watch report leaves out: sections about load it did not apply
+WATCH_DROPS = ("## Steps", "## Scenarios", "## Counters", "## Invariants", "## Thresholds",
+               "### Capacity")  # fmt: skip
+
+
+def watch_sections(md: str) -> str:
+    """The report without the sections that judge load (steps, SLO, capacity,
+    recommended concurrency): a watch applied none."""
+    out: list[str] = []
+    dropping = 0  # the heading level being dropped (0: keeping)
+    for line in md.split("\n"):
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            if dropping and level <= dropping:
+                dropping = 0
+            if not dropping and any(line.rstrip() == d for d in WATCH_DROPS):
+                dropping = level
+        if not dropping:
+            out.append(line)
+    return "\n".join(out)

@@ -275,6 +275,10 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     server_bad = pg_report.server_errors_bad(s.get("server_errors"), ticks)
     verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
         "tripped"] and not server_bad else "FAIL"  # fmt: skip
+    # a watch loads nothing: no SLO, steps or capacity, and its verdict is the systems'
+    watching = (s.get("load") or {}).get("mode") == "watch"
+    if watching:
+        verdict, why = pg_report.watch_verdict(ticks, server_bad)
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
@@ -284,11 +288,15 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     )
     L.append("")
     t = s["total"]
-    L.append(
-        f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
-        f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
-    )
-    L.append("")
+    if not watching:
+        L.append(
+            f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
+            f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
+        )
+        L.append("")
+    if watching:
+        L.append(f"A watch: the verdict is about the systems watched ({why}).")
+        L.append("")
     if server_bad:
         L.append(f"Server side: {', '.join(server_bad)} (see Errors).")
         L.append("")
@@ -431,7 +439,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     else:
         L.append("No control events.")
     L.append("")
-    return "\n".join(L)
+    md = "\n".join(L)
+    return pg_report.watch_sections(md) if watching else md
 
 
 def _num(v: Any) -> str:
