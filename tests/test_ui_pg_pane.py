@@ -154,3 +154,41 @@ def _end(pilot: Any) -> Any:
 @pytest.mark.parametrize("size", [(100, 30), (140, 45), (200, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_snapshot_pg_pane(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(pg_app(), terminal_size=size, run_before=_end)
+
+
+async def test_blocker_details_follow_the_backend_live() -> None:
+    from app.ui.screens import BlockerScreen
+
+    app = pg_app()
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.press("end")
+        await pilot.pause()
+        table = app.query_one("#blockers", DataTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index("r3199/3200"))  # the ALTER
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, BlockerScreen)
+        text = screen_text(app)
+        assert (
+            "wants AccessExclusiveLock on relation public.orders; held AccessShareLock by" in text
+        )
+        pane = app.query_one(PostgresPane)
+        r = app.replay
+        assert r is not None
+        data = pg_reading(9).data
+        later = dict(data, blocking_tree=[dict(n) for n in data["blocking_tree"]])
+        node = later["blocking_tree"][1]
+        node["tree"] = [dict(b) for b in node["tree"]]
+        node["tree"][1]["state_age_s"] = 75.0  # the ALTER has now waited 75 s
+        tk = dataclasses.replace(r.ticks[-1], readings={"postgres": Reading(
+            "postgres", T0 + 9, True, 1.0, later)})  # fmt: skip
+        pane.show(tk, app.timeline)
+        await pilot.pause()
+        assert "75.0s" in screen_text(app)  # "in state", as read this tick
+        assert app.screen.backend["state_age_s"] == 75.0
+        quiet = dict(data, blocking_tree=[], waiting=0)
+        pane.show(dataclasses.replace(tk, readings={"postgres": Reading(
+            "postgres", T0 + 10, True, 1.0, quiet)}), app.timeline)  # fmt: skip
+        await pilot.pause()
+        assert "no longer in the lock tree" in screen_text(app)

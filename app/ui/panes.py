@@ -428,6 +428,19 @@ class PostgresPane(Pane):
             _reorder(table, order)
         table.display = bool(rows)
         self.app.set_class(bool(rows), "pg-tree")
+        self._update_details(backends)
+
+    def _update_details(self, backends: Mapping[str, dict[str, Any]]) -> None:
+        """An open blocker details screen follows its backend, tick by tick."""
+        from app.ui.screens import BlockerScreen
+
+        for screen in self.app.screen_stack:
+            if isinstance(screen, BlockerScreen):
+                pid = screen.backend.get("pid")
+                root = screen.backend.get("root")
+                found = [b for b in backends.values() if b.get("pid") == pid]
+                found.sort(key=lambda b: bool(b.get("root")) != bool(root))  # same role first
+                screen.update_backend(found[0] if found else None)
 
 
 def pg_summary(d: Mapping[str, Any]) -> Text:
