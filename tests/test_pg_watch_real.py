@@ -204,7 +204,9 @@ async def test_eight_deep_chain_is_a_tree_with_depths(
         assert a is not None and a.evidence["depth"] == 7
         assert f"pid {pids[0]}" in a.summary and "wants ShareLock on transaction" in a.summary
         assert w.kinds(0, onset) == set()
-        record("8-deep chain (psql-style)", seen=True, depth=7, ticks=raised - onset)
+        assert w.kinds() == {"lock-wait-chain", "idle-in-transaction-blocker"}  # nothing twice
+        record("8-deep chain (psql-style)", seen=True, depth=7, ticks=raised - onset,
+               kinds=sorted(w.kinds()))  # fmt: skip
     finally:
         await w.stop()
         await close_all(conns, tasks)
@@ -255,7 +257,9 @@ async def test_alter_behind_an_idle_reader_is_named_the_amplifier(
         assert "AccessExclusiveLock" in a.summary and a.severity == "critical"
         raised_idle, _ = w.first("idle-in-transaction-blocker")
         assert raised_idle is not None
-        record("ALTER behind idle reader", seen=True, ticks=raised - onset)
+        assert w.kinds() == {"lock-wait-chain", "idle-in-transaction-blocker"}
+        record("ALTER behind idle reader", seen=True, ticks=raised - onset,
+               kinds=sorted(w.kinds()))  # fmt: skip
     finally:
         await w.stop()
         await close_all(conns, tasks)
@@ -343,7 +347,8 @@ async def test_deadlock_cycle_shown_until_the_server_breaks_it_and_counted(
         assert "Server side: 1 deadlocks" in report
         assert "| deadlocks (40P01) | 1 | 0 |" in report  # server's count beside loadtop's
         record("deadlock cycle (psql-style)", seen=True, cycle_ticks=raised - onset,
-               deadlock_ticks=raised_d - broken, server_deadlocks=1)  # fmt: skip
+               deadlock_ticks=raised_d - broken, server_deadlocks=1,
+               kinds=sorted(w.kinds()))  # fmt: skip
     finally:
         await w.stop()
         await close_all([a, b], tasks)
@@ -478,7 +483,7 @@ async def test_pgbench_opposite_order_deadlocks_match_the_server(
     assert w.kinds(0, onset) == set()
     record("pgbench opposite-order deadlocks", seen=True, server=server,
            pgbench_retries=res["retries"], probe=last.evidence["since_start"],
-           ticks=raised - onset)  # fmt: skip
+           ticks=raised - onset, kinds=sorted(w.kinds()))  # fmt: skip
 
 
 @pytest.mark.slow

@@ -316,8 +316,9 @@ class LockContentionOptions(Options):
 
 @register
 class LockContentionDetector(Detector):
-    """Many active backends wait on locks, each briefly (a hot row): sustained
-    for several polls, throughput is capped by the lock, not the server."""
+    """Many active backends wait on locks held by active sessions, each briefly
+    (a hot row): sustained for several polls, throughput is capped by the lock,
+    not the server. Waiters behind an idle-in-transaction holder do not count."""
 
     kind = "lock-contention"
     Options = LockContentionOptions
@@ -329,7 +330,14 @@ class LockContentionDetector(Detector):
         o = self.opt
         out = []
         for name, _t, data in view.readings("postgres"):
-            waiting = data.get("waiting") or 0
+            # waiters behind a session idle in its transaction are that blocker's
+            # (idle-in-transaction-blocker, lock-wait-chain), not contention
+            behind_idle = sum(
+                int(n.get("waiting_count") or 0)
+                for n in data.get("blocking_tree") or ()
+                if str((n.get("root") or {}).get("state", "")).startswith("idle in transaction")
+            )
+            waiting = max(0, (data.get("waiting") or 0) - behind_idle)
             active = data.get("active")
             if not isinstance(active, int):
                 active = (data.get("by_state") or {}).get("active", 0)
