@@ -442,7 +442,8 @@ async def test_pgbench_hot_row_raises_lock_contention(
     record("pgbench hot row (16 clients)", seen=True, truth_share=round(truth, 2),
            probe_share=round(probe_share, 2), ticks=raised - onset,
            tps=res["processed"] / 9, other_kinds=sorted(others),
-           longest_wait_s=round(max(longest), 2))  # fmt: skip
+           longest_wait_s=round(max(longest), 2),
+           poll_ms_max=round(max(tk.readings["postgres"].duration_ms for tk in w.ticks), 1))  # fmt: skip
 
 
 @pytest.mark.slow
