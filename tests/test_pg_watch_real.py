@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from app.probes import postgres as pg_probe
 from app.probes.postgres import PostgresProbe
 from tests.pg_watch_support import (
     Watch,
@@ -29,6 +30,8 @@ from tests.pg_watch_support import (
 )
 
 pytestmark = pytest.mark.integration
+
+RETRY = 0.5
 
 
 async def session(dsn: str, app: str, **settings: str) -> asyncpg.Connection:
@@ -124,10 +127,11 @@ async def test_role_without_pg_monitor_is_blind_loudly_and_the_grant_fixes_it(
 
 
 async def test_denied_function_names_the_execute_grant(
-    pg_dsn: str, admin: asyncpg.Connection, rows: str, run_id: str
+    pg_dsn: str, admin: asyncpg.Connection, rows: str, run_id: str, monkeypatch
 ) -> None:
     """pg_blocking_pids revoked from PUBLIC in the test's database (function ACLs
     are per database; restored at the end): the tree is gone, the probe says so."""
+    monkeypatch.setattr(pg_probe, "RETRY_DENIED_S", RETRY)  # retry the function sooner
     role = f"w12_mon_{run_id}"
     app = f"w12-fn-{run_id}"
     await admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER IN ROLE pg_monitor")
@@ -150,10 +154,19 @@ async def test_denied_function_names_the_execute_grant(
         grant = f"GRANT EXECUTE ON FUNCTION pg_catalog.pg_blocking_pids(integer) TO {role}"
         assert a.evidence["grant"] == grant
         assert "pg_blocking_pids() is denied" in a.summary
+        # the exact statement fixes it: the probe tries the function again and sees the tree
+        await admin.execute(a.evidence["grant"])
+        await asyncio.sleep(RETRY)
+        tk = await w.tick()
+        data = tk.readings["postgres"].data
+        assert "blind" not in data
+        (node,) = [n for n in data["blocking_tree"] if n["root"]["pid"] == holder.get_server_pid()]
+        assert node["waiters"][0]["pid"] == waiter.get_server_pid()
     finally:
         await w.stop()
         await close_all(conns, tasks)
         await admin.execute("GRANT EXECUTE ON FUNCTION pg_blocking_pids(integer) TO PUBLIC")
+        await admin.execute(f"REVOKE EXECUTE ON FUNCTION pg_blocking_pids(integer) FROM {role}")
         await admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 

@@ -38,6 +38,7 @@ from app.probes.schema import PgBackend, PgBlind, PgReading
 
 QUERY_CHARS = 200
 MAX_IDLE_IN_TX = 20
+RETRY_DENIED_S = 30.0  # a denied function is tried again this often
 MAX_HOLDERS = 8  # connection holders by (application, user, state) in a reading
 
 MAX_BLOCKER_CALLS = 100  # pg_blocking_pids() calls per poll: the longest-waiting first
@@ -124,7 +125,7 @@ class PostgresProbe(Probe):
         self._user = ""
         self._own: dict[str, int] = {"commits": 0, "rollbacks": 0}
         self._blind: dict[str, PgBlind] = {}
-        self._no_blocking = False
+        self._no_blocking: float | None = None  # when pg_blocking_pids was last denied
 
     async def _connect(self) -> asyncpg.Connection:
         conn = await asyncpg.connect(
@@ -147,16 +148,20 @@ class PostgresProbe(Probe):
         conn = self._conn
         self._own = {"commits": 0, "rollbacks": 0}
         self._blind = {}
+        # after a denial, ask without pg_blocking_pids, and try it again now and then
+        # (a GRANT shows within RETRY_DENIED_S)
+        mono = time.monotonic()
+        denied = self._no_blocking is not None and mono - self._no_blocking < RETRY_DENIED_S
         rows = await self._fetch(
-            conn,
-            ACTIVITY_SQL_NO_BLOCKING if self._no_blocking else ACTIVITY_SQL,
-            what="pg_blocking_pids",
+            conn, ACTIVITY_SQL_NO_BLOCKING if denied else ACTIVITY_SQL, what="pg_blocking_pids"
         )
-        if rows is None:  # EXECUTE on pg_blocking_pids revoked: ask without it from now on
-            self._no_blocking = True
+        if rows is None:  # EXECUTE on pg_blocking_pids revoked
             rows = await conn.fetch(ACTIVITY_SQL_NO_BLOCKING)
             self._own["commits"] += 1
-        if self._no_blocking:
+            self._no_blocking = mono
+        elif not denied:
+            self._no_blocking = None
+        if self._no_blocking is not None:
             self._blind["pg_blocking_pids"] = _blind_function(self._user)
         lock_rows: list[Mapping[str, Any]] = []
         pids = _lock_pids(rows)
