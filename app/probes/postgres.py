@@ -64,20 +64,21 @@ ACTIVITY_SQL = _ACTIVITY_SQL.format(blocking="pg_blocking_pids(pid)")
 # when EXECUTE on pg_blocking_pids is revoked: waiters are still counted, the tree is not
 ACTIVITY_SQL_NO_BLOCKING = _ACTIVITY_SQL.format(blocking="NULL::int[]")
 
-SETTINGS_SQL = """
-SELECT current_setting('max_connections')::int AS max_connections,
+_SETTINGS = """current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved,
        coalesce(current_setting('reserved_connections', true), '0')::int AS reserved,
        current_setting('server_version') AS server_version,
-       current_database() AS database
+       current_database() AS database"""
+# one round trip for the settings and the counters of the target database only:
+# other databases' deadlocks and rollbacks are not this load's
+SERVER_SQL = f"""
+SELECT {_SETTINGS},
+       d.xact_commit::int8 AS commits, d.xact_rollback::int8 AS rollbacks,
+       d.deadlocks::int8 AS deadlocks, d.conflicts::int8 AS conflicts,
+       d.temp_files::int8 AS temp_files, d.temp_bytes::int8 AS temp_bytes
+FROM (SELECT 1) one LEFT JOIN pg_stat_database d ON d.datname = current_database()
 """
-# the target database only: other databases' deadlocks and rollbacks are not this load's
-STATS_SQL = """
-SELECT xact_commit::int8 AS commits, xact_rollback::int8 AS rollbacks,
-       deadlocks::int8 AS deadlocks, conflicts::int8 AS conflicts,
-       temp_files::int8 AS temp_files, temp_bytes::int8 AS temp_bytes
-FROM pg_stat_database WHERE datname = current_database()
-"""
+SETTINGS_SQL = f"SELECT {_SETTINGS}"  # when pg_stat_database is denied
 # pg_locks copies the whole lock table under every lock-manager partition lock,
 # so the counts by mode are read every `locks_every_s`, not every poll
 LOCK_COUNTS_SQL = """
@@ -169,10 +170,14 @@ class PostgresProbe(Probe):
             got = await self._fetch(conn, pg_locks.LOCKS_SQL, pids, what="pg_locks")
             lock_rows = got or []
         now = time.monotonic()
-        srv = dict(await conn.fetchrow(SETTINGS_SQL))
-        self._own["commits"] += 1
-        stats = await self._fetch(conn, STATS_SQL, what="pg_stat_database")
-        srv["stats"] = stats[0] if stats else None
+        got = await self._fetch(conn, SERVER_SQL, what="pg_stat_database")
+        if got is None:
+            srv = dict(await conn.fetchrow(SETTINGS_SQL))
+            self._own["commits"] += 1
+            srv["stats"] = None
+        else:
+            srv = dict(got[0])
+            srv["stats"] = srv if srv["commits"] is not None else None
         srv["locks"] = None
         if self._locks_at is None or now - self._locks_at >= self.locks_every_s:
             got = await self._fetch(conn, LOCK_COUNTS_SQL, what="pg_locks")
