@@ -491,29 +491,15 @@ class InvariantDetector(Detector):
     def __init__(self, options: Options | None = None) -> None:
         super().__init__(options)
         self._violations: dict[str, tuple[str, ...]] = {}
-        # scenario -> identity -> (first text, checks that returned it)
-        self._first: dict[str, dict[str, tuple[str, int]]] = {}
 
     def note(self, scenario: str, violations: list[str]) -> None:
-        """One verify() result: it replaces the scenario's previous one. A
-        violation keeps its anomaly across checks while its identity (see
-        `violation_identity`) is returned again, with the newest figures."""
-        vs = tuple(dict.fromkeys(str(v) for v in violations))
-        self._violations[scenario] = vs
-        firsts = self._first.setdefault(scenario, {})
-        now = {violation_identity(v) for v in vs}
-        for ident in [i for i in firsts if i not in now]:
-            del firsts[ident]  # a check without it: it cleared; a return is a new one
-        for v in vs:
-            ident = violation_identity(v)
-            first, n = firsts.get(ident, (v, 0))
-            firsts[ident] = (first, n + 1)
+        self._violations[scenario] = tuple(dict.fromkeys(str(v) for v in violations))
 
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
         out = []
         cap = max(1, self.opt.max_per_scenario)
         for scn, vs in self._violations.items():
-            firsts = self._first.get(scn, {})
+            firsts = self._latest_truth(scn, vs)
             for v in vs[:cap]:
                 ident = violation_identity(v)
                 digest = hashlib.sha1(ident.encode()).hexdigest()[:10]
@@ -548,6 +534,25 @@ class InvariantDetector(Detector):
                     )  # fmt: skip
                 )
         return out
+
+    def _latest_truth(self, scn: str, vs: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+        """identity -> (first text, checks that returned it) for a scenario. A
+        new verify() result (a new tuple) counts once: an identity it no longer
+        returns is forgotten (it cleared; a return is a new violation), the
+        others keep their first text, so an anomaly stays raised across checks
+        with the newest figures (see `violation_identity`)."""
+        track: dict[str, tuple[tuple[str, ...] | None, dict[str, tuple[str, int]]]]
+        track = self.__dict__.setdefault("_truth", {})
+        last, firsts = track.get(scn, (None, {}))
+        if vs is not last:
+            now = {violation_identity(v) for v in vs}
+            firsts = {i: f for i, f in firsts.items() if i in now}
+            for v in vs:
+                ident = violation_identity(v)
+                first, n = firsts.get(ident, (v, 0))
+                firsts[ident] = (first, n + 1)
+            track[scn] = (vs, firsts)
+        return firsts
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
