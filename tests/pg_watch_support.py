@@ -253,3 +253,14 @@ async def active_share(admin: asyncpg.Connection, app: str) -> tuple[int, int]:
         app,
     )
     return row["w"], row["a"]
+
+
+def with_verify(ds: Any, tk: Tick, results: Mapping[str, Iterable[str]]) -> Tick:
+    """`tk` carrying these verify() results, whichever way this build feeds
+    them to the detectors: in the Tick (`Tick.invariants`), or through
+    `DetectorSet.note_invariants` before the tick is evaluated."""
+    if "invariants" in {f.name for f in dataclasses.fields(Tick)}:
+        return dataclasses.replace(tk, invariants={k: tuple(v) for k, v in results.items()})
+    for k, v in results.items():
+        ds.note_invariants(k, list(v))
+    return tk

@@ -581,14 +581,20 @@ def test_invariant_raised_next_tick_and_cleared_when_gone() -> None:
 def test_invariant_keeps_its_anomaly_with_the_newest_figures() -> None:
     """Issue 12: a check that finds the same violation with new figures does not
     clear and re-raise it; the anomaly shows the latest numbers and the first."""
+    from tests.pg_watch_support import with_verify
+
     ds = only(None, "invariant")
     r = Run(ds)
-    ds.note_invariants("stock", ["product 3: oversold by 1645 units (1745 reserved)"])
-    r.feed(_steady(0))
+    r.feed(
+        with_verify(
+            ds, _steady(0), {"stock": ["product 3: oversold by 1645 units (1745 reserved)"]}
+        )
+    )
     (a,) = r.of("invariant")
-    ds.note_invariants("stock", ["product 3: oversold by 7395 units (7495 reserved)",
-                                 "product 4: oversold by 1 units (101 reserved)"])  # fmt: skip
-    for i in range(1, 4):
+    later = ["product 3: oversold by 7395 units (7495 reserved)",
+             "product 4: oversold by 1 units (101 reserved)"]  # fmt: skip
+    r.feed(with_verify(ds, _steady(1), {"stock": later}))
+    for i in range(2, 4):  # no check completed in these windows: the last result holds
         r.feed(_steady(i))
     now = {x.summary: x for x in r.of("invariant")}
     b = now["product 3: oversold by 7395 units (7495 reserved)"]
@@ -597,16 +603,16 @@ def test_invariant_keeps_its_anomaly_with_the_newest_figures() -> None:
     assert b.evidence["checks"] == 2
     assert "first" not in now["product 4: oversold by 1 units (101 reserved)"].evidence
     assert r.first_cleared("invariant") is None
-    ds.note_invariants("stock", ["product 4: oversold by 1 units (101 reserved)"])
-    r.feed(_steady(4))
+    r.feed(
+        with_verify(ds, _steady(4), {"stock": ["product 4: oversold by 1 units (101 reserved)"]})
+    )
     assert [x.summary for x in r.of("invariant")] == [
         "product 4: oversold by 1 units (101 reserved)"
     ]
     # beyond the cap: one more anomaly that counts and lists the rest
     ds2 = only({"invariant": {"max_per_scenario": 2}}, "invariant")
     r2 = Run(ds2)
-    ds2.note_invariants("s", [f"row {i}: lost" for i in range(5)])
-    r2.feed(_steady(0))
+    r2.feed(with_verify(ds2, _steady(0), {"s": [f"row {i}: lost" for i in range(5)]}))
     more = [x for x in r2.of("invariant") if x.key.endswith(":more")]
     assert more[0].summary == "and 3 more invariant violations"
     assert more[0].evidence["violations"] == ["row 2: lost", "row 3: lost", "row 4: lost"]

@@ -10,6 +10,7 @@ from app.detect import build_detectors
 from app.session.recording import Recording
 from app.session.report import build_summary, render_markdown
 from app.tick import Reading, Tick
+from tests.pg_watch_support import with_verify
 
 T0 = 1_790_000_000.0
 
@@ -23,8 +24,7 @@ def _run(feed, dl: int = 2) -> Recording:
     ds = build_detectors(None)
     ticks = []
     for i in range(6):
-        feed(ds, i)
-        base = _tick(i, _pg(i, dl))
+        base = with_verify(ds, _tick(i, _pg(i, dl)), feed(i))
         act, clr = ds.evaluate(base)
         ticks.append(dataclasses.replace(base, anomalies=act, cleared=clr))
     header = {"type": "header", "version": 1, "run_id": "r", "started": T0, "targets": {},
@@ -43,12 +43,13 @@ def _pg(i: int, dl: int = 2) -> dict:
 
 
 def test_report_shows_latest_invariant_figures_every_violation_and_server_counts() -> None:
-    def feed(ds, i: int) -> None:
+    def feed(i: int) -> dict[str, list[str]]:
         if i == 1:
-            ds.note_invariants("stock", ["product 3: oversold by 1645 units"])
+            return {"stock": ["product 3: oversold by 1645 units"]}
         if i == 3:
-            ds.note_invariants("stock", ["product 3: oversold by 7395 units"]
-                               + [f"order {k}: lost" for k in range(30)])  # fmt: skip
+            return {"stock": ["product 3: oversold by 7395 units"]
+                    + [f"order {k}: lost" for k in range(30)]}  # fmt: skip
+        return {}
 
     rec = _run(feed)
     s = build_summary(rec)
@@ -68,7 +69,7 @@ def test_report_shows_latest_invariant_figures_every_violation_and_server_counts
 
 
 def test_watch_report_judges_the_systems_not_an_slo() -> None:
-    rec = _run(lambda ds, i: None)
+    rec = _run(lambda i: {})
     rec.header["load"] = {"mode": "watch", "interval_s": 1.0}
     md = render_markdown(rec)
     for gone in ("## Steps", "## Thresholds", "SLO verdict", "### Capacity",
@@ -78,7 +79,7 @@ def test_watch_report_judges_the_systems_not_an_slo() -> None:
     assert md.splitlines()[2].startswith("**FAIL**")
     assert "A watch: the verdict is about the systems watched (pg-deadlocks, 10 deadlocks)" in md
     assert "## Errors" in md and "## Anomalies" in md
-    quiet = _run(lambda ds, i: None, dl=0)
+    quiet = _run(lambda i: {}, dl=0)
     quiet.header["load"] = {"mode": "watch"}
     md = render_markdown(quiet)
     assert md.splitlines()[2].startswith("**OK**"), md
