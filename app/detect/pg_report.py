@@ -4,6 +4,7 @@ database beside loadtop's own."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,21 +137,24 @@ def invariant_data(ticks: Sequence[Tick]) -> dict[str, list[str]]:
     return out
 
 
-def watch_verdict(ticks: Sequence[Tick], server_bad: list[str]) -> tuple[str, str]:
-    """A watch's verdict is about the systems it watched, not an SLO nobody
-    loaded for: FAIL on a critical anomaly or server-side errors, WARN on a
-    warning (a blind probe included), else OK. Returns (verdict, why)."""
-    worst: dict[str, set[str]] = {"critical": set(), "warning": set()}
-    for tk in ticks:
-        for a in (*tk.anomalies, *tk.cleared):
-            if a.severity in worst:
-                worst[a.severity].add(a.kind)
-    if worst["critical"] or server_bad:
-        why = sorted(worst["critical"]) + server_bad
-        return "FAIL", ", ".join(why)
-    if worst["warning"]:
-        return "WARN", ", ".join(sorted(worst["warning"]))
-    return "OK", "nothing raised"
+def headline_notes(s: dict[str, Any], ticks: Sequence[Tick], lines: list[str]) -> list[str]:
+    """Lines under the report's headline: server-side errors (which also turn
+    a PASS headline, `lines[2]`, into FAIL) and what the probes could not see."""
+    out: list[str] = []
+    bad = server_errors_bad(s.get("server_errors"), ticks)
+    if bad:
+        if len(lines) > 2 and lines[2].startswith("**PASS**"):
+            lines[2] = "**FAIL**" + lines[2][len("**PASS**") :]
+        out += [f"Server side: {', '.join(bad)} (see Errors).", ""]
+    return out + blind_md(s.get("probe_blind") or [])
+
+
+def first_and_more(vs: Sequence[str], n: int) -> list[str]:
+    """The first n violations, then "and N more" when there are more."""
+    out = list(vs[:n])
+    if len(vs) > n:
+        out.append(f"and {len(vs) - n} more (all in `--json`)")
+    return out
 
 
 # what a watch report leaves out: sections about load it did not apply
@@ -158,9 +162,12 @@ WATCH_DROPS = ("## Steps", "## Scenarios", "## Counters", "## Invariants", "## T
                "### Capacity")  # fmt: skip
 
 
-def watch_sections(md: str) -> str:
-    """The report without the sections that judge load (steps, SLO, capacity,
-    recommended concurrency): a watch applied none."""
+def watch_sections(md: str, s: dict[str, Any]) -> str:
+    """A watch's report without what judges load (the operations line, steps,
+    SLO, capacity, recommended concurrency): a watch applied none. Other
+    reports unchanged."""
+    if (s.get("load") or {}).get("mode") != "watch":
+        return md
     out: list[str] = []
     dropping = 0  # the heading level being dropped (0: keeping)
     for line in md.split("\n"):
@@ -170,6 +177,9 @@ def watch_sections(md: str) -> str:
                 dropping = 0
             if not dropping and any(line.rstrip() == d for d in WATCH_DROPS):
                 dropping = level
-        if not dropping:
+        if not dropping and not _OPS_LINE.match(line):
             out.append(line)
     return "\n".join(out)
+
+
+_OPS_LINE = re.compile(r"^[\d,]+ operations, [\d,.]+ ops/s overall")

@@ -155,6 +155,9 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     latest = _section_data("app.detect.pg_report", "invariant_data", ticks)
     if isinstance(latest, dict) and "error" not in latest:
         invariants.update(latest)
+    # issue 12: what the probes could not see; the target database's own error counts
+    probe_blind = _section_data("app.detect.pg_report", "blind_data", ticks) or []
+    server_errors = _section_data("app.detect.pg_report", "server_error_data", ticks)
     thresholds = h.get("thresholds", [])
     tripped = end.get("threshold_tripped")
     if tripped is None:
@@ -179,6 +182,8 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     ]
     summary: dict[str, Any] = {
         "loadtop_recording_version": h.get("version"),
+        "probe_blind": probe_blind,
+        "server_errors": server_errors,
         "run_id": h.get("run_id"),
         "started": started,
         "ended": ended,
@@ -217,9 +222,6 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     summary["anomalies"] = _section_data(
         "app.detect.report", "anomaly_report_data", ticks, slo=h.get("slo")
     )
-    # issue 12: what the probes could not see; the target database's own error counts
-    summary["probe_blind"] = _section_data("app.detect.pg_report", "blind_data", ticks) or []
-    summary["server_errors"] = _section_data("app.detect.pg_report", "server_error_data", ticks)
     return summary
 
 
@@ -270,15 +272,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     s = summary or build_summary(rec)
     ticks = rec.ticks
     L: list[str] = []
-    from app.detect import pg_report
-
-    server_bad = pg_report.server_errors_bad(s.get("server_errors"), ticks)
     verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
-        "tripped"] and not server_bad else "FAIL"  # fmt: skip
-    # a watch loads nothing: no SLO, steps or capacity, and its verdict is the systems'
-    watching = (s.get("load") or {}).get("mode") == "watch"
-    if watching:
-        verdict, why = pg_report.watch_verdict(ticks, server_bad)
+        "tripped"] else "FAIL"  # fmt: skip
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
@@ -288,19 +283,14 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     )
     L.append("")
     t = s["total"]
-    if not watching:
-        L.append(
-            f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
-            f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
-        )
-        L.append("")
-    if watching:
-        L.append(f"A watch: the verdict is about the systems watched ({why}).")
-        L.append("")
-    if server_bad:
-        L.append(f"Server side: {', '.join(server_bad)} (see Errors).")
-        L.append("")
-    L += pg_report.blind_md(s.get("probe_blind") or [])
+    L.append(
+        f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
+        f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
+    )
+    L.append("")
+    from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
+
+    L += pg_report.headline_notes(s, ticks, L)
     L.append("## Run")
     L.append("")
     rows = [[k, f"`{v}`"] for k, v in s["targets"].items()]
@@ -394,10 +384,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append("")
     if s["invariants"]:
         for name, vs in s["invariants"].items():
-            for v in vs[:20]:
+            for v in pg_report.first_and_more(vs, 20):
                 L.append(f"- **{name}**: {v}")
-            if len(vs) > 20:
-                L.append(f"- **{name}**: and {len(vs) - 20} more (all in `--json`)")
     else:
         L.append("Every scenario's `verify()` held.")
     L.append("")
@@ -439,8 +427,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     else:
         L.append("No control events.")
     L.append("")
-    md = "\n".join(L)
-    return pg_report.watch_sections(md) if watching else md
+    return pg_report.watch_sections("\n".join(L), s)
 
 
 def _num(v: Any) -> str:
