@@ -283,14 +283,14 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     )
     L.append("")
     t = s["total"]
+    from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
+
+    L += pg_report.headline_notes(s, ticks, L)
     L.append(
         f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
         f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
-    from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
-
-    L += pg_report.headline_notes(s, ticks, L)
     L.append("## Run")
     L.append("")
     rows = [[k, f"`{v}`"] for k, v in s["targets"].items()]
