@@ -33,23 +33,27 @@ from app.detect.detectors.redis import (
 __all__ = [
     "CapacityKneeDetector",
     "ConnectionSaturationDetector",
-    "DeadlockCycleDetector",
     "ErrorBurstDetector",
     "GeneratorSaturatedDetector",
     "IdleInTransactionBlockerDetector",
     "InvariantDetector",
     "LatencySpikeDetector",
-    "LockContentionDetector",
     "LockWaitChainDetector",
     "LongTransactionDetector",
-    "PgConflictsDetector",
-    "PgDeadlocksDetector",
-    "PgRollbacksDetector",
-    "PgTempFilesDetector",
     "PodDetector",
-    "ProbeBlindDetector",
     "QueueBacklogDetector",
     "RedisLockDetector",
     "RedisPressureDetector",
     "SloBreachDetector",
+]
+
+# issue 12: server-side errors, contention, cycles, blind probes
+__all__ += [
+    "DeadlockCycleDetector",
+    "LockContentionDetector",
+    "PgConflictsDetector",
+    "PgDeadlocksDetector",
+    "PgRollbacksDetector",
+    "PgTempFilesDetector",
+    "ProbeBlindDetector",
 ]
