@@ -510,10 +510,10 @@ async def test_pgbench_opposite_order_deadlocks_match_the_server(
     assert res["rc"] == 0, res["output"]
     server = after["deadlocks"] - before["deadlocks"]
     assert server >= 2, res["output"]
-    # pgbench retried the transactions the server cancelled as deadlock victims (those
-    # still retrying when -T ran out are not in its count: at most one per client)
+    # every retry pgbench counted was a deadlock victim on the server; a transaction
+    # still retrying when -T ran out is not in its count (nor are its retries)
     counted = res["retries"] + res["deadlock_failures"]
-    assert counted <= server <= counted + 4, (res["output"], server)
+    assert 0 < counted <= server, (res["output"], server)
     raised, _ = w.first("pg-deadlocks")
     assert raised is not None and first_seen
     # within 3 ticks of the tick in which the server first counted one
