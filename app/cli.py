@@ -271,9 +271,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         rec = read_recording(args.recording)
+        text = render_json(rec) if args.json else render_markdown(rec)
     except RecordingError as e:
         fail(str(e))
-    text = render_json(rec) if args.json else render_markdown(rec)
     text = Redactor()(text)
     if args.output:
         try:
