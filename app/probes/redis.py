@@ -52,6 +52,12 @@ UUID1_EPOCH = 0x01B21DD213814000  # 100-ns intervals from 1582-10-15 to 1970-01-
 CONFIG_EVERY_S = 30.0
 IRRELEVANT_CACHE = 200_000  # key names known to match nothing (cleared when full)
 FORGET_EMPTY_S = 60.0  # a drained queue shows depth 0 this long, then is forgotten
+# Keys SCAN found and the probe follows, at most this many of each kind (the
+# first in name order, the ones it polls, are kept; a dropped key that still
+# exists is found again by a later sweep). A lock or a queue per order id
+# would otherwise grow these sets for as long as the session runs.
+KEEP_LOCK_KEYS = 10 * MAX_LOCK_KEYS
+KEEP_QUEUE_KEYS = 10 * MAX_QUEUES
 
 KOMBU_SEP = "\x06\x16"
 KOMBU_PRIORITIES = ("", "3", "6", "9")
@@ -334,7 +340,26 @@ class RedisProbe(Probe):
                 streams_done = self._stream_cursor == 0
             if names_done and streams_done:
                 break
+        self._bound_discovered()
         return calls
+
+    def _bound_discovered(self) -> None:
+        """Cap what discovery keeps (see KEEP_LOCK_KEYS)."""
+        if len(self._lock_keys) > KEEP_LOCK_KEYS:
+            self._lock_keys = set(sorted(self._lock_keys)[:KEEP_LOCK_KEYS])
+        if len(self._streams) > KEEP_QUEUE_KEYS:
+            self._streams = set(sorted(self._streams)[:KEEP_QUEUE_KEYS])
+        if len(self._generic) > KEEP_QUEUE_KEYS:
+            keep = sorted(self._generic)[:KEEP_QUEUE_KEYS]
+            self._generic = {k: self._generic[k] for k in keep}
+        for k in [k for k in self._generic_alive if k not in self._generic]:
+            del self._generic_alive[k]
+        if len(self._rq) > KEEP_QUEUE_KEYS:
+            self._rq = set(sorted(self._rq)[:KEEP_QUEUE_KEYS])
+        if len(self._bull) > KEEP_QUEUE_KEYS:
+            self._bull = set(sorted(self._bull)[:KEEP_QUEUE_KEYS])
+        if len(self._celery_bindings) > KEEP_QUEUE_KEYS:
+            self._celery_bindings = set(sorted(self._celery_bindings)[:KEEP_QUEUE_KEYS])
 
     def _bull_match(self, name: str) -> re.Match[str] | None:
         m = _BULL_RE.match(name)
