@@ -129,26 +129,34 @@ def _figures(ticks: Iterable[Tick], scenario: str | None = None) -> dict[str, An
 
 class _StepAcc:
     """One step (a run of ticks with the same target concurrency, mode and
-    rate) while it runs: its figures and its ctx.count() sums."""
+    rate) while it runs: its figures, one merged histogram per scenario (the
+    step's and the scenarios' whole-run figures are merged from these when
+    the step closes, so each window is added once), its ctx.count() sums."""
 
     def __init__(self, index: int, t: Tick) -> None:
         self.index = index
         self.key = (t.target_concurrency, t.mode, t.rate)
         self.first = self.last = t.index
-        self.fig = _Figures()
+        self.fig = _Figures(hist=False)
+        self.hists: dict[str, HdrHistogram] = {}
         self.names: set[str] = set()
         self.counts: dict[tuple[str, str], int] = {}
 
     def add(self, t: Tick, hists: Sequence[HdrHistogram] | None) -> None:
         self.last = t.index
-        self.fig.add(t, hists)
-        for s in t.scenarios:
+        self.fig.add(t)
+        for k, s in enumerate(t.scenarios):
             self.names.add(s.name)
-            for k, v in s.counters.items():
-                self.counts[(s.name, k)] = self.counts.get((s.name, k), 0) + v
+            h = self.hists.get(s.name)
+            if h is None:
+                h = self.hists[s.name] = new_histogram()
+            add_histogram(h, hists[k] if hists is not None else s.hist)
+            for c, v in s.counters.items():
+                self.counts[(s.name, c)] = self.counts.get((s.name, c), 0) + v
 
     def close(self) -> dict[str, Any]:
         conc, mode, rate = self.key
+        self.fig.hist = merge_histograms(self.hists.values())
         row = {
             "step": self.index + 1,
             "concurrency": conc,
@@ -158,7 +166,7 @@ class _StepAcc:
             "to_tick": self.last,
             **self.fig.result(),
         }
-        self.fig.hist = None  # the step is over: its histogram goes
+        self.fig.hist = None  # the step is over: its histograms go (after the caller's merge)
         return row
 
 
@@ -317,14 +325,12 @@ def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any]
             first = t
         last = t
         total.add(t)
-        for k, s in enumerate(t.scenarios):
+        for s in t.scenarios:
             fig = per_name.get(s.name)
             if fig is None:
                 fig = per_name[s.name] = _Figures(s.name)
             fig.ok += s.ok
             fig.failed += s.failed
-            assert fig.hist is not None
-            add_histogram(fig.hist, hists[k])
             for e, v in s.errors.items():
                 fig.errors[e] = fig.errors.get(e, 0) + v
             fig.dropped += s.dropped
@@ -334,6 +340,7 @@ def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any]
             if step is not None:
                 steps.append(step.close())
                 counters.close_step(step)
+                _merge_into(per_name, step)
             step = _StepAcc(len(steps), t)
         step.add(t, hists)
         counters.add(t)
@@ -356,6 +363,7 @@ def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any]
     if step is not None:
         steps.append(step.close())
         counters.close_step(step)
+        _merge_into(per_name, step)
     started = h.get("started") or (first.t - first.elapsed if first else None)
     ended = end.get("ended") or (last.t if last else started)
     names = [s["name"] for s in h.get("scenarios", [])] or sorted(per_name)
@@ -406,6 +414,14 @@ def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any]
     }
     summary["anomalies"] = anomalies.result()
     return summary, probe_sec.result() if probe_sec is not None else None
+
+
+def _merge_into(per_name: dict[str, _Figures], step: _StepAcc) -> None:
+    for name, h in step.hists.items():
+        fig = per_name[name]
+        assert fig.hist is not None
+        add_histogram(fig.hist, h)
+    step.hists = {}
 
 
 def build_summary(rec: Recording) -> dict[str, Any]:

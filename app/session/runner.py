@@ -31,7 +31,7 @@ from app.engine.procs import HostSpec, WorkerHosts
 from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
 from app.session.recording import Recorder, Recording, RecordingError, read_recording
 from app.session.report import render_markdown
-from app.session.retention import RecentTicks
+from app.session.retention import TRIM_EVERY, RecentTicks, release_free_memory
 from app.targets import Redactor, TargetError, redact_params
 from app.tick import Tick, tick_to_json
 
@@ -601,6 +601,8 @@ class Session:
     def _on_tick(self, tick: Tick) -> None:
         line = tick_to_json(tick)  # once, for the recording(s) and the recent window
         self.ticks.append(tick, line)
+        if self.ticks.total % TRIM_EVERY == 0:
+            release_free_memory()
         if self.recorder is not None:
             try:
                 self.recorder.write_tick_json(line)

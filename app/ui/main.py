@@ -33,6 +33,7 @@ from textual.widgets import DataTable, Footer
 
 from app.session.control import SessionControl
 from app.session.recording import Recording
+from app.session.retention import TRIM_EVERY, release_free_memory
 from app.tick import Anomaly, ControlEvent, Tick
 from app.ui.panes import (
     AnomalyFeed,
@@ -109,6 +110,7 @@ class ReplayCursor:
         self.ticks = rec.ticks
         self.pos = 0
         self.playing = False
+        self.seeks = 0
         self._points: OrderedDict[int, Point] = OrderedDict()
         if isinstance(rec.ticks, TickFile):
             self.file: TickFile | None = rec.ticks
@@ -551,6 +553,9 @@ class LoadtopApp(App[int]):
         i = max(0, min(len(rp.ticks) - 1, i))
         forward_one = i == rp.pos + 1
         rp.pos = i
+        rp.seeks += 1
+        if rp.seeks % TRIM_EVERY == 0:
+            release_free_memory()
         tick = rp.ticks[i]
         feed = self.feed
         fresh = []
