@@ -28,6 +28,7 @@ from app.tick import (
     Anomaly,
     ControlEvent,
     Tick,
+    _anomaly_from_json,
     tick_from_json,
     tick_p95_ms,
     tick_to_json,
@@ -359,21 +360,7 @@ def _index(
             obj = json.loads(line)
             kind = obj.get("type")
             if kind == "tick":
-                tick = tick_from_json(obj)
-                k = len(ticks.offsets)
-                ticks.offsets.append(start)
-                ticks.lengths.append(len(line))
-                ticks.elapsed.append(tick.elapsed)
-                ticks.ops.append(_ops_per_s(tick))
-                p95 = obj.get("p95_ms")
-                ticks.p95.append(float(p95) if isinstance(p95, int | float) else math.nan)
-                for e in tick.events:
-                    if e.kind in CHANGE_KINDS:
-                        ticks.changes.append((k, e))
-                for a in tick.cleared:
-                    ticks.cleared.append((k, a))
-                if len(ticks.cleared) > 2 * MAX_CLEARED:
-                    del ticks.cleared[:MAX_CLEARED]
+                _index_tick(ticks, obj, start, len(line))
             elif kind == "end":
                 rec.end = obj
             else:
@@ -391,8 +378,38 @@ CHANGE_KINDS = ("concurrency", "rate", "pause", "resume", "panic")
 MAX_CLEARED = 2000
 
 
-def _ops_per_s(tick: Tick) -> float:
-    iv = tick.interval if tick.interval > 0 else 1.0
-    if tick.is_drain:
+def _index_tick(ticks: TickFile, d: dict[str, Any], start: int, length: int) -> None:
+    """One tick line into the index, read from its JSON (no Tick built, no
+    histogram touched: the open of a long recording is one JSON pass)."""
+    k = len(ticks.offsets)
+    interval = float(d["interval"])
+    elapsed = float(d["elapsed"])
+    int(d["index"])
+    events = [
+        ControlEvent(
+            float(e["t"]),
+            e["kind"],
+            e["source"],
+            e.get("before"),
+            e.get("after"),
+            e.get("note", ""),
+        )  # fmt: skip
+        for e in d.get("events", [])
+    ]
+    done = sum(int(s["ok"]) + int(s["failed"]) for s in d.get("scenarios", []))
+    iv = interval if interval > 0 else 1.0
+    if any(e.kind == "stop" for e in events):  # the drain (Tick.is_drain)
         iv = max(iv, 1.0)
-    return tick.completed / iv
+    p95 = d.get("p95_ms")
+    ticks.offsets.append(start)
+    ticks.lengths.append(length)
+    ticks.elapsed.append(elapsed)
+    ticks.ops.append(done / iv)
+    ticks.p95.append(float(p95) if isinstance(p95, int | float) else math.nan)
+    for e in events:
+        if e.kind in CHANGE_KINDS:
+            ticks.changes.append((k, e))
+    for a in d.get("cleared", []):
+        ticks.cleared.append((k, _anomaly_from_json(a)))
+    if len(ticks.cleared) > 2 * MAX_CLEARED:
+        del ticks.cleared[:MAX_CLEARED]

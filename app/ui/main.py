@@ -100,7 +100,7 @@ class ReplayCursor:
     recording built in memory (a list of ticks) gets the same index, computed
     from the list."""
 
-    WINDOW = 120  # full points rebuilt on a seek: the sparklines show fewer
+    WINDOW = 40  # full points rebuilt on a seek: the sparklines show fewer
     POINT_CACHE = 4096
 
     def __init__(self, rec: Recording) -> None:
