@@ -149,6 +149,10 @@ class Console(App[int]):
 
     def render_tick(self, tick: Tick) -> None:
         self.last_tick = tick
+        if not self.is_running:
+            # shutting down: the panes are being taken apart, and a tick that
+            # arrives now (the drain window, a play timer) must not crash the exit
+            return
         with self.batch_update():
             self.header_bar.show(tick)
             self.latency.show(tick, self.timeline)

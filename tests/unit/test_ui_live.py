@@ -420,6 +420,17 @@ async def test_no_tick_for_a_while_shows_in_the_header() -> None:
         assert "no tick" not in live.screen()
 
 
+async def test_a_tick_during_shutdown_does_not_crash_the_exit() -> None:
+    """The drain window's tick can arrive while the app takes its panes apart
+    (q, a signal): it is dropped, not rendered into half-removed panes."""
+    live = Live()
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await live.tick(pilot)
+        frames = live.app.frames
+    live.app.render_tick(live.fake.ticks[-1])  # the panes' tables are gone by now
+    assert live.app.frames == frames
+
+
 # ---- layout ---------------------------------------------------------------------------
 
 
