@@ -1,5 +1,7 @@
-"""Every built-in detector; importing this module registers them all."""
+"""Every built-in detector. `BUILTIN` is the list a session runs (in this
+order); importing a module registers nothing."""
 
+from app.detect.base import Detector
 from app.detect.detectors.load import (
     CapacityKneeDetector,
     ErrorBurstDetector,
@@ -21,7 +23,25 @@ from app.detect.detectors.redis import (
     RedisPressureDetector,
 )
 
+BUILTIN: tuple[type[Detector], ...] = (
+    LatencySpikeDetector,
+    SloBreachDetector,
+    ErrorBurstDetector,
+    CapacityKneeDetector,
+    InvariantDetector,
+    GeneratorSaturatedDetector,
+    PodDetector,
+    LockWaitChainDetector,
+    IdleInTransactionBlockerDetector,
+    LongTransactionDetector,
+    ConnectionSaturationDetector,
+    RedisLockDetector,
+    QueueBacklogDetector,
+    RedisPressureDetector,
+)
+
 __all__ = [
+    "BUILTIN",
     "CapacityKneeDetector",
     "ConnectionSaturationDetector",
     "ErrorBurstDetector",

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app.detect.base import Detector, Finding, Options, TickView
 from app.detect.stats import MAD_TO_SIGMA, fit_usl, mad, median, slope
 from app.tick import Tick
 
@@ -50,7 +50,6 @@ class _StepBase:
     last: Finding | None = None
 
 
-@register
 class LatencySpikeDetector(Detector):
     """p95 or p99 above the current step's own baseline (median + k·MAD)."""
 
@@ -167,7 +166,6 @@ class SloBreachOptions(Options):
     min_ops: int = 1
 
 
-@register
 class SloBreachDetector(Detector):
     """p95 / p99 / error ratio over the SLO thresholds."""
 
@@ -264,7 +262,6 @@ class ErrorBurstOptions(Options):
     severe_min_count: int = 2  # severe classes need only this count, whatever the ratio
 
 
-@register
 class ErrorBurstDetector(Detector):
     """An error rate by class, naming the class."""
 
@@ -349,7 +346,6 @@ class _Point:
     target: int
 
 
-@register
 class CapacityKneeDetector(Detector):
     """Throughput stops growing with concurrency while latency climbs; the
     steps' (concurrency, throughput) points are fitted to the USL."""
@@ -476,7 +472,6 @@ class InvariantOptions(Options):
     max_per_scenario: int = 20  # further violations are counted in one extra anomaly
 
 
-@register
 class InvariantDetector(Detector):
     """Every string a scenario's verify() returns."""
 
@@ -536,7 +531,6 @@ class GeneratorSaturatedOptions(Options):
     window_ticks: int = 5
 
 
-@register
 class GeneratorSaturatedDetector(Detector):
     """loadtop itself is the bottleneck (event-loop lag, CPU, schedule lag)."""
 

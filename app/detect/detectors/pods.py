@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app.detect.base import Detector, Finding, Options, TickView
 from app.tick import Tick
 
 
@@ -24,7 +24,6 @@ class _Container:
     events: list[tuple[int, int, int, str]] = field(default_factory=list)  # tick, from, to, reason
 
 
-@register
 class PodDetector(Detector):
     """A restart, an OOM kill, CPU at its limit, memory >= 90% of its limit."""
 

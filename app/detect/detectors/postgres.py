@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app.detect.base import Detector, Finding, Options, TickView
 from app.tick import Tick
 
 
@@ -58,7 +58,6 @@ class LockWaitChainOptions(Options):
     critical_depth: int = 3
 
 
-@register
 class LockWaitChainDetector(Detector):
     """Backends waiting on locks for 2 ticks or more; evidence names the root."""
 
@@ -121,7 +120,6 @@ class IdleInTxBlockerOptions(Options):
     min_idle_s: float = 1.0  # idle in transaction at least this long (state_age_s)
 
 
-@register
 class IdleInTransactionBlockerDetector(Detector):
     """A session idle in a transaction that others wait on."""
 
@@ -171,7 +169,6 @@ class LongTransactionOptions(Options):
     max_xact_s: float = 30.0
 
 
-@register
 class LongTransactionDetector(Detector):
     """The oldest transaction is older than a threshold."""
 
@@ -218,7 +215,6 @@ class ConnectionSaturationOptions(Options):
     error_classes: tuple[str, ...] = ("53300", "pool", "acquire")
 
 
-@register
 class ConnectionSaturationDetector(Detector):
     """Connections at >= 90% of max_connections, or pool acquire timeouts."""
 

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app.detect.base import Detector, Finding, Options, TickView
 from app.detect.stats import median, slope
 from app.tick import Tick
 
@@ -68,7 +68,6 @@ class _LockState:
     events: dict[str, tuple[_Suspect, int, list[str]]] = field(default_factory=dict)
 
 
-@register
 class RedisLockDetector(Detector):
     """Lock keys with no TTL held N s, held far past their usual hold, or taken
     over by a new holder after expiring while the old holder still worked."""
@@ -251,7 +250,6 @@ class _Queue:
     short: float = 0.0  # slope of the last few samples
 
 
-@register
 class QueueBacklogDetector(Detector):
     """Depth growing (arrivals above service), and consumers gone."""
 
@@ -374,7 +372,6 @@ class RedisPressureOptions(Options):
     clients_ratio: float = 0.90
 
 
-@register
 class RedisPressureDetector(Detector):
     """Evictions or rejected connections rising, memory >= 90% of maxmemory."""
 
