@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.session.recording import Recorder, RecordingError, read_recording
+from app.session.recording import Recorder, Recording, RecordingError, read_recording
 from app.session.report import build_summary, render_markdown, split_steps
 from app.tick import (
     ControlEvent,
@@ -133,6 +133,25 @@ def test_report_step_table_from_a_known_recording(tmp_path: Path) -> None:
     assert "| 1 | 1 | 2 s | 500.0 |" in md
     assert "`40P01 deadlock`" in md
     assert "p95 < 500 ms ❌" in md  # the SLO verdict over the run
+
+
+def test_report_sections_are_imported_and_a_failing_one_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.session import report
+
+    rec = Recording(header={"run_id": "x"}, ticks=[_tick(0, 1, [1000]), _tick(1, 1, [2000])])
+    s = build_summary(rec)
+    assert isinstance(s["anomalies"], dict) and "look_here_first" in s["anomalies"]
+    md = render_markdown(rec)
+    assert "## Anomalies" in md and "## Systems under load" in md
+
+    def boom(ticks: list[Tick], **kw: object) -> str:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(report, "probe_report_section", boom)
+    md = render_markdown(rec)
+    assert "_(boom failed: RuntimeError: boom)_" in md and "## Anomalies" in md
 
 
 def test_fast_percentiles_and_mean_equal_hdrh_own() -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.detect.report import anomaly_report_data, anomaly_report_section
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
+from app.probes.summary import probe_report_section
 from app.session.recording import Recording
 from app.tick import Percentiles, Tick, merge_histograms
 
@@ -216,29 +218,22 @@ def build_summary(rec: Recording) -> dict[str, Any]:
         "slo": slo_verdict(total, h.get("slo")),
         "events": events,
     }
-    summary["anomalies"] = _section_data(
-        "app.detect.report", "anomaly_report_data", ticks, slo=h.get("slo")
-    )
+    summary["anomalies"] = _section_data(anomaly_report_data, ticks, slo=h.get("slo"))
     return summary
 
 
-def _section_data(module: str, fn: str, ticks: list[Tick], **kwargs: Any) -> Any:
+def _section_data(fn: Callable[..., Any], ticks: list[Tick], **kwargs: Any) -> Any:
     try:
-        mod = __import__(module, fromlist=[fn])
-        return getattr(mod, fn)(ticks, **kwargs)
-    except (ImportError, AttributeError):
-        return None
+        return fn(ticks, **kwargs)
     except Exception as e:  # a section must never cost the whole report
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def _section_md(module: str, fn: str, ticks: list[Tick], **kwargs: Any) -> str:
-    out = _section_data(module, fn, ticks, **kwargs)
-    if isinstance(out, str):
-        return out.strip()
-    if isinstance(out, dict) and "error" in out:
-        return f"_({fn} failed: {out['error']})_"
-    return ""
+def _section_md(fn: Callable[..., str], ticks: list[Tick], **kwargs: Any) -> str:
+    out = _section_data(fn, ticks, **kwargs)
+    if isinstance(out, dict):
+        return f"_({fn.__name__} failed: {out['error']})_"
+    return out.strip()
 
 
 def _ts(t: float | None) -> str:
@@ -398,10 +393,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
                 L.append(f"- `--abort-on {expr}`: held")
         L.append("")
     for section in (
-        _section_md(
-            "app.detect.report", "anomaly_report_section", ticks, slo=rec.header.get("slo")
-        ),
-        _section_md("app.probes.summary", "probe_report_section", ticks),
+        _section_md(anomaly_report_section, ticks, slo=rec.header.get("slo")),
+        _section_md(probe_report_section, ticks),
     ):
         if section:
             L.append(section)
