@@ -9,8 +9,7 @@ import time
 import pytest
 
 from app.detect import BUILTIN, KINDS, DetectConfig, build_detectors, fit_usl
-from app.detect.base import percentiles_ms
-from app.tick import GeneratorStats, new_histogram
+from app.tick import GeneratorStats, Percentiles, new_histogram
 from tests.test_detect_support import T0, Run, only, reading, tick, window
 
 # ---- framework -----------------------------------------------------------------------
@@ -79,10 +78,11 @@ def test_fast_percentiles_match_hdrh() -> None:
     rng = random.Random(3)
     for _ in range(3000):
         h.record_value(rng.randint(1, 5_000_000))
-    fast = percentiles_ms(h, (50, 95, 99, 99.9))
+    lat = Percentiles.of(h)  # what TickView.latency gives every detector
+    fast = [lat.p50, lat.p95, lat.p99, lat.p999]
     slow = [h.get_value_at_percentile(p) / 1000 for p in (50, 95, 99, 99.9)]
     assert fast == slow
-    assert percentiles_ms(new_histogram(), (95,)) == [0.0]
+    assert Percentiles.of(new_histogram()).p95 == 0.0
 
 
 def test_evaluate_is_fast_and_state_bounded() -> None:

@@ -29,9 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from hdrh.histogram import HdrHistogram
-
-from app.tick import Anomaly, ScenarioWindow, Tick, values_at_percentiles
+from app.tick import Anomaly, Percentiles, ScenarioWindow, Tick
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +65,6 @@ class Options:
 # ---- a per-tick view shared by all detectors -----------------------------------
 
 
-def percentiles_ms(h: HdrHistogram, ps: Iterable[float]) -> list[float]:
-    """`h.get_value_at_percentile(p) / 1000` for each p, in one fast pass."""
-    return [v / 1000.0 for v in values_at_percentiles(h, ps)]
-
-
-@dataclass(frozen=True, slots=True)
-class Lat:
-    count: int
-    p50: float
-    p95: float
-    p99: float
-
-
 class TickView:
     """What detectors read, computed once per tick: latency figures per
     scenario (cached) and the fresh, successful probe readings by probe."""
@@ -87,14 +72,12 @@ class TickView:
     def __init__(self, tick: Tick, stale_after_s: float) -> None:
         self.tick = tick
         self._stale = stale_after_s
-        self._lat: dict[str, Lat] = {}
+        self._lat: dict[str, Percentiles] = {}
 
-    def latency(self, s: ScenarioWindow) -> Lat:
+    def latency(self, s: ScenarioWindow) -> Percentiles:
         got = self._lat.get(s.name)
         if got is None:
-            n = s.hist.get_total_count()
-            p50, p95, p99 = percentiles_ms(s.hist, (50, 95, 99)) if n else (0.0, 0.0, 0.0)
-            got = self._lat[s.name] = Lat(n, p50, p95, p99)
+            got = self._lat[s.name] = s.latency()
         return got
 
     def readings(self, probe: str) -> Iterator[tuple[str, float, Mapping[str, Any]]]:

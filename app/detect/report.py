@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app.detect.base import SEVERITY_RANK, percentiles_ms
+from app.detect.base import SEVERITY_RANK
 from app.detect.stats import fit_usl
-from app.tick import Tick, merge_histograms
+from app.tick import Percentiles, Tick, merge_histograms
 
 DEFAULT_SLO = {"p95_ms": 500.0, "p99_ms": 1000.0, "error_ratio": 0.001}
 _SLO_ALIASES = {"p95": "p95_ms", "p99": "p99_ms", "errors": "error_ratio", "error": "error_ratio"}
@@ -93,7 +93,8 @@ def _steps(ticks: Sequence[Tick], slo: dict[str, float]) -> list[dict[str, Any]]
         ops = sum(tk.completed for tk in settled)
         failed = sum(tk.failed for tk in settled)
         hist = merge_histograms(s.hist for tk in settled for s in tk.scenarios)
-        p50, p95, p99 = percentiles_ms(hist, (50, 95, 99))
+        lat = Percentiles.of(hist)
+        p50, p95, p99 = lat.p50, lat.p95, lat.p99
         err = failed / ops if ops else 0.0
         meets = (
             bool(ops)

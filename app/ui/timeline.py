@@ -9,31 +9,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-
-from app.tick import ControlEvent, Tick, values_at_percentiles
+from app.tick import ControlEvent, Percentiles, Tick
 
 SPARK = "▁▂▃▄▅▆▇█"
 P95_MARK = "•"
 MARK_CHAR = "┊"
 CHANGE_KINDS = ("concurrency", "rate", "pause", "resume", "panic")
-
-
-@dataclass(frozen=True, slots=True)
-class Lat:
-    """p50/p95/p99 in ms."""
-
-    p50: float = 0.0
-    p95: float = 0.0
-    p99: float = 0.0
-
-
-def lat_of(h: HdrHistogram) -> Lat:
-    """p50/p95/p99 in one pass over the histogram (no mean: the UI needs none)."""
-    if not h.get_total_count():
-        return Lat()
-    p50, p95, p99 = values_at_percentiles(h, (50, 95, 99))
-    return Lat(p50 / 1000.0, p95 / 1000.0, p99 / 1000.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +24,7 @@ class ScenarioPoint:
     target: int
     ops: float
     err_pct: float
-    lat: Lat
+    lat: Percentiles
     last_error: str
     counters: tuple[tuple[str, float], ...] = ()  # ctx.count() per second
 
@@ -73,7 +54,7 @@ def point_of(tick: Tick) -> Point:
             target=s.target,
             ops=s.completed / iv,
             err_pct=100.0 * s.failed / s.completed if s.completed else 0.0,
-            lat=lat_of(s.hist),
+            lat=s.latency(),
             last_error=s.last_error,
             counters=tuple((k, v / iv) for k, v in s.counters.items()),
         )
@@ -83,7 +64,7 @@ def point_of(tick: Tick) -> Point:
         index=tick.index,
         elapsed=tick.elapsed,
         ops=sum(s.ops for s in scen),
-        p95=lat_of(tick.histogram()).p95 if tick.scenarios else 0.0,
+        p95=tick.latency().p95 if tick.scenarios else 0.0,
         target=tick.target_concurrency,
         concurrency=tick.concurrency,
         scenarios=scen,
