@@ -10,8 +10,8 @@ import pytest
 from app.probes.base import ProbeSet
 from app.probes.postgres import PostgresProbe
 from app.probes.redis import RedisProbe
-from app.probes.summary import format_reading_line, probe_report_section, steps_of
-from app.tick import Reading, Tick, tick_from_json, tick_to_json
+from app.probes.summary import format_reading_line, probe_report_section
+from app.tick import Reading, Tick, steps, tick_from_json, tick_to_json
 
 
 def pg(t: float, *, active: int, waiting: int, conns: int, deadlocks: int, tree=None) -> Reading:
@@ -77,9 +77,9 @@ def timeline() -> list[Tick]:
 
 def test_steps_are_runs_of_the_same_target() -> None:
     ticks = timeline()
-    assert [(s.concurrency, len(s.ticks)) for s in steps_of(ticks)] == [(4, 3), (16, 5)]
+    assert [(s.concurrency, len(s.ticks)) for s in steps(ticks)] == [(4, 3), (16, 5)]
     back = [*ticks, tick(8, 4, {})]
-    assert [s.concurrency for s in steps_of(back)] == [4, 16, 4]
+    assert [s.concurrency for s in steps(back)] == [4, 16, 4]
 
 
 def test_headless_line() -> None:

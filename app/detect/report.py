@@ -14,7 +14,7 @@ from typing import Any
 
 from app.detect.base import SEVERITY_RANK
 from app.detect.stats import fit_usl
-from app.tick import Percentiles, Tick, merge_histograms
+from app.tick import Percentiles, Tick, merge_histograms, steps
 
 DEFAULT_SLO = {"p95_ms": 500.0, "p99_ms": 1000.0, "error_ratio": 0.001}
 _SLO_ALIASES = {"p95": "p95_ms", "p99": "p99_ms", "errors": "error_ratio", "error": "error_ratio"}
@@ -79,14 +79,9 @@ def _episodes(ticks: Sequence[Tick], t0: float) -> list[dict[str, Any]]:
 
 
 def _steps(ticks: Sequence[Tick], slo: dict[str, float]) -> list[dict[str, Any]]:
-    runs: list[list[Tick]] = []
-    for tk in ticks:
-        if runs and runs[-1][-1].target_concurrency == tk.target_concurrency:
-            runs[-1].append(tk)
-        else:
-            runs.append([tk])
-    steps = []
-    for i, run in enumerate(runs):
+    out = []
+    for step in steps(ticks):
+        run = step.ticks
         live = [tk for tk in run if not tk.paused]
         settled = live[1:] if len(live) >= 3 else live  # the first tick carries the ramp
         secs = sum(tk.interval for tk in settled)
@@ -102,11 +97,12 @@ def _steps(ticks: Sequence[Tick], slo: dict[str, float]) -> list[dict[str, Any]]
             and p99 <= slo["p99_ms"]
             and err <= slo["error_ratio"]
         )
-        steps.append(
+        out.append(
             {
-                "step": i,
-                "target": run[0].target_concurrency,
-                "mode": run[0].mode,
+                "step": step.number,
+                "target": step.concurrency,
+                "mode": step.mode,
+                "rate": step.rate if step.mode == "rate" else None,
                 "from_tick": run[0].index,
                 "to_tick": run[-1].index,
                 "ticks": len(run),
@@ -122,7 +118,7 @@ def _steps(ticks: Sequence[Tick], slo: dict[str, float]) -> list[dict[str, Any]]
                 "meets_slo": meets,
             }
         )
-    return steps
+    return out
 
 
 def anomaly_report_data(ticks: Sequence[Tick], slo: Mapping[str, Any] | None = None) -> dict:
@@ -215,11 +211,12 @@ def anomaly_report_section(ticks: Sequence[Tick], slo: Mapping[str, Any] | None 
     lines += ["### Capacity", ""]
     steps = [s for s in d["steps"] if s["ops"]]
     if steps:
-        lines.append("| step | workers | ops/s | p50 ms | p95 ms | p99 ms | errors | SLO |")
+        lines.append("| step | load | ops/s | p50 ms | p95 ms | p99 ms | errors | SLO |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for s in steps:
+            load = f"{s['rate']:g}/s" if s.get("rate") else str(s["target"])
             lines.append(
-                f"| {s['step']} | {s['target']} | {s['ops_per_s']:.1f} | {s['p50_ms']:.1f} | "
+                f"| {s['step']} | {load} | {s['ops_per_s']:.1f} | {s['p50_ms']:.1f} | "
                 f"{s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['error_ratio'] * 100:.2f}% | "
                 f"{'meets' if s['meets_slo'] else 'breaks'} |"
             )

@@ -6,10 +6,9 @@ per-step section of the Markdown report. Both are pure functions of readings
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from app.tick import Reading, Tick
+from app.tick import Reading, Step, Tick, steps
 
 SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods"}
 
@@ -91,23 +90,6 @@ def format_reading_line(readings: Mapping[str, Reading]) -> str:
 
 
 # ---- the report section ------------------------------------------------------------------
-
-
-@dataclass
-class _Step:
-    index: int
-    concurrency: int
-    ticks: list[Tick] = field(default_factory=list)
-
-
-def steps_of(ticks: Sequence[Tick]) -> list[_Step]:
-    """Runs of consecutive ticks with the same target concurrency."""
-    out: list[_Step] = []
-    for t in ticks:
-        if not out or out[-1].concurrency != t.target_concurrency:
-            out.append(_Step(len(out) + 1, t.target_concurrency))
-        out[-1].ticks.append(t)
-    return out
 
 
 def _ok(ticks: Iterable[Tick], probe: str) -> list[Reading]:
@@ -304,18 +286,18 @@ def _pods_lines(rs: list[Reading], before: Reading | None) -> list[str]:
 
 
 def probe_report_section(ticks: list[Tick]) -> str:
-    """Markdown: per step (a run of ticks with the same target concurrency), what
+    """Markdown: per step (`app.tick.steps`: target concurrency, or rate), what
     the probes saw. "" when no tick carries a probe reading."""
     if not any(t.readings for t in ticks):
         return ""
     t0 = ticks[0].elapsed - ticks[0].interval if ticks else 0.0
     out = ["## Systems under load", ""]
     last: dict[str, Reading] = {}
-    for step in steps_of(ticks):
+    for step in steps(ticks):
         a = step.ticks[0].elapsed - step.ticks[0].interval - t0
         b = step.ticks[-1].elapsed - t0
         out.append(
-            f"### Step {step.index}: concurrency {step.concurrency} "
+            f"### Step {step.number}: {_load(step)} "
             f"({_clock(a)}–{_clock(b)}, {len(step.ticks)} ticks)"
         )
         out.append("")
@@ -333,6 +315,12 @@ def probe_report_section(ticks: list[Tick]) -> str:
             if rs:
                 last[name] = rs[-1]
     return "\n".join(_blank_after_tables(out)).rstrip() + "\n"
+
+
+def _load(step: Step) -> str:
+    if step.mode == "rate" and step.rate:
+        return f"rate {step.rate:g}/s"
+    return f"concurrency {step.concurrency}"
 
 
 def _blank_after_tables(lines: list[str]) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from app.detect.report import anomaly_report_data, anomaly_report_section
@@ -18,37 +17,7 @@ from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
 from app.probes.summary import probe_report_section
 from app.session.recording import Recording
-from app.tick import Percentiles, Tick, merge_histograms
-
-
-@dataclass
-class Step:
-    index: int
-    concurrency: int
-    mode: str
-    rate: float | None
-    first: int  # tick index
-    last: int
-    ticks: list[Tick]
-
-    @property
-    def seconds(self) -> float:
-        return sum(t.interval for t in self.ticks)
-
-
-def split_steps(ticks: Sequence[Tick]) -> list[Step]:
-    """Runs of consecutive ticks with the same target concurrency (and rate)."""
-    steps: list[Step] = []
-    for t in ticks:
-        key = (t.target_concurrency, t.mode, t.rate)
-        if steps and (steps[-1].concurrency, steps[-1].mode, steps[-1].rate) == key:
-            steps[-1].ticks.append(t)
-            steps[-1].last = t.index
-        else:
-            steps.append(
-                Step(len(steps), t.target_concurrency, t.mode, t.rate, t.index, t.index, [t])
-            )
-    return steps
+from app.tick import Percentiles, Step, Tick, merge_histograms, steps
 
 
 def _figures(ticks: Sequence[Tick], scenario: str | None = None) -> dict[str, Any]:
@@ -145,7 +114,7 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     h = rec.header
     ticks = rec.ticks
     end = rec.end or {}
-    steps = split_steps(ticks)
+    run_steps = steps(ticks)
     started = h.get("started") or (ticks[0].t - ticks[0].elapsed if ticks else None)
     ended = end.get("ended") or (ticks[-1].t if ticks else started)
     scenarios = [s["name"] for s in h.get("scenarios", [])] or sorted(
@@ -200,7 +169,7 @@ def build_summary(rec: Recording) -> dict[str, Any]:
         "per_scenario": {name: _figures(ticks, name) for name in scenarios},
         "steps": [
             {
-                "step": s.index + 1,
+                "step": s.number,
                 "concurrency": s.concurrency,
                 "mode": s.mode,
                 "rate": s.rate,
@@ -208,9 +177,9 @@ def build_summary(rec: Recording) -> dict[str, Any]:
                 "to_tick": s.last,
                 **_figures(s.ticks),
             }  # fmt: skip
-            for s in steps
+            for s in run_steps
         ],
-        "counters": counter_figures(ticks, steps),
+        "counters": counter_figures(ticks, run_steps),
         "outages": outage_windows(ticks),
         "never_connected": end.get("never_connected", {}),
         "invariants": invariants,

@@ -11,11 +11,7 @@ from dataclasses import dataclass, field
 
 from app.detect.base import Detector, Finding, Options, TickView
 from app.detect.stats import MAD_TO_SIGMA, fit_usl, mad, median, slope
-from app.tick import Tick
-
-
-def _step_id(tick: Tick, target: int) -> tuple[int, float | None]:
-    return (target, tick.rate if tick.mode == "rate" else None)
+from app.tick import Tick, step_key
 
 
 def _pg_waiting(tick: Tick) -> int | None:
@@ -43,7 +39,7 @@ class LatencySpikeOptions(Options):
 
 @dataclass
 class _StepBase:
-    step: tuple[int, float | None]
+    step: tuple[int, str, float | None]  # app.tick.step_key, per scenario
     ticks: int = 0
     p95: deque[float] = field(default_factory=deque)
     p99: deque[float] = field(default_factory=deque)
@@ -73,7 +69,7 @@ class LatencySpikeDetector(Detector):
         out: list[Finding] = []
         for s in tick.scenarios:
             st = self._st.get(s.name)
-            step = _step_id(tick, s.target)
+            step = step_key(tick, s.target)
             if st is None or st.step != step:
                 st = self._st[s.name] = _StepBase(
                     step, p95=deque(maxlen=o.baseline_ticks), p99=deque(maxlen=o.baseline_ticks)
@@ -361,6 +357,7 @@ class CapacityKneeDetector(Detector):
         super().__init__(options)
         self._points: dict[int, _Point] = {}  # by target concurrency: the latest visit
         self._step: int | None = None
+        self._key: tuple[int, str, float | None] | None = None  # app.tick.step_key
         self._ticks = 0
         self._acc: list[tuple[float, float, float]] = []  # (n, x, p95) of settled ticks
         self._fit_key: tuple | None = None
@@ -382,13 +379,14 @@ class CapacityKneeDetector(Detector):
         o = self.opt
         if tick.mode != "workers":
             return ()
-        if tick.target_concurrency != self._step:
+        if step_key(tick) != self._key:
             cur = self._current()
             if cur is not None:
                 self._points[cur.target] = cur
                 while len(self._points) > self.MAX_POINTS:
                     del self._points[next(iter(self._points))]
             self._step, self._ticks, self._acc = tick.target_concurrency, 0, []
+            self._key = step_key(tick)
         if tick.paused or not tick.target_concurrency:
             return self._hold()
         self._ticks += 1
