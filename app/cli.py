@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from app import fmt
 from app.engine.engine import EngineConfig
 from app.engine.thresholds import ThresholdError, parse_thresholds
 from app.scenario import ScenarioError, builtin_scenarios, check_processes, parse_mix
@@ -466,9 +467,6 @@ def headless_printer(cfg: Any) -> Any:
 
     scrub = _redactor(cfg)
 
-    def fmt_ms(v: float) -> str:
-        return f"{v:.1f}ms" if v < 100 else f"{v:.0f}ms"
-
     shown: set[str] = set()
 
     def line(tick: Tick) -> None:
@@ -481,13 +479,13 @@ def headless_printer(cfg: Any) -> Any:
         mode = f"{tick.rate:g}/s" if tick.mode == "rate" and tick.rate else ""
         lag = max((s.lag_ms for s in tick.scenarios), default=0.0)
         drop = sum(s.dropped for s in tick.scenarios)
-        open_s = f" lag {fmt_ms(lag)} drop {drop}" if tick.mode == "rate" else ""
+        open_s = f" lag {fmt.ms(lag)} drop {drop}" if tick.mode == "rate" else ""
         parts = [
             f"{tick.elapsed:6.1f}s",
             f"c={tick.concurrency}/{tick.target_concurrency}{' ' + mode if mode else ''}"
             + (" paused" if tick.paused else ""),
-            f"{tick.ops_per_s:8.1f} ops/s",
-            f"p50 {fmt_ms(lat.p50)} p95 {fmt_ms(lat.p95)} p99 {fmt_ms(lat.p99)}",
+            f"{fmt.rate(tick.ops_per_s):>6} ops/s",
+            f"p50 {fmt.ms(lat.p50)} p95 {fmt.ms(lat.p95)} p99 {fmt.ms(lat.p99)}",
             f"err {100 * tick.error_ratio:.2f}%{err_s}{open_s}",
         ]
         if counts := tick.counters():
@@ -496,7 +494,7 @@ def headless_printer(cfg: Any) -> Any:
             parts = [
                 f"{tick.elapsed:6.1f}s",
                 f"drain: {tick.completed} in-flight ops finished after the stop"
-                + (f", slowest {fmt_ms(lat.max)}" if tick.completed else ""),
+                + (f", slowest {fmt.ms(lat.max)}" if tick.completed else ""),
             ]
             if tick.failed:
                 parts.append(f"err {tick.failed}{err_s}")

@@ -30,6 +30,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.widgets import DataTable, Footer
 
+from app import fmt
 from app.session.control import SessionControl
 from app.session.recording import Recording
 from app.tick import Tick
@@ -43,7 +44,7 @@ from app.ui.panes import (
     ThroughputPane,
 )
 from app.ui.screens import BlockerScreen, ConfirmScreen, HelpScreen, SeekScreen
-from app.ui.timeline import Point, Timeline, fmt_elapsed, point_of, warm_up
+from app.ui.timeline import Point, Timeline, point_of, warm_up
 
 STEP_SIZES = (1, 2, 5, 10, 25, 50, 100)
 NARROW_WIDTH = 100
@@ -523,7 +524,7 @@ class LoadtopApp(App[int]):
         assert rp is not None
         header = self.header_bar
         n = len(rp.ticks)
-        end = fmt_elapsed(rp.ticks[-1].elapsed) if rp.ticks else "00:00"
+        end = fmt.clock(rp.ticks[-1].elapsed) if rp.ticks else "00:00"
         state = "▶ playing" if rp.playing else "❚❚ paused"
         header.status = f"REPLAY {state}  tick {rp.pos + 1 if n else 0}/{n}  of {end}"
         if not rp.rec.complete:

@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from app import fmt
 from app.tick import Anomaly, Tick
 from app.ui.timeline import (
     CHANGE_KINDS,
@@ -23,11 +24,6 @@ from app.ui.timeline import (
     P95_MARK,
     Timeline,
     chart_marks,
-    fmt_age,
-    fmt_bytes,
-    fmt_elapsed,
-    fmt_ms,
-    fmt_rate,
     render_chart,
     sparkline,
 )
@@ -108,9 +104,9 @@ class HeaderBar(Static):
         if t is None:
             line2.append("starting…")
         else:
-            line2.append(f"{fmt_elapsed(t.elapsed)} ", style="bold")
+            line2.append(f"{fmt.clock(t.elapsed)} ", style="bold")
             if t.mode == "rate":
-                line2.append(f"rate {t.rate or 0:g}/s  ")
+                line2.append(f"rate {fmt.rate(t.rate or 0)}/s  ")
             line2.append("workers ")
             line2.append(f"{t.concurrency}", style="bold")
             line2.append(f"/{t.target_concurrency}  ")
@@ -124,7 +120,7 @@ class HeaderBar(Static):
             if t.paused:
                 line2.append(" PAUSED ", style="reverse bold yellow")
                 line2.append("  ")
-            line2.append(f"{fmt_rate(t.ops_per_s)} ops/s  ")
+            line2.append(f"{fmt.rate(t.ops_per_s)} ops/s  ")
             if t.failed:
                 line2.append(f"err {100 * t.error_ratio:.2f}%  ", style="bold red")
             for th in t.thresholds:
@@ -168,10 +164,10 @@ class LatencyPane(Pane):
             row: Row = (
                 s.name[:22],
                 f"{s.concurrency}/{s.target}",
-                fmt_rate(s.ops),
-                fmt_ms(s.lat.p50),
-                fmt_ms(s.lat.p95),
-                fmt_ms(s.lat.p99),
+                fmt.rate(s.ops),
+                fmt.ms(s.lat.p50 if s.lat.count else None),
+                fmt.ms(s.lat.p95 if s.lat.count else None),
+                fmt.ms(s.lat.p99 if s.lat.count else None),
                 Text(f"{s.err_pct:.1f}%", style="bold red") if s.err_pct else "0",
                 Text(sparkline(tl.series(s.name, "p50", self.SPARK_WIDTH), self.SPARK_WIDTH),
                      style="green"),
@@ -179,7 +175,7 @@ class LatencyPane(Pane):
                      style="yellow"),
             )  # fmt: skip
             if self._counts_col:
-                counts = ", ".join(f"{k} {fmt_rate(v)}" for k, v in s.counters)
+                counts = ", ".join(f"{k} {fmt.rate(v)}" for k, v in s.counters)
                 row = (*row, counts[:48])
             rows[s.name] = row
         sync_table(table, rows, self._cache)
@@ -283,7 +279,7 @@ def _backend_row(b: Mapping[str, Any], indent: str) -> Row:
     return (
         f"{indent}{b.get('pid')}",
         state_t,
-        fmt_age(b.get("xact_age_s")),
+        fmt.age(b.get("xact_age_s")),
         wait_s,
         app_name[:24],
         str(b.get("query") or "").replace("\n", " ")[:120],
@@ -328,15 +324,15 @@ class PostgresPane(Pane):
         rates = d.get("rates") or {}
         if rates:
             parts.append(
-                f"\ncommit {fmt_rate(rates.get('commits', 0))}/s"
-                f"  rollback {fmt_rate(rates.get('rollbacks', 0))}/s"
+                f"\ncommit {fmt.rate(rates.get('commits', 0))}/s"
+                f"  rollback {fmt.rate(rates.get('rollbacks', 0))}/s"
             )
             dl = rates.get("deadlocks", 0)
             if dl:
-                parts.append(f"  deadlocks {dl:.1f}/s", style="bold red")
+                parts.append(f"  deadlocks {fmt.rate(dl)}/s", style="bold red")
         oldest = d.get("oldest_xact_s")
         if oldest is not None:
-            parts.append(f"  oldest xact {fmt_age(oldest)}")
+            parts.append(f"  oldest xact {fmt.age(oldest)}")
         summary.update(parts)
         rows: dict[str, Row] = {}
         backends: dict[str, dict[str, Any]] = {}
@@ -410,13 +406,13 @@ class RedisPane(Pane):
             return
         d = r.data
         line = Text()
-        line.append(f"ops {fmt_rate(float(d.get('ops_per_sec') or 0))}/s  ")
+        line.append(f"ops {fmt.rate(float(d.get('ops_per_sec') or 0))}/s  ")
         line.append(f"clients {d.get('connected_clients', '-')}  ")
         blocked = d.get("blocked_clients") or 0
         line.append(f"blocked {blocked}  ", style="bold yellow" if blocked else "")
         mem = d.get("used_memory")
         maxm = d.get("maxmemory") or 0
-        line.append(f"mem {fmt_bytes(mem)}" + (f"/{fmt_bytes(maxm)}" if maxm else "") + "  ")
+        line.append(f"mem {fmt.size(mem)}" + (f"/{fmt.size(maxm)}" if maxm else "") + "  ")
         ev = d.get("evicted_keys_delta") or 0
         if ev:
             line.append(f"evicted {ev}  ", style="bold red")
@@ -431,8 +427,8 @@ class RedisPane(Pane):
             lrows[str(lk.get("key"))] = (
                 short_key(str(lk.get("key")))[-40:],
                 str(lk.get("holder") or "")[:24],
-                fmt_age(lk.get("age_s")),
-                "-" if pttl is None else f"{pttl}ms",
+                fmt.age(lk.get("age_s")),
+                fmt.ms(pttl),
                 Text("NO TTL", style="bold red") if no_ttl else "ok",
             )
         locks = self.query_one("#redis-locks", DataTable)
@@ -495,21 +491,19 @@ class PodsPane(Pane):
             rows[key] = (
                 key[-36:],
                 _against(c.get("cpu_cores"), c.get("cpu_limit_cores"), lambda v: f"{v:.2f}"),
-                _against(c.get("memory_bytes"), c.get("memory_limit_bytes"), fmt_bytes),
+                _against(c.get("memory_bytes"), c.get("memory_limit_bytes"), fmt.size),
                 Text(str(c.get("restarts") or 0), "bold red" if c.get("restarts") else ""),
                 str(c.get("last_reason") or c.get("waiting_reason") or ""),
             )
         sync_table(self.query_one("#pods-table", DataTable), rows, self._cache)
 
 
-def _against(v: float | None, limit: float | None, fmt: Callable[[float], str]) -> Text:
+def _against(v: float | None, limit: float | None, show: Callable[[float], str]) -> Text:
     if v is None:
         return Text("n/a", style="dim")
-    if not limit:
-        return Text(fmt(v))
-    pct = 100.0 * v / limit
+    pct = 100.0 * v / limit if limit else 0.0
     style = "bold red" if pct >= 90 else ("yellow" if pct >= 70 else "")
-    return Text(f"{fmt(v)} {pct:.0f}%", style=style)
+    return Text(f"{show(v)} {fmt.share(v, limit)}", style=style)
 
 
 SEV_STYLE = {"critical": "bold white on red", "warning": "bold yellow", "info": "cyan"}
@@ -573,8 +567,8 @@ class AnomalyFeed(Pane):
 
 def _since(a: Anomaly, tick: Tick) -> str:
     if a.cleared_tick is not None:
-        return f"cleared {fmt_age(max(0.0, tick.t - (a.cleared_at or tick.t)))} ago"
-    return fmt_age(max(0.0, tick.t - a.started_at))
+        return f"cleared {fmt.age(tick.t - (a.cleared_at or tick.t))} ago"
+    return fmt.age(tick.t - a.started_at)
 
 
 def all_panes(panes: Iterable[Pane]) -> list[Pane]:

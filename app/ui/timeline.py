@@ -9,6 +9,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from app import fmt
 from app.tick import ControlEvent, Percentiles, Tick
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -113,53 +114,6 @@ def sparkline(values: list[float], width: int) -> str:
     return "".join(SPARK[min(n, round(v / top * n))] for v in vals)
 
 
-def fmt_ms(v: float) -> str:
-    if v <= 0:
-        return "-"
-    if v < 10:
-        return f"{v:.2f}ms"
-    if v < 1000:
-        return f"{v:.0f}ms"
-    return f"{v / 1000:.1f}s"
-
-
-def fmt_age(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.0f}ms"
-    if s < 120:
-        return f"{s:.1f}s"
-    if s < 7200:
-        return f"{s / 60:.0f}m"
-    return f"{s / 3600:.1f}h"
-
-
-def fmt_rate(v: float) -> str:
-    if v >= 10_000:
-        return f"{v / 1000:.1f}k"
-    if v >= 100:
-        return f"{v:.0f}"
-    return f"{v:.1f}"
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}T"
-
-
-def fmt_elapsed(s: float) -> str:
-    s = max(0, int(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
-
-
 def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -> str:
     """Throughput (left axis) and p95 (right axis) over the whole session,
     each concurrency change marked with a vertical line. Returns text with
@@ -183,6 +137,14 @@ def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -
     p95 = f.signal(xs, [p.p95 for p in pts], marker=P95_MARK, yside="right").lines()
     f.draw(ops)
     f.draw(p95)
+    # tick labels as the panes write numbers (6.5k, 12.3ms, 01:30), not plotext's 6.5e3
+    n = max(3, height // 3)
+    ops_v, p95_v = [p.ops for p in pts], [p.p95 for p in pts]
+    for side, vals, label in (("left", ops_v, fmt.rate), ("right", p95_v, fmt.ms)):
+        ticks = fmt.axis_ticks(min(vals), max(vals), n)
+        f.ruler("y", side).ticks(ticks, [label(v) for v in ticks])
+    ticks = fmt.time_ticks(xs[0], xs[-1], max(3, width // 9))
+    f.ruler("x", "lower").ticks(ticks, [fmt.clock(v) for v in ticks])
     f.title("ops/s ⠒ left · p95 ms • right · ┊ change")
     marks = [x for x, _ in tl.changes() if xs[0] <= x <= xs[-1]]
     for x in marks[-40:]:
@@ -202,9 +164,9 @@ def chart_marks(tl: Timeline, last: int = 6) -> str:
     parts = []
     for x, e in tl.changes()[-last:]:
         if e.kind == "concurrency":
-            parts.append(f"{x:.0f}s {e.before:g}→{e.after:g}")
+            parts.append(f"{fmt.clock(x)} {fmt.num(e.before)}→{fmt.num(e.after)}")
         else:
-            parts.append(f"{x:.0f}s {e.kind}")
+            parts.append(f"{fmt.clock(x)} {e.kind}")
     return "  ".join(parts)
 
 
