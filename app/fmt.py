@@ -51,12 +51,14 @@ def _sig3(x: float) -> tuple[str, bool]:
 
 def rate(v: float | None, none: str = NONE) -> str:
     """Operations per second, or any count that grows large: `0`, `0.25`, `3.5`,
-    `950`, `12.3k`, `1.2M`."""
+    `70` (a whole number stays whole), `950`, `12.3k`, `1.2M`."""
     if _missing(v):
         return none
     assert v is not None
     if math.isinf(v):
         return "∞" if v > 0 else "-∞"
+    if float(v).is_integer() and abs(v) < 1000:  # a count: 70, not 70.0
+        return str(int(v))  # int(-0.0) is 0
     for i, (unit, div) in enumerate(_SI):
         x = v / div
         a = abs(x)

@@ -103,7 +103,7 @@ def test_report_section_per_step() -> None:
     assert "`UPDATE stock SET n = n - 1 WHERE sku = $1`" in s2
     assert "Deadlocks: 1; rollbacks: 2" in s2  # the delta from step 1's last reading
     assert "peak 4.1k ops/s" in s2 and "peak 902 ops/s" in s1
-    assert "| `lock:orders:7` | `a1b2c3` | 4.0 s | 1 | **none** |" in s2
+    assert "| `lock:orders:7` | `a1b2c3` | 4.0s | 1 | **none** |" in s2
     assert "| `emails` | rq | 100 | +90 (+22.5/s) | 2 | 1 |" in s2
     assert "1 restarts, 1 OOM kills in this step" in s2
     assert "0.48 (96%)" in s2 and "200.0 MiB (78%)" in s2

@@ -131,7 +131,7 @@ def test_report_step_table_from_a_known_recording(tmp_path: Path) -> None:
     assert s2["error_pct"] == pytest.approx(100 * 20 / 2020, rel=1e-3)
     assert s["total"]["errors"] == {"40P01 deadlock": 20}
     md = render_markdown(back)
-    assert "| 1 | 1 | 2 s | 500.0 |" in md
+    assert "| 1 | 1 | 2.0s | 500 | 500ms |" in md
     assert "`40P01 deadlock`" in md
     assert "p95 < 500 ms ❌" in md  # the SLO verdict over the run
 

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from app import fmt
 from app.detect.base import SEVERITY_RANK
 from app.detect.stats import fit_usl
 from app.tick import Percentiles, Tick, merge_histograms, steps
@@ -180,10 +181,6 @@ def _evidence_text(ev: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _fmt_s(x: float | None) -> str:
-    return "end" if x is None else f"{x:.0f}s"
-
-
 def anomaly_report_section(ticks: Sequence[Tick], slo: Mapping[str, Any] | None = None) -> str:
     """Markdown: look here first, the anomaly timeline, capacity and the USL fit."""
     d = anomaly_report_data(ticks, slo)
@@ -196,7 +193,8 @@ def anomaly_report_section(ticks: Sequence[Tick], slo: Mapping[str, Any] | None 
         for i, e in enumerate(d["look_here_first"], 1):
             lines.append(
                 f"{i}. **{e['severity']}** `{e['kind']}` {e['subject']}, "
-                f"{e['duration_s']:.0f}s from {e['from_s']:.0f}s: {_cell(e['summary'], 300)}"
+                f"{fmt.seconds(e['duration_s'])} from {fmt.seconds(e['from_s'])}: "
+                f"{_cell(e['summary'], 300)}"
             )
         lines += ["", "### Timeline", ""]
         lines.append("| kind | subject | severity | from | to | detected after | evidence |")
@@ -204,27 +202,27 @@ def anomaly_report_section(ticks: Sequence[Tick], slo: Mapping[str, Any] | None 
         for e in d["anomalies"]:
             lines.append(
                 f"| {e['kind']} | {_cell(e['subject'], 60)} | {e['severity']} | "
-                f"{_fmt_s(e['from_s'])} | {_fmt_s(e['to_s'])} | "
+                f"{fmt.seconds(e['from_s'])} | {fmt.seconds(e['to_s'], none='end')} | "
                 f"{e['time_to_detect_ticks']} ticks | {_cell(_evidence_text(e['evidence']), 240)} |"
             )
         lines.append("")
     lines += ["### Capacity", ""]
     steps = [s for s in d["steps"] if s["ops"]]
     if steps:
-        lines.append("| step | load | ops/s | p50 ms | p95 ms | p99 ms | errors | SLO |")
+        lines.append("| step | load | ops/s | p50 | p95 | p99 | errors | SLO |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for s in steps:
-            load = f"{s['rate']:g}/s" if s.get("rate") else str(s["target"])
+            load = f"{fmt.rate(s['rate'])}/s" if s.get("rate") else str(s["target"])
             lines.append(
-                f"| {s['step']} | {load} | {s['ops_per_s']:.1f} | {s['p50_ms']:.1f} | "
-                f"{s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['error_ratio'] * 100:.2f}% | "
+                f"| {s['step']} | {load} | {fmt.rate(s['ops_per_s'])} | {fmt.ms(s['p50_ms'])} | "
+                f"{fmt.ms(s['p95_ms'])} | {fmt.ms(s['p99_ms'])} | {s['error_ratio'] * 100:.2f}% | "
                 f"{'meets' if s['meets_slo'] else 'breaks'} |"
             )
         lines.append("")
     fit = d["usl"]
     if fit:
         peak = (
-            f"peak throughput ~{fit['x_peak']:.0f} ops/s at N ~{fit['n_peak']:.0f}"
+            f"peak throughput ~{fmt.rate(fit['x_peak'])} ops/s at N ~{fit['n_peak']:.0f}"
             if fit["n_peak"] is not None and not math.isinf(fit["n_peak"])
             else "no peak within reach (kappa ~ 0)"
         )

@@ -8,35 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from app import fmt
 from app.tick import Reading, Step, Tick, steps
 
 SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods"}
-
-
-def _human(x: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= div:
-            return f"{x / div:.1f}{unit}"
-    return f"{x:.0f}" if abs(x) >= 10 or x == int(x) else f"{x:.1f}"
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _secs(s: float | None) -> str:
-    if s is None:
-        return "n/a"
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _md(text: str, n: int = 120) -> str:
@@ -68,10 +43,10 @@ def format_reading_line(readings: Mapping[str, Reading]) -> str:
             parts.append("redis ERR")
         else:
             d = rd.data
-            parts.append(f"redis {_human(float(d.get('ops_per_sec') or 0))} ops/s")
+            parts.append(f"redis {fmt.rate(float(d.get('ops_per_sec') or 0))} ops/s")
             depths = [q.get("depth") or 0 for q in d.get("queues") or []]
             if depths:
-                parts.append(f"q max {_human(max(depths))}")
+                parts.append(f"q max {fmt.rate(max(depths))}")
     pods = readings.get("pods")
     if pods is not None:
         if not pods.ok:
@@ -149,7 +124,7 @@ def _pg_lines(rs: list[Reading], before: Reading | None) -> list[str]:
         lines.append(
             f"- Deepest lock-wait chain: {depth} deep, {n} waiting behind pid {root.get('pid')} "
             f"({app}, {root.get('state') or 'unknown'}, transaction "
-            f"{_secs(root.get('xact_age_s'))}): `{q}`"
+            f"{fmt.age(root.get('xact_age_s'), none='n/a')}): `{q}`"
         )
     base = before.data.get("totals") if before else None
     last = rs[-1].data.get("totals") or {}
@@ -157,7 +132,9 @@ def _pg_lines(rs: list[Reading], before: Reading | None) -> list[str]:
     dl = _counter_delta(first, last, "deadlocks")
     rb = _counter_delta(first, last, "rollbacks")
     oldest = max((r.data.get("oldest_xact_s") or 0 for r in rs), default=0)
-    lines.append(f"- Deadlocks: {dl}; rollbacks: {rb}; longest transaction: {_secs(oldest)}")
+    lines.append(
+        f"- Deadlocks: {dl}; rollbacks: {rb}; longest transaction: {fmt.age(oldest, none='n/a')}"
+    )
     return lines
 
 
@@ -168,12 +145,12 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
     ops = max(float(r.data.get("ops_per_sec") or 0) for r in rs)
     mem_r = max(rs, key=lambda r: r.data.get("used_memory") or 0)
     mem, mx = mem_r.data.get("used_memory"), mem_r.data.get("maxmemory")
-    limit = f" of {_bytes(mx)} maxmemory" if mx else " (no maxmemory)"
+    limit = f" of {fmt.size(mx, none='n/a')} maxmemory" if mx else " (no maxmemory)"
     ev = sum(int(r.data.get("evicted_keys_delta") or 0) for r in rs)
     rej = sum(int(r.data.get("rejected_connections_delta") or 0) for r in rs)
     cl = max(int(r.data.get("connected_clients") or 0) for r in rs)
     lines.append(
-        f"- Redis: peak {_human(ops)} ops/s; peak memory {_bytes(mem)}{limit}; "
+        f"- Redis: peak {fmt.rate(ops)} ops/s; peak memory {fmt.size(mem, none='n/a')}{limit}; "
         f"peak {cl} clients; {ev} keys evicted; {rej} connections rejected"
     )
     holds: dict[str, dict[str, Any]] = {}  # per key: its longest hold and its holders
@@ -196,7 +173,7 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
         for key, h in rows[:10]:
             ttl = "**none**" if h["no_ttl"] else "set"
             lines.append(
-                f"| `{_md(key, 60)}` | `{_md(h['holder'], 20)}` | {_secs(h['age'])} | "
+                f"| `{_md(key, 60)}` | `{_md(h['holder'], 20)}` | {fmt.age(h['age'], none='n/a')} | "
                 f"{len(h['holders'])} | {ttl} |"
             )
         if len(rows) > 10:
@@ -268,17 +245,17 @@ def _pods_lines(rs: list[Reading], before: Reading | None) -> list[str]:
     lines.append("|---|---|---|---|---|---|")
 
     def pct(v: float | None, lim: float | None) -> str:
-        return f" ({100 * v / lim:.0f}%)" if v is not None and lim else ""
+        return f" ({fmt.share(v, lim)})" if v is not None and lim else ""
 
     rows = sorted(agg.items(), key=lambda kv: -(kv[1]["cpu"] or 0))
     for (pod, ctr), a in rows[:12]:
         cpu = "n/a" if a["cpu"] is None else f"{a['cpu']:.2f}"
         cl = "none" if not a["cpu_lim"] else f"{a['cpu_lim']:g}"
-        ml = "none" if not a["mem_lim"] else _bytes(a["mem_lim"])
+        ml = "none" if not a["mem_lim"] else fmt.size(a["mem_lim"], none="n/a")
         rst = max(0, a["r1"] - a["r0"])
         lines.append(
             f"| {_md(pod, 40)}/{_md(ctr, 30)} | {cpu}{pct(a['cpu'], a['cpu_lim'])} | {cl} | "
-            f"{_bytes(a['mem'])}{pct(a['mem'], a['mem_lim'])} | {ml} | {rst:+d} |"
+            f"{fmt.size(a['mem'], none='n/a')}{pct(a['mem'], a['mem_lim'])} | {ml} | {rst:+d} |"
         )
     if len(rows) > 12:
         lines.append(f"| … {len(rows) - 12} more | | | | | |")
@@ -298,7 +275,7 @@ def probe_report_section(ticks: list[Tick]) -> str:
         b = step.ticks[-1].elapsed - t0
         out.append(
             f"### Step {step.number}: {_load(step)} "
-            f"({_clock(a)}–{_clock(b)}, {len(step.ticks)} ticks)"
+            f"({fmt.clock(a)}–{fmt.clock(b)}, {len(step.ticks)} ticks)"
         )
         out.append("")
         body: list[str] = []
@@ -330,8 +307,3 @@ def _blank_after_tables(lines: list[str]) -> list[str]:
             out.append("")
         out.append(line)
     return out
-
-
-def _clock(s: float) -> str:
-    s = max(0, round(s))
-    return f"{s // 60:02d}:{s % 60:02d}"

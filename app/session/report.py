@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from app import fmt
 from app.detect.report import anomaly_report_data, anomaly_report_section
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
@@ -211,16 +212,6 @@ def _ts(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _ms(v: float) -> str:
-    if v >= 1000:
-        return f"{v / 1000:.2f} s"
-    if v >= 100:
-        return f"{v:.0f} ms"
-    if v >= 10:
-        return f"{v:.1f} ms"
-    return f"{v:.2f} ms"
-
-
 def _table(headers: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(headers) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
@@ -239,14 +230,14 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
     L.append(
-        f"**{verdict}** · {_ts(s['started'])} · {s['duration_s']:.0f} s · {s['ticks']} ticks"
+        f"**{verdict}** · {_ts(s['started'])} · {fmt.seconds(s['duration_s'])} · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
     L.append("")
     t = s["total"]
     L.append(
-        f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
-        f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
+        f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall,"
+        f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
     L.append("## Run")
@@ -266,12 +257,12 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append("")
     rows = []
     for st in s["steps"]:
-        load = f"{st['rate']:g}/s" if st["mode"] == "rate" and st["rate"] else str(
+        load = f"{fmt.rate(st['rate'])}/s" if st["mode"] == "rate" and st["rate"] else str(
             st["concurrency"])  # fmt: skip
         rows.append([
-            str(st["step"]), load, f"{st['seconds']:.0f} s", f"{st['ops_per_s']:,.1f}",
-            _ms(st["p50_ms"]), _ms(st["p95_ms"]), _ms(st["p99_ms"]), _ms(st["p999_ms"]),
-            _ms(st["max_ms"]), f"{st['error_pct']:.3g}%",
+            str(st["step"]), load, fmt.seconds(st["seconds"]), fmt.rate(st["ops_per_s"]),
+            fmt.ms(st["p50_ms"]), fmt.ms(st["p95_ms"]), fmt.ms(st["p99_ms"]), fmt.ms(st["p999_ms"]),
+            fmt.ms(st["max_ms"]), f"{st['error_pct']:.3g}%",
         ])  # fmt: skip
     L += _table(
         ["step", "load", "time", "ops/s", "p50", "p95", "p99", "p99.9", "max", "errors"], rows
@@ -284,10 +275,10 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
             [
                 name,
                 f"{f['ok'] + f['failed']:,}",
-                f"{f['ops_per_s']:,.1f}",
-                _ms(f["p50_ms"]),
-                _ms(f["p95_ms"]),
-                _ms(f["p99_ms"]),
+                fmt.rate(f["ops_per_s"]),
+                fmt.ms(f["p50_ms"]),
+                fmt.ms(f["p95_ms"]),
+                fmt.ms(f["p99_ms"]),
                 f"{f['error_pct']:.3g}%",
             ]  # fmt: skip
             for name, f in s["per_scenario"].items()
@@ -304,8 +295,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         rows = []
         for name, counters in s["counters"].items():
             for k, c in counters.items():
-                by = [("–" if v is None else f"{v:,.1f}") for v in c["by_step"][:shown]]
-                rows.append([name, f"`{k}`", f"{c['total']:,}", f"{c['per_s']:,.2f}", *by])
+                by = [fmt.rate(v, none="–") for v in c["by_step"][:shown]]
+                rows.append([name, f"`{k}`", f"{c['total']:,}", fmt.rate(c["per_s"]), *by])
         heads = ["scenario", "counter", "total", "/s"] + [f"step {i + 1}" for i in range(shown)]
         L += _table(heads, rows, "ll" + "r" * (len(heads) - 2))
         if n_steps > shown:
@@ -321,7 +312,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         if t["dropped"]:
             L.append("")
             L.append(f"Open model: {t['dropped']:,} intended starts dropped (no free worker),"
-                     f" worst schedule lag {_ms(t['max_lag_ms'])}.")  # fmt: skip
+                     f" worst schedule lag {fmt.ms(t['max_lag_ms'])}.")  # fmt: skip
     else:
         L.append("None.")
     if s["outages"]:
@@ -330,7 +321,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         L.append("")
         for o in s["outages"]:
             errs = ", ".join(f"{k} ×{v}" for k, v in o["errors"].items())
-            L.append(f"- {o['from_s']:.0f} s → {o['to_s']:.0f} s"
+            L.append(f"- {fmt.seconds(o['from_s'])} → {fmt.seconds(o['to_s'])}"
                      f" (ticks {o['from_tick']}–{o['to_tick']}): {errs}")  # fmt: skip
     if s["never_connected"]:
         L.append("")
@@ -356,7 +347,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         tr = s["thresholds"]["tripped"]
         for expr in s["thresholds"]["abort_on"]:
             if tr and tr.get("expr") == expr:
-                L.append(f"- `--abort-on {expr}`: **tripped** at {tr.get('elapsed_s', '?')} s"
+                L.append(f"- `--abort-on {expr}`: **tripped** at {fmt.seconds(tr.get('elapsed_s'), '?')}"
                          f" (tick {tr.get('tick', '?')}), the load was stopped")  # fmt: skip
             else:
                 L.append(f"- `--abort-on {expr}`: held")
@@ -375,22 +366,14 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         for e in s["events"][:500]:
             change = ""
             if e["before"] is not None or e["after"] is not None:
-                change = f"{_num(e['before'])} → {_num(e['after'])}"
-            when = f"{e['elapsed_s']:.1f} s" if e["elapsed_s"] is not None else "?"
+                change = f"{fmt.num(e['before'], none='–')} → {fmt.num(e['after'], none='–')}"
+            when = fmt.seconds(e["elapsed_s"], none="?")
             rows.append([when, e["kind"], e["source"], change, e["note"]])
         L += _table(["at", "event", "by", "change", "note"], rows, "rllll")
     else:
         L.append("No control events.")
     L.append("")
     return "\n".join(L)
-
-
-def _num(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
 
 
 def render_json(rec: Recording) -> str:
