@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from app import fmt
 from app.detect.base import Detector, Finding, Options, TickView
 from app.detect.stats import MAD_TO_SIGMA, fit_usl, mad, median, slope
 from app.tick import Tick, step_key
@@ -118,8 +119,8 @@ class LatencySpikeDetector(Detector):
                 subject=s.name,
                 severity="critical" if ratio >= 5 else "warning",
                 summary=(
-                    f"{s.name}: {which} {val:.1f} ms is {ratio:.1f}x this step's baseline "
-                    f"{base:.1f} ms at {s.target} workers{hint}"
+                    f"{s.name}: {which} {fmt.ms(val)} is {ratio:.1f}x this step's baseline "
+                    f"{fmt.ms(base)} at {s.target} workers{hint}"
                 ),
                 evidence={
                     "scenario": s.name,
@@ -192,9 +193,9 @@ class SloBreachDetector(Detector):
             breaches = []
             if lat.count >= o.min_ops:
                 if lat.p95 > o.p95_ms:
-                    breaches.append(f"p95 {lat.p95:.0f} ms > {o.p95_ms:g} ms")
+                    breaches.append(f"p95 {fmt.ms(lat.p95)} > {fmt.ms(o.p95_ms)}")
                 if lat.p99 > o.p99_ms:
-                    breaches.append(f"p99 {lat.p99:.0f} ms > {o.p99_ms:g} ms")
+                    breaches.append(f"p99 {fmt.ms(lat.p99)} > {fmt.ms(o.p99_ms)}")
             if done >= o.min_ops and ratio > o.error_ratio:
                 breaches.append(f"errors {ratio * 100:.2f}% > {o.error_ratio * 100:g}%")
             if not breaches:
@@ -424,7 +425,7 @@ class CapacityKneeDetector(Detector):
             return ()
         fitd = fit.as_dict() if fit is not None else None
         peak_txt = (
-            f"; USL peak ~{fitd['x_peak']:.0f} ops/s at N~{fitd['n_peak']:.0f} "
+            f"; USL peak ~{fmt.rate(fitd['x_peak'])} ops/s at N~{fitd['n_peak']:.0f} "
             f"(sigma {fitd['sigma']:.3f}, kappa {fitd['kappa']:.5f})"
             if fitd and fitd["n_peak"] is not None
             else ""
@@ -434,8 +435,9 @@ class CapacityKneeDetector(Detector):
             subject="load",
             severity="critical" if retro else "warning",
             summary=(
-                f"past the knee: {cur.x:.0f} ops/s at {cur.target} workers vs {best.x:.0f} "
-                f"at {best.target}, p95 {cur.p95:.0f} ms vs {below.p95:.0f} ms{peak_txt}; "
+                f"past the knee: {fmt.rate(cur.x)} ops/s at {cur.target} workers vs "
+                f"{fmt.rate(best.x)} at {best.target}, p95 {fmt.ms(cur.p95)} vs "
+                f"{fmt.ms(below.p95)}{peak_txt}; "
                 f"more workers only add latency, cap near {best.target}"
             ),
             evidence={
@@ -551,11 +553,11 @@ class GeneratorSaturatedDetector(Detector):
         self._lag.append((tick.elapsed, sched))
         reasons = []
         if g.loop_lag_ms >= o.loop_lag_ms:
-            reasons.append(f"event-loop lag {g.loop_lag_ms:.0f} ms")
+            reasons.append(f"event-loop lag {fmt.ms(g.loop_lag_ms)}")
         growth = slope(list(self._lag)) if len(self._lag) >= 3 else 0.0
         behind = tick.mode == "rate" and sched >= o.schedule_lag_ms and growth > 0
         if behind:
-            reasons.append(f"schedule lag {sched:.0f} ms, growing {growth:.0f} ms/s")
+            reasons.append(f"schedule lag {fmt.ms(sched)}, growing {fmt.ms(growth)}/s")
         if g.cpu_pct >= o.cpu_pct and (reasons or g.loop_lag_ms >= o.cpu_loop_lag_ms):
             reasons.append(f"CPU {g.cpu_pct:.0f}%")
         if not reasons:

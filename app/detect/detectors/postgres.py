@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app import fmt
 from app.detect.base import Detector, Finding, Options, TickView
 from app.tick import Tick
 
@@ -45,7 +46,7 @@ def _q(b: Mapping[str, Any], n: int = 60) -> str:
 
 
 def _age(x: Any) -> str:
-    return f"{x:.0f}s" if isinstance(x, int | float) else "?"
+    return fmt.age(x) if isinstance(x, int | float) else "?"
 
 
 # ---- lock-wait-chain -------------------------------------------------------------
@@ -191,7 +192,7 @@ class LongTransactionDetector(Detector):
                     subject=f"{name}:pid {pid}" if pid is not None else name,
                     severity="critical" if age >= 10 * self.opt.max_xact_s else "warning",
                     summary=(
-                        f"transaction open {age:.0f}s in {_who(b)}, {b.get('state', '?')}: "
+                        f"transaction open {fmt.age(age)} in {_who(b)}, {b.get('state', '?')}: "
                         f"{_q(b)}; it holds back vacuum and may hold locks"
                     ),
                     evidence={
