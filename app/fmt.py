@@ -66,6 +66,8 @@ def rate(v: float | None, none: str = NONE) -> str:
         s = _fixed(x, decimals)
         if decimals and abs(float(s)) >= (1 if decimals == 2 else 100):  # 0.999, 99.96
             s = _fixed(x, decimals - 1)
+        elif decimals == 2 and s.endswith("0"):  # 0.4, not 0.40
+            s = s[:-1]
         if abs(float(s)) < 1000 or i == len(_SI) - 1:
             return "0" if float(s) == 0 else s + unit
     return str(v)  # not reached

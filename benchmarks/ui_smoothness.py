@@ -102,7 +102,7 @@ def pct(xs: list[float], q: float) -> float:
 def run_headless(dsn: str, load: str, seconds: float) -> float:
     import io
 
-    from app.cli import headless_printer
+    from app.frontends.headless import headless_printer
     from app.session.runner import run_sync
 
     cfg = config(dsn, load, seconds)

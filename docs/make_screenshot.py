@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 
 async def shoot(out: Path, seconds: float, show_text: bool = False) -> None:
+    from app.commands.demo import demo_config, demo_processes
     from app.demo_service import DemoService
     from app.embedded import EmbeddedPostgres, EmbeddedRedis
     from app.session.runner import Session
-    from app.ui.demo import demo_config, demo_processes
     from app.ui.main import make_live_app
 
     with contextlib.ExitStack() as stack:

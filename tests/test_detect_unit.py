@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -21,7 +22,13 @@ def test_every_issue_kind_is_registered() -> None:
         "idle-in-transaction-blocker", "long-transaction", "connection-saturation",
         "redis-lock", "queue-backlog", "redis-pressure", "pod", "capacity-knee",
         "invariant", "generator-saturated",
+        # issue 11: queues and locks you can trust
+        "queue-stuck", "consumers-gone", "queue-pending", "lock-takeover",
     }  # fmt: skip
+
+    # issue 12: server-side errors, contention, cycles, blind probes
+    wanted |= {"probe-blind", "pg-deadlocks", "pg-rollbacks", "pg-conflicts", "pg-temp-files",
+               "lock-contention", "deadlock-cycle"}  # fmt: skip
     assert wanted == set(KINDS)
     assert set(build_detectors(None).kinds) == wanted
 
@@ -112,8 +119,7 @@ def test_a_failing_detector_is_skipped_not_fatal() -> None:
         raise RuntimeError("bug")
 
     ds.detectors[0].check = boom  # type: ignore[method-assign]
-    ds.note_invariants("s", ["bad"])
-    act, _ = ds.evaluate(tick(0, [window()]))
+    act, _ = ds.evaluate(replace(tick(0, [window()]), invariants={"s": ("bad",)}))
     assert [a.kind for a in act] == ["invariant"]
 
 
@@ -438,11 +444,33 @@ def test_queue_backlog_growth_and_drain() -> None:
                                     blocked_clients=0, connected_clients=7)))  # fmt: skip
         i += 1
     a = r.of("queue-backlog")[0]
+    # server-wide blocked clients are indirect evidence (issue 11: an unrelated client
+    # on another database must not make it critical)
+    assert a.evidence["consumers_gone"] and a.severity == "warning"
+    cons = {"kind": "blocked", "count": 3, "evidence": "direct"}
+    # evidence about THIS queue's database: blocked pops drop to none AND its clients
+    # disconnect (busy consumers are not blocked either, but they stay connected)
+    for n, conns in ((3, 10), (3, 10), (0, 7), (0, 7)):
+        depth += 40
+        q = {"name": "jobs", "depth": depth,
+             "consumers": {**cons, "count": n, "db_clients": conns}}  # fmt: skip
+        r.feed(tick(i, readings=_rd(i, queues=[q])))
+        i += 1
+    a = r.of("queue-backlog")[0]
     assert a.evidence["consumers_gone"] and a.severity == "critical"
-    for _ in range(10):
+    for _ in range(10):  # growth stopped, nobody consumes: the backlog stays raised
+        act = r.feed(tick(i, readings=_rd(i, queues=[{"name": "jobs", "depth": depth}])))
+        assert any(a.kind == "queue-backlog" for a in act), f"cleared at tick {i}"
+        i += 1
+    flat_end = i
+    while depth > 0:  # drained fast: then it clears
+        depth = max(0, depth - 300)
         r.feed(tick(i, readings=_rd(i, queues=[{"name": "jobs", "depth": depth}])))
         i += 1
-    assert r.first_cleared("queue-backlog") is not None
+    for _ in range(4):
+        r.feed(tick(i, readings=_rd(i, queues=[{"name": "jobs", "depth": 0}])))
+        i += 1
+    assert any(a.kind == "queue-backlog" for c in r.cleared[flat_end:] for a in c)
 
 
 def test_queue_noise_above_floor_is_not_a_backlog() -> None:
@@ -563,18 +591,58 @@ def test_invariant_raised_next_tick_and_cleared_when_gone() -> None:
     ds = only(None, "invariant")
     r = Run(ds)
     r.feed(_steady(0))
-    ds.note_invariants("stock", ["item 7: stock -3 < 0", "item 9: oversold by 2"])
-    r.feed(_steady(1))
+    # verify() results travel in the tick of the window they completed in
+    found = ("item 7: stock -3 < 0", "item 9: oversold by 2")
+    r.feed(replace(_steady(1), invariants={"stock": found}))
     got = r.of("invariant")
     assert len(got) == 2 and {a.subject for a in got} == {"stock"}
     assert {a.summary for a in got} == {"item 7: stock -3 < 0", "item 9: oversold by 2"}
     assert len({a.key for a in got}) == 2
-    ds.note_invariants("stock", ["item 9: oversold by 2"])
-    r.feed(_steady(2))
+    r.feed(replace(_steady(2), invariants={"stock": ("item 9: oversold by 2",)}))
+    r.feed(_steady(3))  # no check completed in this window: the last result holds
     assert [a.summary for a in r.of("invariant")] == ["item 9: oversold by 2"]
-    ds.note_invariants("stock", [])
-    r.feed(_steady(3))
+    r.feed(replace(_steady(4), invariants={"stock": ()}))
     assert r.of("invariant") == []
+
+
+def test_invariant_keeps_its_anomaly_with_the_newest_figures() -> None:
+    """Issue 12: a check that finds the same violation with new figures does not
+    clear and re-raise it; the anomaly shows the latest numbers and the first."""
+    from tests.pg_watch_support import with_verify
+
+    ds = only(None, "invariant")
+    r = Run(ds)
+    r.feed(
+        with_verify(
+            ds, _steady(0), {"stock": ["product 3: oversold by 1645 units (1745 reserved)"]}
+        )
+    )
+    (a,) = r.of("invariant")
+    later = ["product 3: oversold by 7395 units (7495 reserved)",
+             "product 4: oversold by 1 units (101 reserved)"]  # fmt: skip
+    r.feed(with_verify(ds, _steady(1), {"stock": later}))
+    for i in range(2, 4):  # no check completed in these windows: the last result holds
+        r.feed(_steady(i))
+    now = {x.summary: x for x in r.of("invariant")}
+    b = now["product 3: oversold by 7395 units (7495 reserved)"]
+    assert b.key == a.key and b.started_tick == 0  # the same anomaly, never cleared
+    assert b.evidence["first"] == "product 3: oversold by 1645 units (1745 reserved)"
+    assert b.evidence["checks"] == 2
+    assert "first" not in now["product 4: oversold by 1 units (101 reserved)"].evidence
+    assert r.first_cleared("invariant") is None
+    r.feed(
+        with_verify(ds, _steady(4), {"stock": ["product 4: oversold by 1 units (101 reserved)"]})
+    )
+    assert [x.summary for x in r.of("invariant")] == [
+        "product 4: oversold by 1 units (101 reserved)"
+    ]
+    # beyond the cap: one more anomaly that counts and lists the rest
+    ds2 = only({"invariant": {"max_per_scenario": 2}}, "invariant")
+    r2 = Run(ds2)
+    r2.feed(with_verify(ds2, _steady(0), {"s": [f"row {i}: lost" for i in range(5)]}))
+    more = [x for x in r2.of("invariant") if x.key.endswith(":more")]
+    assert more[0].summary == "and 3 more invariant violations"
+    assert more[0].evidence["violations"] == ["row 2: lost", "row 3: lost", "row 4: lost"]
 
 
 def test_generator_saturated() -> None:
@@ -603,10 +671,10 @@ def test_anomalies_are_json_able() -> None:
 
     ds = build_detectors({"long-transaction": {"max_xact_s": 1}})
     r = Run(ds)
-    ds.note_invariants("s", ["broken"])
     for i in range(5):
-        r.feed(tick(i, [window(ok=90, failed=10, errors={"40P01 deadlock": 10}, seed=i)],
-                    readings=_pg(i, oldest_xact_s=5.0, oldest_xact=_be(1))))  # fmt: skip
+        r.feed(replace(tick(i, [window(ok=90, failed=10, errors={"40P01 deadlock": 10}, seed=i)],
+                            readings=_pg(i, oldest_xact_s=5.0, oldest_xact=_be(1))),
+                       invariants={"s": ("broken",)} if i == 0 else {}))  # fmt: skip
     last = r.ticks[-1]
     assert {a.kind for a in last.anomalies} >= {"invariant", "error-burst", "long-transaction"}
     back = tick_from_json(json.loads(json.dumps(tick_to_json(last))))

@@ -11,6 +11,7 @@ import pytest
 
 from app.probes.base import Probe, ProbeError, ProbeSet, run_poll
 from app.probes.factory import build_probes
+from app.probes.pg_queues import PgQueuesProbe
 from app.probes.pods import KubernetesPodsProbe, LocalProcessesProbe, PrometheusPodsProbe
 from app.probes.postgres import PostgresProbe
 from app.probes.redis import RedisProbe
@@ -132,13 +133,15 @@ def test_build_probes_picks_sources() -> None:
         redis_lock_patterns=["mylock:*"],
         redis_queue_patterns=["jobs:*"],
     )
-    pg, rd, pods = ps.probes
+    pg, pgq, rd, pods = ps.probes
     assert isinstance(pg, PostgresProbe) and pg.interval == 2 and pg.target == "db:5432/app"
+    # Postgres-native queues ride along with the Postgres target, at its interval
+    assert isinstance(pgq, PgQueuesProbe) and pgq.interval == 2 and pgq.dsn == pg.dsn
     assert isinstance(rd, RedisProbe) and rd.interval == 1 and rd.lock_patterns == ("mylock:*",)
     assert rd.queue_patterns == ("jobs:*",)
     assert isinstance(pods, KubernetesPodsProbe) and pods.interval == 7
     assert pods.selector == "app=web"
-    assert ps.names == ["postgres", "redis", "pods"]
+    assert ps.names == ["postgres", "pg_queues", "redis", "pods"]
     prom = build_probes(prometheus_url="http://prom:9090", k8s_namespace="shop").probes[0]
     assert isinstance(prom, PrometheusPodsProbe) and prom.namespace == "shop"
     local = build_probes(local_pids=[1, "valkey-server"]).probes[0]

@@ -14,9 +14,9 @@ from typing import Any
 import psutil
 import pytest
 
+from app.commands.demo import DEMO_PLAN, demo_config, demo_mix
 from app.demo_service import SERVICE_NAME, DemoService
 from app.scenario import builtin_scenarios
-from app.ui.demo import DEMO_PLAN, demo_config, demo_mix
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -299,20 +299,12 @@ class DetectorSet:
         self.config = config or DetectConfig.from_dict(None, classes.values())
         opts = {k: self.config.options.get(k) or c.Options() for k, c in classes.items()}
         self.detectors: list[Detector] = [c(opts[k]) for k, c in classes.items() if opts[k].enabled]
-        # verify() results reach the `invariant` detector through note_invariants()
-        self._invariants: Any = next((d for d in self.detectors if d.kind == "invariant"), None)
         self._tracks: dict[str, _Track] = {}
         self._failed: set[str] = set()  # detectors that raised once (logged once)
 
     @property
     def kinds(self) -> list[str]:
         return [d.kind for d in self.detectors]
-
-    def note_invariants(self, scenario: str, violations: list[str]) -> None:
-        """verify() results: each string is an `invariant` anomaly from the next
-        tick on; a string no longer returned clears its anomaly."""
-        if self._invariants is not None:
-            self._invariants.note(scenario, violations)
 
     def active(self) -> tuple[Anomaly, ...]:
         return tuple(t.anomaly for t in self._tracks.values() if t.anomaly is not None)

@@ -7,8 +7,10 @@ framework only, so the concrete probes import it and it imports none of them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from app.probes.base import DEFAULT_INTERVALS, Probe, ProbeSet
+from app.probes.pg_queues import pg_queues_probe
 from app.probes.pods import KubernetesPodsProbe, LocalProcessesProbe, PrometheusPodsProbe
 from app.probes.postgres import PostgresProbe
 from app.probes.redis import RedisProbe
@@ -25,6 +27,7 @@ def build_probes(
     intervals: Mapping[str, float] | None = None,
     redis_lock_patterns: Sequence[str] | None = None,
     redis_queue_patterns: Sequence[str] | None = None,
+    pg_sql_queues: Sequence[Any] | None = None,
 ) -> ProbeSet:
     """The probes for a session's targets (none given -> an empty set).
 
@@ -33,12 +36,14 @@ def build_probes(
     `k8s_namespace`), else from Kubernetes when `k8s_namespace` or `k8s_context`
     is, else from local processes
     (`local_pids`: pids or process names, or a mapping label -> pid or name). intervals: {"postgres": 1, "redis": 1,
-    "pods": 5} seconds by default. Nothing connects until `start()`.
+    "pods": 5} seconds by default. pg_sql_queues: `[[queue.sql]]` queues for the
+    pg_queues probe (which runs whenever pg_dsn is given). Nothing connects until `start()`.
     """
     iv = {**DEFAULT_INTERVALS, **(intervals or {})}
     probes: list[Probe] = []
     if pg_dsn:
         probes.append(PostgresProbe(pg_dsn, interval=iv["postgres"]))
+        probes.append(pg_queues_probe(pg_dsn, iv, pg_sql_queues))
     if redis_url:
         probes.append(
             RedisProbe(

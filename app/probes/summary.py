@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from app import fmt
+from app.probes.redis_locks import elide_middle
 from app.tick import Reading, Step, Tick, steps
 
-SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods"}
+SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods", "pg_queues": "pgq"}
 
 
 def _md(text: str, n: int = 120) -> str:
@@ -47,6 +48,10 @@ def format_reading_line(readings: Mapping[str, Reading]) -> str:
             depths = [q.get("depth") or 0 for q in d.get("queues") or []]
             if depths:
                 parts.append(f"q max {fmt.rate(max(depths))}")
+    pq = readings.get("pg_queues")  # shown only when it has queues (or fails)
+    if pq is not None and (not pq.ok or pq.data.get("queues")):
+        depths = [q.get("depth") or 0 for q in pq.data.get("queues") or []]
+        parts.append(f"pgq max {fmt.rate(max(depths))}" if pq.ok else "pgq ERR")
     pods = readings.get("pods")
     if pods is not None:
         if not pods.ok:
@@ -173,11 +178,20 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
         for key, h in rows[:10]:
             ttl = "**none**" if h["no_ttl"] else "set"
             lines.append(
-                f"| `{_md(key, 60)}` | `{_md(h['holder'], 20)}` | {fmt.age(h['age'], none='n/a')} | "
+                f"| `{_md(key, 60)}` | `{_md(elide_middle(h['holder'], 80), 80)}` | "
+                f"{fmt.age(h['age'], none='n/a')} | "
                 f"{len(h['holders'])} | {ttl} |"
             )
         if len(rows) > 10:
             lines.append(f"| … {len(rows) - 10} more | | | | |")
+    return lines + _queue_lines(rs, before)
+
+
+def _queue_lines(rs: list[Reading], before: Reading | None, title: str = "Queues") -> list[str]:
+    """The queue table of any probe whose readings carry `queues` (redis, pg_queues)."""
+    if not rs:
+        return []
+    lines: list[str] = []
     queues: dict[tuple[str, str], list[tuple[float, dict]]] = {}
     for r in ([before] if before else []) + rs:
         for q in r.data.get("queues") or []:
@@ -185,10 +199,13 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
     in_step = {k: v for k, v in queues.items() if any(t >= rs[0].t for t, _ in v)}
     if in_step:
         lines.append("")
-        lines.append("Queues (growth from the step's start):")
+        lines.append(f"{title} (growth from the step's start):")
         lines.append("")
-        lines.append("| queue | layout | peak depth | growth | peak in flight | failed |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(
+            "| queue | layout | peak depth | growth | peak in flight | failed | oldest age "
+            "(peak) | consumed /s (mean) |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
         rows_q = sorted(in_step.items(), key=lambda kv: -max(q.get("depth") or 0 for _, q in kv[1]))
         for (layout, name), samples in rows_q[:10]:
             peak = max(q.get("depth") or 0 for _, q in samples)
@@ -197,12 +214,21 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
             rate = f" ({growth / (t1 - t0):+.1f}/s)" if t1 > t0 else ""
             fl = max((q.get("in_flight") or 0) for _, q in samples)
             failed = q1.get("failed")
+            ages = [q["oldest_age_s"] for _, q in samples if q.get("oldest_age_s") is not None]
+            rates = [q["consumed_per_s"] for _, q in samples if q.get("consumed_per_s") is not None]
+            age_txt = fmt.age(max(ages)) if ages else "n/a"
+            rate_txt = fmt.rate(sum(rates) / len(rates)) if rates else "n/a"
             lines.append(
-                f"| `{_md(name, 50)}` | {layout} | {peak} | {growth:+d}{rate} | {fl} | "
-                f"{'n/a' if failed is None else failed} |"
+                f"| `{_md(elide_middle(str(name), 50), 50)}` | {layout} | {peak} | "
+                f"{growth:+d}{rate} | {fl} | {'n/a' if failed is None else failed} | "
+                f"{age_txt} | {rate_txt} |"
             )
         if len(rows_q) > 10:
-            lines.append(f"| … {len(rows_q) - 10} more | | | | | |")
+            lines.append(f"| … {len(rows_q) - 10} more | | | | | | | |")
+    hints = next((r.data.get("hints") for r in reversed(rs) if r.data.get("hints")), None)
+    if hints:
+        lines.append("")
+        lines += [f"- {_md(h, 300)}" for h in hints]
     return lines
 
 
@@ -282,13 +308,17 @@ def probe_report_section(ticks: list[Tick]) -> str:
         pg, rd, pods = (_ok(step.ticks, p) for p in ("postgres", "redis", "pods"))
         body += _pg_lines(pg, last.get("postgres"))
         body += _redis_lines(rd, last.get("redis"))
+        pgq = _ok(step.ticks, "pg_queues")
+        body += _queue_lines(pgq, last.get("pg_queues"), "Postgres queues")
+        errs = sorted({e for r in pgq for e in r.data.get("errors") or ()})
+        body += [f"- Postgres queue not read: {_md(e, 200)}" for e in errs[:5]]
         pl = _pods_lines(pods, last.get("pods"))
         if pl:
             body += ([""] if body and body[-1].startswith("|") else []) + pl
         body += _failures(step.ticks)
         out += body or ["- no probe readings in this step"]
         out.append("")
-        for name, rs in (("postgres", pg), ("redis", rd), ("pods", pods)):
+        for name, rs in (("postgres", pg), ("redis", rd), ("pods", pods), ("pg_queues", pgq)):
             if rs:
                 last[name] = rs[-1]
     return "\n".join(_blank_after_tables(out)).rstrip() + "\n"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from app import fmt
+from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
 from app.detect.report import anomaly_report_data, anomaly_report_section
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
@@ -123,12 +124,13 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     )
     total = _figures(ticks)
     invariants: dict[str, list[str]] = dict(end.get("invariants") or {})
-    for t in ticks:
-        for a in t.anomalies:
-            if a.kind == "invariant":
-                lst = invariants.setdefault(a.subject, [])
-                if a.summary not in lst and len(lst) < 100:
-                    lst.append(a.summary)
+    # the anomalies carry each violation's latest figures (and the first's)
+    latest = _section_data(pg_report.invariant_data, ticks)
+    if isinstance(latest, dict) and "error" not in latest:
+        invariants.update(latest)
+    # issue 12: what the probes could not see; the target database's own error counts
+    probe_blind = _section_data(pg_report.blind_data, ticks) or []
+    server_errors = _section_data(pg_report.server_error_data, ticks)
     thresholds = h.get("thresholds", [])
     tripped = end.get("threshold_tripped")
     if tripped is None:
@@ -153,6 +155,8 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     ]
     summary: dict[str, Any] = {
         "loadtop_recording_version": h.get("version"),
+        "probe_blind": probe_blind,
+        "server_errors": server_errors,
         "run_id": h.get("run_id"),
         "started": started,
         "ended": ended,
@@ -220,12 +224,17 @@ def _table(headers: list[str], rows: list[list[str]], align: str | None = None) 
     return out
 
 
+FAIL_KINDS = frozenset({"queue-stuck", "lock-takeover", "consumers-gone"})
+
+
 def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> str:
     s = summary or build_summary(rec)
     ticks = rec.ticks
     L: list[str] = []
+    # a stuck queue, a lock taken over after expiry or consumers gone is never a pass
+    failing = sorted({a.kind for t in ticks for a in t.anomalies if a.kind in FAIL_KINDS})
     verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
-        "tripped"] else "FAIL"  # fmt: skip
+        "tripped"] and not failing else "FAIL"  # fmt: skip
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
@@ -233,8 +242,13 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         f"**{verdict}** · {_ts(s['started'])} · {fmt.seconds(s['duration_s'])} · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
+    if failing:
+        L.append("")
+        L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
     L.append("")
     t = s["total"]
+
+    L += pg_report.headline_notes(s, ticks, L)
     L.append(
         f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall,"
         f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
@@ -314,7 +328,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
             L.append(f"Open model: {t['dropped']:,} intended starts dropped (no free worker),"
                      f" worst schedule lag {fmt.ms(t['max_lag_ms'])}.")  # fmt: skip
     else:
-        L.append("None.")
+        L.append("None from loadtop's own operations.")
+    L += pg_report.server_errors_md(s.get("server_errors"))
     if s["outages"]:
         L.append("")
         L.append("Connection outages (operations failing for lack of a connection):")
@@ -332,7 +347,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append("")
     if s["invariants"]:
         for name, vs in s["invariants"].items():
-            for v in vs[:20]:
+            for v in pg_report.first_and_more(vs, 20):
                 L.append(f"- **{name}**: {v}")
     else:
         L.append("Every scenario's `verify()` held.")
@@ -373,7 +388,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     else:
         L.append("No control events.")
     L.append("")
-    return "\n".join(L)
+    return pg_report.watch_sections("\n".join(L), s)
 
 
 def render_json(rec: Recording) -> str:

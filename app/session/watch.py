@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from app.session.runner import RunConfig, Session, print_outcome, run_sync
+from app.session.runner import RunConfig, Session
 from app.targets import TargetError
 from app.tick import Tick
 
@@ -56,8 +56,13 @@ class WatchSession(Session):
             readings = await probes.poll_once()
         finally:
             await probes.stop()
-        failed = [r for r in readings.values() if not r.ok]
-        if len(failed) == len(readings):
+        # a full server is something to watch, not bad input: the probe waits for a
+        # slot and retries, and its readings say so (connection-saturation raises)
+        failed = [
+            r for r in readings.values()
+            if not r.ok and "waiting for a connection slot" not in r.error
+        ]  # fmt: skip
+        if failed and len(failed) == len(readings):
             r = failed[0]
             raise TargetError(self.redactor(f"cannot watch {r.probe}: {r.error}"))
 
@@ -73,19 +78,3 @@ class WatchSession(Session):
 
     def start_plan(self, source: str = "key") -> None:
         pass
-
-
-def watch(cfg: RunConfig, *, headless: bool, printer: Callable[[Tick], None] | None) -> int:
-    """Run a watch until --duration, Ctrl-C, SIGTERM or SIGHUP. Exit code 0,
-    2 for bad input."""
-    if not headless:
-        try:
-            from app.ui.main import run_session_console
-        except ImportError:
-            run_session_console = None  # type: ignore[assignment]
-        if run_session_console is not None:
-            return int(run_session_console(WatchSession(cfg)))
-    session = WatchSession(cfg, printer=printer)
-    outcome = run_sync(session.run(install_signals=True))
-    print_outcome(session, outcome)
-    return 0 if outcome.exit_code != 2 else 2

@@ -253,6 +253,11 @@ class LoadtopApp(App[int]):
         """The engine's state as the tick says, unless a key changed it since."""
         if tick.t < self._local_state_at:
             return
+        c = tick.control
+        if c is not None:  # the tick says where the controls stand
+            self.paused, self.panicked, self.plan_running = c.paused, c.panicked, c.plan_running
+            return
+        # a recording made before ticks carried their ControlState
         self.paused = tick.paused
         self.plan_running = tick.plan_step is not None
         for e in tick.events:
@@ -417,15 +422,12 @@ class LoadtopApp(App[int]):
         return str(Path(self.export_dir) / f"loadtop-{run}-{stamp}.md")
 
     def _export_replay(self) -> str:
-        from app.session.report import render_markdown
-        from app.targets import Redactor
+        from app.session.export import write_report
 
         assert self.replay is not None
         run = self.replay.rec.header.get("run_id", "replay")
         base = Path(self.export_dir or ".")
-        path = base / f"loadtop-{run}-replay.md"
-        path.write_text(Redactor()(render_markdown(self.replay.rec)), encoding="utf-8")
-        return str(path)
+        return write_report(self.replay.rec, str(base / f"loadtop-{run}-replay.md"))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(replay=self.replay is not None))
@@ -652,13 +654,6 @@ def run_session_console(
             say(f"recording: {outcome.record_path}")
         return int(outcome.exit_code)
     return int(code or 0)
-
-
-def run_console(cfg: Any) -> int:
-    """`loadtop run` without --headless."""
-    from app.session.runner import Session
-
-    return run_session_console(Session(cfg))
 
 
 def run_replay(rec: Recording) -> int:

@@ -141,8 +141,9 @@ def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -
     n = max(3, height // 3)
     ops_v, p95_v = [p.ops for p in pts], [p.p95 for p in pts]
     for side, vals, label in (("left", ops_v, fmt.rate), ("right", p95_v, fmt.ms)):
-        ticks = fmt.axis_ticks(min(vals), max(vals), n)
-        f.ruler("y", side).ticks(ticks, [label(v) for v in ticks])
+        marks = [(v, label(v)) for v in fmt.axis_ticks(min(vals), max(vals), n)]
+        marks = [m for i, m in enumerate(marks) if i == 0 or m[1] != marks[i - 1][1]]
+        f.ruler("y", side).ticks([v for v, _ in marks], [t for _, t in marks])
     ticks = fmt.time_ticks(xs[0], xs[-1], max(3, width // 9))
     f.ruler("x", "lower").ticks(ticks, [fmt.clock(v) for v in ticks])
     f.title("ops/s ⠒ left · p95 ms • right · ┊ change")
@@ -164,9 +165,9 @@ def chart_marks(tl: Timeline, last: int = 6) -> str:
     parts = []
     for x, e in tl.changes()[-last:]:
         if e.kind == "concurrency":
-            parts.append(f"{fmt.clock(x)} {fmt.num(e.before)}→{fmt.num(e.after)}")
+            parts.append(f"{x:.0f}s {e.before:g}→{e.after:g}")
         else:
-            parts.append(f"{fmt.clock(x)} {e.kind}")
+            parts.append(f"{x:.0f}s {e.kind}")
     return "  ".join(parts)
 
 

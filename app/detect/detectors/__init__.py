@@ -10,6 +10,15 @@ from app.detect.detectors.load import (
     LatencySpikeDetector,
     SloBreachDetector,
 )
+from app.detect.detectors.pg_server import (
+    DeadlockCycleDetector,
+    LockContentionDetector,
+    PgConflictsDetector,
+    PgDeadlocksDetector,
+    PgRollbacksDetector,
+    PgTempFilesDetector,
+    ProbeBlindDetector,
+)
 from app.detect.detectors.pods import PodDetector
 from app.detect.detectors.postgres import (
     ConnectionSaturationDetector,
@@ -18,7 +27,11 @@ from app.detect.detectors.postgres import (
     LongTransactionDetector,
 )
 from app.detect.detectors.redis import (
+    ConsumersGoneDetector,
+    LockTakeoverDetector,
     QueueBacklogDetector,
+    QueuePendingDetector,
+    QueueStuckDetector,
     RedisLockDetector,
     RedisPressureDetector,
 )
@@ -30,13 +43,24 @@ BUILTIN: tuple[type[Detector], ...] = (
     CapacityKneeDetector,
     InvariantDetector,
     GeneratorSaturatedDetector,
-    PodDetector,
     LockWaitChainDetector,
     IdleInTransactionBlockerDetector,
     LongTransactionDetector,
     ConnectionSaturationDetector,
+    ProbeBlindDetector,
+    PgDeadlocksDetector,
+    PgRollbacksDetector,
+    PgConflictsDetector,
+    PgTempFilesDetector,
+    LockContentionDetector,
+    DeadlockCycleDetector,
+    PodDetector,
     RedisLockDetector,
     QueueBacklogDetector,
+    QueueStuckDetector,
+    ConsumersGoneDetector,
+    QueuePendingDetector,
+    LockTakeoverDetector,
     RedisPressureDetector,
 )
 
@@ -44,16 +68,31 @@ __all__ = [
     "BUILTIN",
     "CapacityKneeDetector",
     "ConnectionSaturationDetector",
+    "ConsumersGoneDetector",
     "ErrorBurstDetector",
     "GeneratorSaturatedDetector",
     "IdleInTransactionBlockerDetector",
     "InvariantDetector",
     "LatencySpikeDetector",
+    "LockTakeoverDetector",
     "LockWaitChainDetector",
     "LongTransactionDetector",
     "PodDetector",
     "QueueBacklogDetector",
+    "QueuePendingDetector",
+    "QueueStuckDetector",
     "RedisLockDetector",
     "RedisPressureDetector",
     "SloBreachDetector",
+]
+
+# issue 12: server-side errors, contention, cycles, blind probes
+__all__ += [
+    "DeadlockCycleDetector",
+    "LockContentionDetector",
+    "PgConflictsDetector",
+    "PgDeadlocksDetector",
+    "PgRollbacksDetector",
+    "PgTempFilesDetector",
+    "ProbeBlindDetector",
 ]

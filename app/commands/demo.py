@@ -1,20 +1,42 @@
 """`loadtop demo`: embedded PostgreSQL and Valkey, the demo HTTP service, and
-the console over a default scenario mix, so a newcomer sees every pane alive
-within seconds. Quitting (or SIGTERM / SIGHUP) stops the load, runs teardown,
-stops the service and the embedded servers, and leaves no process behind.
+a session over a default scenario mix, in the console (or headless), so a
+newcomer sees every pane alive within seconds. Quitting (or SIGTERM / SIGHUP)
+stops the load, runs teardown, stops the service and the embedded servers, and
+leaves no process behind.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from app.session.config import build_run_config
+
+if TYPE_CHECKING:
+    from app.session.runner import RunConfig
 
 DEMO_SCENARIOS = ("stock-reservation", "redis-lock", "redis-queue")
 HTTP_SCENARIOS = ("http-reserve", "http")  # the first one present is used
 DEMO_PLAN = [4, 8, 16, 32]
 DEMO_STEP_SECONDS = 15.0
+
+
+class Demo:
+    name = "demo"
+    help = "embedded Postgres + Redis + demo service, in the console"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--headless", action="store_true")
+        parser.add_argument("--duration", "-d", metavar="T")
+        parser.add_argument("--record", metavar="F.jsonl")
+        parser.add_argument("--export", metavar="F.md")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return run_demo(args)
 
 
 def demo_mix() -> list[tuple[type, float]]:
@@ -30,45 +52,43 @@ def demo_mix() -> list[tuple[type, float]]:
 
 
 def demo_config(
-    pg_dsn: str,
-    redis_url: str,
+    pg_dsn: str | None,
+    redis_url: str | None,
     http_url: str | None,
     *,
     headless: bool = False,
-    duration: float | None = None,
+    duration: float | str | None = None,
     record: str | None = None,
     export: str | None = None,
     local_pids: dict[str, Any] | None = None,
-) -> Any:
-    """The demo's RunConfig, built the way `app.cli.build_run_config` does."""
-    from app.engine.engine import EngineConfig
-    from app.session.runner import RunConfig
-
+) -> RunConfig:
+    """The demo's RunConfig, validated by `build_run_config` like any run's:
+    the demo's plan and parameters are its profile; no loadtop.toml and no
+    LOADTOP_* variable applies."""
     mix = demo_mix()
     needs = {n for cls, _ in mix for n in cls.needs}
-    engine = EngineConfig(
-        concurrency=DEMO_PLAN[0],
-        max_concurrency=256,
-        plan=list(DEMO_PLAN),
-        step_seconds=DEMO_STEP_SECONDS,
-        duration=duration,
-        interval=1.0,
-        end_with_plan=headless,
-    )
-    return RunConfig(
-        scenarios=mix,
-        pg_dsn=pg_dsn,
-        redis_url=redis_url,
-        http_url=http_url if "http" in needs else None,
-        params={"products": "5"},
-        engine=engine,
+    options = SimpleNamespace(
+        pg=pg_dsn,
+        redis=redis_url,
+        http=http_url if "http" in needs else None,
+        headless=headless,
+        duration=None if duration is None else str(duration),
         record=record,
         export=export,
-        local_pids=local_pids,
-        probe_intervals={"pods": 2.0},
-        redis_queue_patterns=["loadtop_*:queue:*"],
-        embedded=["postgres", "redis"],
     )
+    profile = {
+        "scenario": [cls.name for cls, _ in mix],
+        "steps": list(DEMO_PLAN),
+        "step_seconds": str(DEMO_STEP_SECONDS),
+        "max_concurrency": 256,
+        "params": {"products": "5"},
+        "probe_intervals": {"pods": 2.0},
+        "redis_queue_patterns": ["loadtop_*:queue:*"],
+    }
+    cfg = build_run_config(options, profile=profile, env={})
+    cfg.local_pids = local_pids
+    cfg.embedded = ["postgres", "redis"]
+    return cfg
 
 
 def _say(msg: str) -> None:
@@ -113,14 +133,24 @@ def _warm_imports() -> None:
 
 def run_demo(args: Any) -> int:
     """`loadtop demo [--headless] [--duration T] [--record F] [--export F]`."""
-    from app.cli import parse_duration, run_headless
     from app.demo_service import DemoService
     from app.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis
     from app.session.runner import Session
-    from app.ui.main import run_session_console
 
     headless = bool(getattr(args, "headless", False))
-    duration = parse_duration(args.duration) if getattr(args, "duration", None) else None
+    # bad input fails here, before any server starts; the targets come below
+    cfg = demo_config(
+        None,
+        None,
+        None,
+        headless=headless,
+        duration=getattr(args, "duration", None),
+        record=getattr(args, "record", None),
+        export=getattr(args, "export", None),
+    )
+    from app.commands.base import mark_run_started
+
+    mark_run_started()
     with contextlib.ExitStack() as stack:
         _say("starting embedded PostgreSQL, Valkey and the demo service…")
         # side by side, to be on screen within seconds: the servers (their ports
@@ -156,18 +186,15 @@ def run_demo(args: Any) -> int:
             if f.exception() is not None:
                 raise f.exception()  # type: ignore[misc]
         _say(f"demo service on {service.url} (POST /reserve, GET /stock/{{id}})")
-        pids = demo_processes(pg, redis)
-        cfg = demo_config(
-            pg.dsn,
-            redis.url,
-            service.url,
-            headless=headless,
-            duration=duration,
-            record=getattr(args, "record", None),
-            export=getattr(args, "export", None),
-            local_pids=pids,
-        )
+        cfg.pg_dsn, cfg.redis_url = pg.dsn, redis.url
+        if "http" in {n for cls, _ in cfg.scenarios for n in cls.needs}:
+            cfg.http_url = service.url
+        cfg.local_pids = demo_processes(pg, redis)
         if headless:
-            return run_headless(cfg)
-        return run_session_console(Session(cfg), say=_say, cleanup=stack.close)
+            from app.frontends.headless import headless_printer, run_headless
+
+            return run_headless(Session(cfg, printer=headless_printer(cfg)))
+        from app.commands.run import run_console
+
+        return run_console(Session(cfg), cleanup=stack.close)
     return 0

@@ -1,0 +1,86 @@
+"""The command layer's seams, no server: the explicit command tuple is the
+parser, and flags, loadtop.toml and the demo all get their RunConfig from the
+one `build_run_config`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from app.cli import build_parser
+from app.commands import COMMANDS
+from app.commands.demo import DEMO_PLAN, demo_config
+from app.session.config import UsageError, build_run_config
+
+
+def test_the_parser_is_the_command_tuple() -> None:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [c.name for c in COMMANDS]
+    assert [c.name for c in COMMANDS] == ["demo", "run", "watch", "replay", "report", "scenarios"]
+    for c in COMMANDS:
+        assert c.help and callable(c.run) and callable(c.add_arguments)
+
+
+def _run_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["run", *argv])
+
+
+def _comparable(cfg: object) -> dict[str, object]:
+    d = dataclasses.asdict(cfg)  # type: ignore[call-overload]
+    d.pop("run_id")
+    d["scenarios"] = [(cls.name, w) for cls, w in cfg.scenarios]  # type: ignore[attr-defined]
+    return d
+
+
+def test_flags_and_loadtop_toml_build_the_same_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("LOADTOP_PG_DSN", "LOADTOP_REDIS_URL", "LOADTOP_HTTP_URL"):
+        monkeypatch.delenv(var, raising=False)
+    flags = _run_args(
+        "-s", "pg-select=2", "-s", "hot-counter", "--pg", "postgresql://u@127.0.0.1:5/db",
+        "--steps", "1,2,4", "--step-seconds", "10s", "--abort-on", "p95>500ms",
+        "--slo", "p95=300ms", "--max-concurrency", "32", "-p", "mode=unsafe", "--headless",
+    )  # fmt: skip
+    (tmp_path / "loadtop.toml").write_text(
+        'pg = "postgresql://u@127.0.0.1:5/db"\nscenario = ["pg-select=2", "hot-counter"]\n'
+        'steps = [1, 2, 4]\nstep_seconds = "10s"\nabort_on = "p95>500ms"\n'
+        'max_concurrency = 32\n[params]\nmode = "unsafe"\n[slo]\np95_ms = 300.0\n',
+        encoding="utf-8",
+    )
+    from_toml = build_run_config(_run_args("--headless"))
+    assert _comparable(build_run_config(flags)) == _comparable(from_toml)
+    assert from_toml.engine.plan == [1, 2, 4] and from_toml.engine.concurrency == 1
+
+
+def test_toml_and_flags_fail_with_the_same_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as by_flag:
+        build_run_config(_run_args("-s", "pg-select", "--max-concurrency", "many"))
+    (tmp_path / "loadtop.toml").write_text('max_concurrency = "many"\n', encoding="utf-8")
+    with pytest.raises(UsageError) as by_toml:
+        build_run_config(_run_args("-s", "pg-select"))
+    assert (
+        str(by_flag.value)
+        == str(by_toml.value)
+        == ("--max-concurrency 'many' is not a whole number: give e.g. 8")
+    )
+
+
+def test_the_demo_config_is_validated_and_ignores_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a loadtop.toml here must not reach the demo
+    (tmp_path / "loadtop.toml").write_text("readonly = true\n", encoding="utf-8")
+    monkeypatch.setenv("LOADTOP_PG_DSN", "postgresql://someone@staging.example/db")
+    cfg = demo_config(None, None, None, duration="90s")
+    assert cfg.pg_dsn is None and not cfg.readonly
+    assert cfg.engine.duration == 90.0 and cfg.engine.plan == DEMO_PLAN
+    with pytest.raises(UsageError, match="--duration must be positive"):
+        demo_config(None, None, None, duration="0s")
