@@ -147,12 +147,13 @@ def test_report_sections_are_imported_and_a_failing_one_says_so(
     md = render_markdown(rec)
     assert "## Anomalies" in md and "## Systems under load" in md
 
-    def boom(ticks: list[Tick], **kw: object) -> str:
-        raise RuntimeError("boom")
+    class Boom:
+        def add(self, t: Tick, hists: object) -> None:
+            raise RuntimeError("boom")
 
-    monkeypatch.setattr(report, "probe_report_section", boom)
+    monkeypatch.setattr(report, "ProbeReport", Boom)
     md = render_markdown(rec)
-    assert "_(boom failed: RuntimeError: boom)_" in md and "## Anomalies" in md
+    assert "_(probe_report_section failed: RuntimeError: boom)_" in md and "## Anomalies" in md
 
 
 def test_every_report_table_splits_and_numbers_steps_alike() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from app import fmt
 from app.detect.base import Detector, Finding, Options, TickView
-from app.probes.pg_locks import describe_wait
+from app.readings import describe_wait
 from app.tick import Tick
 
 
