@@ -18,6 +18,7 @@ from typing import Any
 
 from textual.binding import Binding
 
+from app import fmt
 from app.session.recording import Recording, TickFile
 from app.session.retention import TRIM_EVERY, release_free_memory
 from app.tick import Anomaly, ControlEvent
@@ -28,7 +29,6 @@ from app.ui.timeline import (
     MAX_CHANGES,
     Overview,
     Point,
-    fmt_elapsed,
     point_of,
 )
 
@@ -213,7 +213,7 @@ class ReplayConsole(Console):
     def _replay_status(self) -> None:
         rp = self.replay
         n = len(rp.ticks)
-        end = fmt_elapsed(rp.elapsed[-1]) if n else "00:00"
+        end = fmt.clock(rp.elapsed[-1]) if n else "00:00"
         state = "▶ playing" if rp.playing else "❚❚ paused"
         status = f"REPLAY {state}  tick {rp.pos + 1 if n else 0}/{n}  of {end}"
         if not rp.rec.complete:
