@@ -32,8 +32,8 @@ def recording() -> Recording:
     ]  # fmt: skip
     data["unmatched_keys"] = ["myapp_mutex_orders"]
     readings = {**last.readings, "redis": Reading("redis", T0 + 19, True, 2.0, data)}
-    rec.ticks[-1] = dataclasses.replace(last, readings=readings)
-    return rec
+    ticks = [*rec.ticks[:-1], dataclasses.replace(last, readings=readings)]
+    return dataclasses.replace(rec, ticks=ticks)
 
 
 @pytest.mark.parametrize("width", [100, 140])
