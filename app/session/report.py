@@ -265,7 +265,11 @@ def _table(headers: list[str], rows: list[list[str]], align: str | None = None) 
     return out
 
 
-def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> str:
+def render_markdown(
+    rec: Recording, summary: dict[str, Any] | None = None, *, chart: str = ""
+) -> str:
+    """The Markdown report. `chart`: the chart section (app.session.export
+    builds it: the SVG link and the text chart), placed after the headline."""
     s = summary or build_summary(rec)
     ticks = rec.ticks
     L: list[str] = []
@@ -285,6 +289,9 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
+    if chart:
+        L.append(chart)
+        L.append("")
     L.append("## Run")
     L.append("")
     rows = [[k, f"`{v}`"] for k, v in s["targets"].items()]
