@@ -112,6 +112,8 @@ class Marker:
     label: str  # a few characters drawn by the line
     title: str  # the whole story, as the line's <title> (a tooltip in a browser)
     color: str
+    group: str  # the legend's name for its colour: "load change", "fault", "anomaly (warning)"
+    after: float | None = None  # the value a change set (labels of one change are shown once)
 
 
 @dataclass
@@ -133,10 +135,16 @@ class ChartData:
 
 
 _LOAD_KINDS = {"concurrency": "c", "plan-step": "step", "rate": "rate", "step-size": "step"}
-_EVENT_COLORS = {
-    "concurrency": "#4b5563", "plan-step": "#4b5563", "rate": "#4b5563", "pause": "#6b7280",
-    "resume": "#6b7280", "panic": "#b91c1c", "abort": "#b91c1c", "fault": "#7c3aed",
+# colour and legend name by kind; any other kind is an "event", drawn all the same
+_GROUPS = {
+    **{k: ("load change", "#4b5563") for k in (
+        "concurrency", "plan-step", "rate", "pause", "resume", "start", "stop", "plan-start",
+        "plan-stop", "plan-paused", "step-size")},
+    "panic": ("panic / abort", "#b91c1c"),
+    "abort": ("panic / abort", "#b91c1c"),
+    "fault": ("fault", "#7c3aed"),
 }  # fmt: skip
+_OTHER = ("event", "#9ca3af")
 _SEVERITY_COLORS = {"critical": "#dc2626", "warning": "#d97706", "info": "#2563eb"}
 
 
@@ -159,7 +167,32 @@ def event_marker(e: ControlEvent, x: float) -> Marker:
     )
     note = f": {e.note}" if e.note else ""
     title = f"{time_label(x)} {e.kind} by {e.source}{change}{note}"
-    return Marker(x, e.kind, label, title, _EVENT_COLORS.get(e.kind, "#9ca3af"))
+    group, color = _GROUPS.get(e.kind, _OTHER)
+    return Marker(x, e.kind, label, title, color, group, e.after)
+
+
+def labelled(markers: list[Marker]) -> list[tuple[Marker, bool]]:
+    """Each marker, and whether its label is shown: one change often comes as
+    two events at once (the plan's step and the concurrency it set), which
+    need one label; the concurrency's (`c→4`) is kept."""
+    seen: dict[tuple[int, float], int] = {}
+    out: list[tuple[Marker, bool]] = []
+    for m in markers:
+        if m.after is None:
+            out.append((m, True))
+            continue
+        key = (round(m.x * 2), m.after)
+        j = seen.get(key)
+        if j is None:
+            seen[key] = len(out)
+            out.append((m, True))
+        elif m.kind == "concurrency":
+            out[j] = (out[j][0], False)
+            seen[key] = len(out)
+            out.append((m, True))
+        else:
+            out.append((m, False))
+    return out
 
 
 class ChartBuilder:
@@ -210,8 +243,10 @@ class ChartBuilder:
                 title = (
                     f"{time_label(x)} anomaly {a.kind} ({a.severity}) on {a.subject}: {a.summary}"
                 )
-                self._mark(Marker(x, "anomaly", a.kind[:16], title,
-                                  _SEVERITY_COLORS.get(a.severity, "#dc2626")))  # fmt: skip
+                color = _SEVERITY_COLORS.get(a.severity, "#dc2626")
+                self._mark(
+                    Marker(x, "anomaly", a.kind[:16], title, color, f"anomaly ({a.severity})")
+                )
         if tick.is_drain or tick.interval <= 0:
             return  # the in-flight tail after the stop: its rate and percentiles mislead
         slots = [(self._slot(s.name), s) for s in tick.scenarios]
@@ -344,10 +379,8 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
     """The chart as a standalone SVG document (a string)."""
     series = series_of(data)
     legend = [(s.name, s.color, s.dash) for s in series]
-    kinds = sorted(
-        {(m.kind if m.kind != "anomaly" else "anomaly raised", m.color) for m in data.markers}
-    )
-    legend += [(k, c, "3 3") for k, c in kinds]
+    groups = dict.fromkeys((m.group, m.color) for m in data.markers)
+    legend += [(g, c, "3 3") for g, c in groups]
     per_row = max(1, (width - 80) // 150)
     legend_rows = max(1, math.ceil(len(legend) / per_row))
     L, R, T = 72, 72, 34 + LABEL_ROWS * 13
@@ -406,14 +439,14 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
         o.append(_text((x0 + x1) / 2, (y0 + y1) / 2, "no ticks recorded", anchor="middle"))
     # markers: a line each; labels in rows above the plot, left out where they would overlap
     ends = [-1e9] * LABEL_ROWS
-    for m in data.markers:
+    for m, show in labelled(data.markers):
         x = X(min(m.x, span))
         o.append(f'<g class="marker" data-kind="{escape(m.kind)}"><title>{escape(m.title)}</title>')
         o.append(f'<line x1="{_f(x)}" y1="{y0}" x2="{_f(x)}" y2="{y1}" stroke="{m.color}"'
                  ' stroke-width="1" stroke-dasharray="3 3"/>')  # fmt: skip
         w = CHAR_W * len(m.label)
         lx = min(x + 2, x1 - w)
-        row = next((r for r in range(LABEL_ROWS) if ends[r] < lx), None)
+        row = next((r for r in range(LABEL_ROWS) if ends[r] < lx), None) if show else None
         if row is not None:
             ends[row] = lx + w + 4
             o.append(_text(lx, y0 - 4 - row * 13, m.label, size=10.5, color=m.color))

@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.session.chart import ChartData, chart_data, render_svg, render_text, time_label
+from app.session.chart import (
+    ChartData,
+    chart_data,
+    labelled,
+    render_svg,
+    render_text,
+    time_label,
+)
 from app.session.recording import Recording
 from app.session.report import render_json, render_markdown
 from app.targets import Redactor
@@ -49,9 +56,10 @@ def chart_section(data: ChartData, link: str | None = None, note: str = "") -> s
         out += [note, ""]
     out += ["```text", render_text(data), "```", ""]
     if data.markers:
-        shown = data.markers[:16]
-        more = len(data.markers) - len(shown) + data.markers_dropped
-        marks = " · ".join(f"{time_label(m.x)} {m.label}" for m in shown)
+        named = [m for m, show in labelled(data.markers) if show]
+        shown = named[:16]
+        more = len(named) - len(shown) + data.markers_dropped
+        marks = " · ".join(f"{time_label(m.x) if m.x >= 0.5 else '0s'} {m.label}" for m in shown)
         out.append(f"Marked: {marks}" + (f" · and {more} more" if more else ""))
         out.append("")
     return "\n".join(out).rstrip("\n")

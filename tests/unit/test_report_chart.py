@@ -126,6 +126,10 @@ def test_svg_parses_and_holds_each_series_axis_and_marker() -> None:
             "anomaly",
         ]
     )
+    # one change, two events (the plan's step, the concurrency it set): one label
+    assert "c→4" in words and "c→16" in words and "step→4" not in words
+    legend = texts(root.find(".//s:g[@class='legend']", NS))
+    assert {"load change", "fault", "anomaly (warning)"} <= set(legend)
     fault = next(
         g for g in root.findall(".//s:g[@class='marker']", NS) if g.get("data-kind") == "fault"
     )
