@@ -250,9 +250,12 @@ class ChartBuilder:
         if tick.is_drain or tick.interval <= 0:
             return  # the in-flight tail after the stop: its rate and percentiles mislead
         slots = [(self._slot(s.name), s) for s in tick.scenarios]
-        if self._fill == 0 or self._fill >= self._size:
-            self._buckets.append([tick.elapsed, 0.0] + [math.nan] * (3 * len(self.names)))
-            self._fill = 0
+        if not self._buckets or self._fill >= self._size:
+            if len(self._buckets) >= self.max_points:
+                self._halve()  # room for the new bucket, or the last one fills up further
+            if not self._buckets or self._fill >= self._size:
+                self._buckets.append([tick.elapsed, 0.0] + [math.nan] * (3 * len(self.names)))
+                self._fill = 0
         b = self._buckets[-1]
         b[0] = tick.elapsed
         b[1] += tick.interval
@@ -264,8 +267,6 @@ class ChartBuilder:
                 b[k + 1] = p95 if math.isnan(b[k + 1]) else max(b[k + 1], p95)
                 b[k + 2] = p99 if math.isnan(b[k + 2]) else max(b[k + 2], p99)
         self._fill += 1
-        if len(self._buckets) > self.max_points and self._fill >= self._size:
-            self._halve()
 
     def _halve(self) -> None:
         """Merge neighbouring buckets: sums add, worst percentiles stay."""
@@ -280,7 +281,9 @@ class ChartBuilder:
                 m.append(_max(a[k + 2], b[k + 2]))
             out.append(m)
         if len(bs) % 2:
-            out.append(bs[-1])
+            out.append(bs[-1])  # holds `_fill` ticks still: it fills up to the new size
+        else:
+            self._fill = 2 * self._size  # the last bucket is two full ones: full
         self._buckets = out
         self._size *= 2
 

@@ -191,9 +191,11 @@ def test_eight_hours_in_one_pass_with_bounded_buckets() -> None:
         cb.add(t)
         most = max(most, len(cb._buckets))
     data = cb.data()
-    assert most <= MAX_POINTS + 1
+    assert most <= MAX_POINTS
     assert MAX_POINTS // 2 <= len(data.xs) <= MAX_POINTS
     assert data.ticks == n and data.ticks_per_point == 64
+    steps = {b - a for a, b in zip(data.xs, data.xs[1:-1], strict=False)}
+    assert steps == {64.0}  # every bucket but the last holds the same number of ticks
     # throughput is the mean over each bucket: 200 ops/s exactly
     assert {round(v or 0, 6) for v in data.ops["s"]} == {200.0}
     # the worst tick survives the merging: one bucket holds the 4 s spike
@@ -202,6 +204,15 @@ def test_eight_hours_in_one_pass_with_bounded_buckets() -> None:
     root = parse(render_svg(data))
     assert len(points(root.find(".//s:path[@data-series='p99']", NS))) == len(data.xs)
     assert "8h" in texts(root)
+
+
+@pytest.mark.parametrize("max_points", [5, 6, 7])
+def test_buckets_stay_even_whatever_the_limit(max_points: int) -> None:
+    data = chart_data(session(100, drain=False), max_points=max_points)
+    size = data.ticks_per_point
+    assert len(data.xs) <= max_points
+    assert all(b - a == size for a, b in zip(data.xs, data.xs[1:-1], strict=False)), data.xs
+    assert data.xs[-1] == 100 and data.xs[-1] - data.xs[-2] <= size
 
 
 def test_text_chart_is_plain_with_human_axes() -> None:
