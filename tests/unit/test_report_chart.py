@@ -24,7 +24,7 @@ from app.session.chart import (
     tick_label,
     time_label,
 )
-from app.session.export import write_report
+from app.session.export import chart_path_for, write_report
 from app.session.recording import Recorder, Recording
 from app.targets import Redactor
 from app.tick import Anomaly, ControlEvent, ScenarioWindow, Tick, new_histogram
@@ -286,3 +286,10 @@ def test_the_svg_is_masked_and_a_chart_that_cannot_be_written_is_said(tmp_path: 
     write_report(rec, str(tmp_path / "q.md"))
     text = (tmp_path / "q.md").read_text()
     assert "The chart could not be written to q.svg" in text and "](q.svg)" not in text
+
+
+def test_chart_path_is_next_to_the_report_and_only_for_files(tmp_path: Path) -> None:
+    assert chart_path_for(tmp_path / "F.md") == tmp_path / "F.svg"
+    assert chart_path_for(tmp_path / "report") == tmp_path / "report.svg"
+    assert chart_path_for(tmp_path / "F.svg") == tmp_path / "F.chart.svg"
+    assert chart_path_for("/dev/null") is None  # no "next to" a device
