@@ -3,22 +3,31 @@ turn bad input into one line on stderr.
 
 Exit codes: 0 ran and every threshold held; 1 a threshold or an invariant
 failed; 2 bad input (one line on stderr that says what to fix, no traceback).
+No traceback reaches the screen: an unexpected exception is one line (exit 2
+before a run starts, 1 once it has), its traceback goes to a log file whose
+path the line names.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from app.commands import COMMANDS
-from app.commands.base import UsageError, fail, say_err
+from app.commands import base as _base
+from app.commands.base import UsageError, fail, say_err, silence_stdout, stdout_gone
 from app.engine.thresholds import ThresholdError
 from app.scenario import ScenarioError
 from app.session.recording import RecordingError
-from app.targets import TargetError, redact
+from app.targets import Redactor, TargetError, redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,13 +75,83 @@ def _quiet_logging() -> None:
     root.addHandler(h)
 
 
+def _value_options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+    """(options that take one value, every option string), over all commands."""
+    takes, every = set(), set()
+    for p in [parser, *_subparsers(parser)]:
+        for a in p._actions:
+            every.update(a.option_strings)
+            if a.option_strings and a.nargs is None:
+                takes.update(a.option_strings)
+    return takes, every
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [
+        sp
+        for a in parser._actions
+        if isinstance(a, argparse._SubParsersAction)
+        for sp in a.choices.values()
+    ]
+
+
+def attach_dash_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--concurrency -3`, `-d -5s`: argparse takes a value starting with '-'
+    for an option and says "expected one argument". Attach it to its option
+    (`--concurrency=-3`, `-d-5s`) so the schema refuses it with its own line."""
+    takes, every = _value_options(parser)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out += argv[i:]
+            break
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if (
+            tok in takes
+            and nxt
+            and nxt.startswith("-")
+            and nxt != "--"
+            and nxt.split("=")[0] not in every
+        ):
+            out.append(f"{tok}={nxt}" if tok.startswith("--") else f"{tok}{nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def crash_log(exc: BaseException, argv: Sequence[str]) -> str:
+    """Write the traceback, masked, to a private log file; return its path."""
+    text = "".join(traceback.format_exception(exc))
+    masks = Redactor.for_targets([a.partition("=")[2] or a for a in argv if "://" in a])
+    text = masks(f"loadtop {' '.join(argv)}\n\n{text}")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for d in (Path(state) / "loadtop", Path(tempfile.gettempdir())):
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = d / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(text)
+            return str(path)
+        except OSError:
+            continue
+    return "(no log file could be written)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_logging()
+    _base.RUN_STARTED = False
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(attach_dash_values(argv, parser))
         if args.cmd is None:
-            build_parser().print_help()
+            parser.print_help()
             return 2
         command = next(c for c in COMMANDS if c.name == args.cmd)
         return command.run(args)
@@ -91,7 +170,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, SetupError):
             say_err(redact(str(e)))
             return 2
-        raise
+        if stdout_gone(e):  # `loadtop ... | head`: the reader left; not an error of ours
+            silence_stdout()
+            return 0 if not _base.RUN_STARTED else 1
+        path = crash_log(e, argv)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        say_err(
+            redact(f"internal error: {type(e).__name__}{': ' + first if first else ''}")
+            + f" (traceback in {path}; please report it)"
+        )
+        return 1 if _base.RUN_STARTED else 2
 
 
 if __name__ == "__main__":

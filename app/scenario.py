@@ -24,6 +24,7 @@ fails or never runs.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -112,6 +113,94 @@ def coerce_param(scenario: str, name: str, raw: str, default: T) -> T:
         ) from None
 
 
+@dataclass(frozen=True)
+class Param:
+    """One declared `-p` parameter of a scenario: its type (int, float, str or
+    bool), its default, one line of help, and what values it takes: `choices`
+    (for str), an inclusive `min` / `max` (for numbers), or `check`, a function
+    that returns what is wrong with a raw value (None when it is fine).
+    `loadtop scenarios` prints from it and `loadtop run` checks every `-p`
+    against it before anything starts."""
+
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    check: Callable[[str], str | None] | None = None
+
+    def describe(self) -> str:
+        """The help line, with the type, range, choices and default."""
+        if self.choices:
+            what = " | ".join(self.choices)
+        elif self.type is bool:
+            what = "true | false"
+        else:
+            what = self.type.__name__
+            if self.min is not None and self.max is not None:
+                what += f" {_num(self.min)}..{_num(self.max)}"
+            elif self.min is not None:
+                what += f" >= {_num(self.min)}"
+            elif self.max is not None:
+                what += f" <= {_num(self.max)}"
+        default = "" if self.default in (None, "") else f", default {self.default}"
+        return f"{self.help} [{what}{default}]"
+
+    def validate(self, scenario: str, name: str, raw: str) -> None:
+        """Raise ScenarioError (one line, says what to give) for a bad value."""
+        example = self.choices[0] if self.choices else self.default
+        value: Any = raw
+        if self.type in (int, float, bool):
+            value = coerce_param(scenario, name, raw, self.type(self.default or 0))
+            if self.type is float and value != value:  # NaN
+                raise ScenarioError(f"scenario {scenario!r}: parameter {name}={raw!r} is not a"
+                                    f" number (for example -p {name}={example})")  # fmt: skip
+        if self.choices and raw.strip() not in self.choices:
+            near = difflib.get_close_matches(raw.strip(), self.choices, 1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ScenarioError(f"scenario {scenario!r}: -p {name}={raw!r} is not allowed{hint}:"
+                                f" use {' or '.join(self.choices)}")  # fmt: skip
+        if self.type in (int, float):
+            lo, hi = self.min, self.max
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                span = (f"between {_num(lo)} and {_num(hi)}" if lo is not None and hi is not None
+                        else f"at least {_num(lo)}" if lo is not None else f"at most {_num(hi)}")  # fmt: skip
+                raise ScenarioError(f"scenario {scenario!r}: -p {name}={raw} is out of range:"
+                                    f" give a value {span}")  # fmt: skip
+        if self.check is not None and (problem := self.check(raw)):
+            raise ScenarioError(f"scenario {scenario!r}: -p {name}: {problem}")
+
+
+def _num(v: float | None) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def check_params(classes: list[type[Scenario]], params: Mapping[str, str]) -> None:
+    """Every `-p` against the mix's declarations, before anything starts: a key
+    no scenario of the mix declares is an error with a did-you-mean (unless a
+    scenario in the mix declares nothing: its parameters are free-form), and a
+    value is checked by every scenario that declares its key."""
+    free = any(c.parameters is None for c in classes)
+    known = sorted({k for c in classes for k in (c.parameters or {})})
+    names = ", ".join(c.name for c in classes) or "no scenario"
+    for key, raw in params.items():
+        owners = [c for c in classes if c.parameters and key in c.parameters]
+        if not owners:
+            if free:
+                continue
+            near = difflib.get_close_matches(key, known, 1, 0.6)
+            if near:
+                hint = f"did you mean -p {near[0]}=...?"
+            elif known:
+                hint = f"use one of {', '.join(known)}"
+            else:
+                hint = "drop it (it takes none)"
+            raise ScenarioError(f"-p {key}: not a parameter of {names}: {hint}")
+        for c in owners:
+            c.parameters[key].validate(c.name, key, str(raw))  # type: ignore[index]
+
+
 class Scenario:
     """Base class. Subclasses set `name`, `needs` and implement `run`."""
 
@@ -119,12 +208,23 @@ class Scenario:
     description: ClassVar[str] = ""  # one line, shown by `loadtop scenarios`
     needs: ClassVar[tuple[str, ...]] = ()  # any of "postgres", "redis", "http"
     writes: ClassVar[bool] = True  # False: safe to run with --readonly
-    # -p parameters this scenario understands, name -> one-line help
+    # the -p parameters this scenario takes, declared: every -p is checked
+    # against them before a run starts, and `loadtop scenarios` prints them.
+    # None (the default) declares nothing: -p is then free-form for it.
+    # (`self.params` is what was given: name -> raw value)
+    parameters: ClassVar[Mapping[str, Param] | None] = None
+    # name -> one-line help; derived from `params` when that is declared
     params_help: ClassVar[Mapping[str, str]] = {}
     # True when workers may run in other processes (--processes N): run() needs
     # nothing from setup() but what is on the target or built in prepare(), and
     # verify() reads the target, not this object's counters
     processes_ok: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("parameters")
+        if isinstance(declared, Mapping) and "params_help" not in cls.__dict__:
+            cls.params_help = {k: p.describe() for k, p in declared.items()}
 
     def __init__(self, params: Mapping[str, str] | None = None) -> None:
         self.params: dict[str, str] = dict(params or {})

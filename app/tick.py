@@ -1,12 +1,16 @@
 """The timeline's data: one immutable `Tick` per window, and its JSON form.
 
 Everything downstream of the engine (recorder, detectors, console, headless
-printer, report) reads `Tick`s and nothing else. A tick is built once, by the
-engine, when a window closes; nobody mutates it afterwards.
+printer, report) reads `Tick`s and nothing else. The engine builds the raw
+tick when a window closes; the session's enrichers return copies with
+anomalies, thresholds and invariant results added; nobody mutates a tick.
 
 Latencies are microseconds in HdrHistograms (1 µs .. 60 s, 3 significant
 digits). Probe readings are JSON-able mappings whose shapes are documented in
 `app.probes` (see `app/probes/schema.py`); the tick does not interpret them.
+
+Over ~500 lines on purpose: the data model and its JSON form (the recording
+format) change together, field by field, so they live in one module.
 """
 
 from __future__ import annotations
@@ -217,6 +221,54 @@ class ThresholdStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlState:
+    """Where the controls stood at the close of the window, so a front end
+    needs no copy of its own. `target` is the total target as set (a pause
+    does not zero it); `targets`/`rates` are the per-scenario shares now."""
+
+    paused: bool = False
+    panicked: bool = False
+    plan_running: bool = False
+    plan_step: int | None = None  # the plan's current step, also while it is paused
+    plan_steps: int = 0  # steps in the ramp plan (0: none)
+    mode: str = "workers"
+    target: int = 0
+    rate: float | None = None
+    targets: Mapping[str, int] = field(default_factory=dict)
+    rates: Mapping[str, float] = field(default_factory=dict)
+
+
+def _control_to_json(c: ControlState) -> dict[str, Any]:
+    return {
+        "paused": c.paused,
+        "panicked": c.panicked,
+        "plan_running": c.plan_running,
+        "plan_step": c.plan_step,
+        "plan_steps": c.plan_steps,
+        "mode": c.mode,
+        "target": c.target,
+        "rate": c.rate,
+        "targets": dict(c.targets),
+        "rates": {k: round(v, 6) for k, v in c.rates.items()},
+    }
+
+
+def _control_from_json(d: Mapping[str, Any]) -> ControlState:
+    return ControlState(
+        paused=bool(d.get("paused", False)),
+        panicked=bool(d.get("panicked", False)),
+        plan_running=bool(d.get("plan_running", False)),
+        plan_step=d.get("plan_step"),
+        plan_steps=int(d.get("plan_steps", 0)),
+        mode=str(d.get("mode", "workers")),
+        target=int(d.get("target", 0)),
+        rate=d.get("rate"),
+        targets={str(k): int(v) for k, v in (d.get("targets") or {}).items()},
+        rates={str(k): float(v) for k, v in (d.get("rates") or {}).items()},
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GeneratorStats:
     """loadtop's own health, so the tool's limits are not blamed on the target."""
 
@@ -244,6 +296,11 @@ class Tick:
     events: tuple[ControlEvent, ...] = ()
     thresholds: tuple[ThresholdStatus, ...] = ()
     generator: GeneratorStats = field(default_factory=GeneratorStats)
+    # the controls at the close (None in recordings made before it existed)
+    control: ControlState | None = None
+    # verify() results that completed in this window: scenario -> violations
+    # (an empty tuple: the check ran and found nothing)
+    invariants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     # ---- derived figures, all scenarios together -------------------------
     @property
@@ -379,6 +436,12 @@ def tick_to_json(tick: Tick) -> dict[str, Any]:
             "cpu_pct": round(tick.generator.cpu_pct, 1),
             "rss_mb": round(tick.generator.rss_mb, 1),
         },
+        **({"control": _control_to_json(tick.control)} if tick.control is not None else {}),
+        **(
+            {"invariants": {k: list(v) for k, v in tick.invariants.items()}}
+            if tick.invariants
+            else {}
+        ),  # fmt: skip
     }
 
 
@@ -479,4 +542,8 @@ def tick_from_json(d: Mapping[str, Any]) -> Tick:
             for th in d.get("thresholds", [])
         ),
         generator=GeneratorStats(**(d.get("generator") or {})),
+        control=_control_from_json(d["control"]) if d.get("control") else None,
+        invariants={
+            str(k): tuple(str(v) for v in vs) for k, vs in (d.get("invariants") or {}).items()
+        },
     )

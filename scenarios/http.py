@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from app.engine.errors import OperationError, http_class
-from app.scenario import Context, Scenario, ScenarioError
+from app.scenario import Context, Param, Scenario, ScenarioError
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -73,6 +73,44 @@ def parse_headers(name: str, raw: str) -> dict[str, str]:
     return out
 
 
+def _ok(_: Any) -> None:
+    """A check that passes when the parser did not raise."""
+    return None
+
+
+def _check_method(raw: str) -> str | None:
+    if raw.strip().upper() in METHODS:
+        return None
+    return f"method={raw!r} is unknown: use one of {', '.join(METHODS)}"
+
+
+def _check_json(raw: str) -> str | None:
+    if not raw:
+        return None
+    try:
+        json.loads(raw)
+    except ValueError as e:
+        return f"body is not valid JSON ({e.msg}): give a JSON document, e.g. -p body='{{}}'"
+    return None
+
+
+HTTP2 = ("0", "1", "h2c", "false", "true")
+
+
+def _check_http2(raw: str) -> str | None:
+    return None if raw.lower() in HTTP2 else f"http2={raw!r} is unknown: use 0, 1 or h2c"
+
+
+def _check_products(raw: str) -> str | None:
+    try:
+        ids = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        ids = []
+    if not ids or any(i < 1 for i in ids):
+        return f"products={raw!r} is not a count or a list of ids: give e.g. 20 or 1,2,3"
+    return None
+
+
 def json_path(doc: Any, path: str) -> tuple[bool, Any]:
     """Follow `a.b.0.c` into a JSON document: (found, value)."""
     cur = doc
@@ -96,21 +134,28 @@ class HttpRequest(Scenario):
     description = "one HTTP request per operation (method, path, headers, JSON body), checked by status and body"
     needs = ("http",)
     writes = False  # per instance: True unless -p method is GET, HEAD or OPTIONS
-    params_help = {
-        "method": "GET (default) | POST | PUT | PATCH | DELETE | HEAD | OPTIONS",
-        "path": "path (or full URL) joined to --http (default: the --http URL itself)",
-        "headers": "request headers: 'Name: value|Name2: value' or a JSON object",
-        "body": "a JSON document sent as the body (Content-Type: application/json)",
-        "expect": "accepted statuses, e.g. 200,201 or 2xx (default 2xx); others fail as 'http 4xx', 'http 5xx', 'http 429'",
-        "contains": "the response body must contain this text, else 'body check'",
-        "json_key": "the JSON response must have this key (dotted path, a.b.0.c), else 'body check'",
-        "json_value": "with json_key: the value it must have (compared as text)",
-        "timeout_s": "whole-request timeout in seconds (default 30): 'timeout'",
-        "connect_timeout_s": "connect timeout in seconds (default 5)",
-        "http2": "1: send through httpx with HTTP/2 (negotiated by ALPN over https; h2c: prior"
-        " knowledge over plain http). Costs client CPU: measured 1,168 req/s against aiohttp's"
-        " 2,993 at 64 workers on 2 cores, so use it only when the target needs HTTP/2",
-    }
+    parameters = {
+        "method": Param(str, "GET", "the request method (any case)", check=_check_method),
+        "path": Param(str, "", "path (or full URL) joined to --http (default: the --http URL itself)"),
+        "headers": Param(str, "", "request headers: 'Name: value|Name2: value' or a JSON object",
+                         check=lambda raw: _ok(parse_headers("http", raw))),
+        "body": Param(str, "", "a JSON document sent as the body (Content-Type: application/json)",
+                      check=_check_json),
+        "expect": Param(str, "2xx", "accepted statuses, e.g. 200,201 or 2xx; others fail as"
+                        " 'http 4xx', 'http 5xx', 'http 429'",
+                        check=lambda raw: _ok(parse_expect("http", raw))),
+        "contains": Param(str, "", "the response body must contain this text, else 'body check'"),
+        "json_key": Param(str, "", "the JSON response must have this key (dotted path, a.b.0.c),"
+                          " else 'body check'"),
+        "json_value": Param(str, "", "with json_key: the value it must have (compared as text)"),
+        "timeout_s": Param(float, 30.0, "whole-request timeout in seconds: 'timeout'",
+                           min=0.001, max=3600),
+        "connect_timeout_s": Param(float, 5.0, "connect timeout in seconds", min=0.001, max=3600),
+        "http2": Param(str, "0", "1: send through httpx with HTTP/2 (negotiated by ALPN over"
+                       " https; h2c: prior knowledge over plain http). Costs client CPU: measured"
+                       " 1,168 req/s against aiohttp's 2,993 at 64 workers on 2 cores, so use it"
+                       " only when the target needs HTTP/2", check=_check_http2),
+    }  # fmt: skip
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         super().__init__(params)
@@ -242,14 +287,16 @@ class HttpReserve(Scenario):
         " no-oversell checked in its database"
     )
     needs = ("http", "postgres")
-    params_help = {
-        "products": "product ids to reserve from: a count n (1..n, default 20) or a list 1,2,5",
-        "max_k": "units per reservation, 1..max_k (default 3)",
-        "stock": "set these products' stock to this many units at setup (default: leave it);"
-        " small values make the service sell out and answer 409",
-        "schema": "the service's schema in --pg (default loadtop_demo_shop)",
-        "timeout_s": "whole-request timeout in seconds (default 30)",
-    }
+    parameters = {
+        "products": Param(str, "20", "product ids to reserve from: a count n (1..n) or a list"
+                          " 1,2,5", check=_check_products),
+        "max_k": Param(int, 3, "units per reservation, 1..max_k", min=1, max=1_000_000),
+        "stock": Param(int, None, "set these products' stock to this many units at setup"
+                       " (default: leave it); small values make the service sell out and"
+                       " answer 409", min=0, max=2**31 - 1),
+        "schema": Param(str, "loadtop_demo_shop", "the service's schema in --pg"),
+        "timeout_s": Param(float, 30.0, "whole-request timeout in seconds", min=0.001, max=3600),
+    }  # fmt: skip
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         super().__init__(params)

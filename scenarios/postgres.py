@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import ClassVar
 
-from app.scenario import Context, Scenario, ScenarioError
+from app.scenario import Context, Param, Scenario, ScenarioError
+
+MODE = ("safe", "unsafe")
 
 
 def _q(ctx: Context, table: str) -> str:
@@ -25,12 +28,14 @@ class StockReservation(Scenario):
         "reserve k units of a product's stock in a transaction (FOR UPDATE); unsafe mode oversells"
     )
     needs = ("postgres",)
-    params_help = {
-        "mode": "safe (SELECT ... FOR UPDATE) | unsafe (read, then write without the row lock)",
-        "products": "number of products (default 10; fewer = more contention)",
-        "stock": "initial units per product (default 100000)",
-        "max_k": "units per reservation, 1..max_k (default 3)",
-    }
+    parameters = {
+        "mode": Param(str, "safe", "safe: SELECT ... FOR UPDATE; unsafe: read, then write"
+                      " without the row lock", choices=MODE),
+        "products": Param(int, 10, "number of products (fewer = more contention)",
+                          min=1, max=1_000_000),
+        "stock": Param(int, 100_000, "initial units per product", min=0, max=2**31 - 1),
+        "max_k": Param(int, 3, "units per reservation, 1..max_k", min=1, max=1_000_000),
+    }  # fmt: skip
 
     async def setup(self, ctx: Context) -> None:
         assert ctx.conn is not None
@@ -114,7 +119,10 @@ class HotCounter(Scenario):
         "increment one row from every worker; unsafe mode (read, then write) loses updates"
     )
     needs = ("postgres",)
-    params_help = {"mode": "safe (n = n + 1) | unsafe (SELECT n, then UPDATE n = read + 1)"}
+    parameters = {
+        "mode": Param(str, "safe", "safe: n = n + 1; unsafe: SELECT n, then UPDATE n = read + 1",
+                      choices=MODE),
+    }  # fmt: skip
 
     async def setup(self, ctx: Context) -> None:
         assert ctx.conn is not None
@@ -153,11 +161,13 @@ class OppositeOrder(Scenario):
     processes_ok = True  # state lives in the database
     description = "two-row transfers taking row locks in opposite orders: deadlocks (40P01)"
     needs = ("postgres",)
-    params_help = {
-        "accounts": "number of accounts (default 2)",
-        "hold_ms": "time between the two row locks, widening the window (default 5)",
-        "order": "opposite (deadlocks) | sorted (locks in id order: no deadlock)",
-    }
+    parameters = {
+        "accounts": Param(int, 2, "number of accounts", min=2, max=1_000_000),
+        "hold_ms": Param(float, 5.0, "ms between the two row locks, widening the window",
+                         min=0, max=60_000),
+        "order": Param(str, "opposite", "opposite: deadlocks; sorted: locks in id order,"
+                       " no deadlock", choices=("opposite", "sorted")),
+    }  # fmt: skip
 
     async def setup(self, ctx: Context) -> None:
         assert ctx.conn is not None
@@ -180,7 +190,7 @@ class OppositeOrder(Scenario):
         elif ctx.worker % 2:
             a, b = b, a
         acc = _q(ctx, "accounts")
-        hold = ctx.param("hold_ms", 5) / 1000.0
+        hold = ctx.param("hold_ms", 5.0) / 1000.0
         async with conn.transaction():
             await conn.execute(f"UPDATE {acc} SET balance = balance - 1 WHERE id = $1", a)
             if hold:
@@ -201,7 +211,10 @@ class UniqueIds(Scenario):
     processes_ok = True  # state lives in the database
     description = "concurrent inserts with client-made ids; the timestamp scheme collides"
     needs = ("postgres",)
-    params_help = {"scheme": "uuid4 (default) | timestamp (milliseconds since the epoch)"}
+    parameters = {
+        "scheme": Param(str, "uuid4", "uuid4, or timestamp (milliseconds since the epoch)",
+                        choices=("uuid4", "timestamp")),
+    }  # fmt: skip
 
     async def setup(self, ctx: Context) -> None:
         assert ctx.conn is not None
@@ -245,6 +258,7 @@ class PgSelect(Scenario):
     description = "SELECT 1 on the worker's own connection: the generator's own cost"
     needs = ("postgres",)
     writes = False
+    parameters: ClassVar[dict[str, Param]] = {}
 
     async def run(self, ctx: Context) -> None:
         assert ctx.conn is not None

@@ -17,7 +17,9 @@ import uuid
 from typing import Any
 
 from app.engine.errors import OperationError
-from app.scenario import Context, Scenario, ScenarioError
+from app.scenario import Context, Param, Scenario, ScenarioError
+
+MODE = ("safe", "unsafe")
 
 # compare-and-delete: release the lock only if we still hold it
 RELEASE_LUA = """
@@ -112,15 +114,22 @@ class RedisLock(Scenario):
         " a TTL shorter than the work makes double holders"
     )
     needs = ("redis",)
-    params_help = {
-        "impl": "token (SET NX PX + Lua compare-and-delete, default) | redis-py (redis.asyncio.lock.Lock)",
-        "ttl_ms": "lock TTL in ms (default 5000); shorter than work_ms: locks expire while held",
-        "work_ms": "time inside the critical section, between reading and writing the counter (default 1)",
-        "tenants": "tenants (default 1); worker i belongs to tenant i % tenants, each with its own lock",
-        "scope": "tenant (a lock key per tenant, default) | global (one key for all: tenants wait on each other)",
-        "acquire_timeout_ms": "give up waiting for the lock after this long: error 'lock timeout' (default 10000)",
-        "retry_ms": "pause between acquisition attempts, jittered (default 2)",
-    }
+    parameters = {
+        "impl": Param(str, "token", "token: SET NX PX + Lua compare-and-delete; redis-py:"
+                      " redis.asyncio.lock.Lock", choices=("token", "redis-py")),
+        "ttl_ms": Param(int, 5000, "lock TTL in ms; shorter than work_ms: locks expire while held",
+                        min=1, max=86_400_000),
+        "work_ms": Param(float, 1.0, "ms inside the critical section, between reading and"
+                         " writing the counter", min=0, max=60_000),
+        "tenants": Param(int, 1, "worker i belongs to tenant i % tenants, each with its own lock",
+                         min=1, max=1_000_000),
+        "scope": Param(str, "tenant", "tenant: a lock key per tenant; global: one key for all"
+                       " (tenants wait on each other)", choices=("tenant", "global")),
+        "acquire_timeout_ms": Param(float, 10_000.0, "give up waiting for the lock after this"
+                                    " long: error 'lock timeout'", min=1, max=3_600_000),
+        "retry_ms": Param(float, 2.0, "pause between acquisition attempts, jittered",
+                          min=0.1, max=60_000),
+    }  # fmt: skip
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         super().__init__(params)
@@ -320,18 +329,25 @@ class RedisQueue(Scenario):
         " every job consumed exactly once (list), none lost (stream)"
     )
     needs = ("redis",)
-    params_help = {
-        "kind": "list (LPUSH / BRPOP, default) | stream (XADD / XREADGROUP / XACK, consumer group)",
-        "produce_ratio": "share of operations that produce (default 0.5); above 0.5 the backlog grows",
-        "mode": "safe (default) | unsafe: list consumers peek (LINDEX) then LREM, so two take"
-        " the same job; stream consumers XACK before processing, so a crash loses the job",
-        "crash": "probability a consumer dies mid-job (default 0): a list loses the job (BRPOP is"
-        " at-most-once), a stream redelivers it to another consumer (XAUTOCLAIM)",
-        "block_ms": "how long a consumer blocks on an empty queue (default 100)",
-        "claim_ms": "stream: idle time before a pending job is claimed by another consumer (default 1000)",
-        "max_backlog": "a producer finding this many jobs queued is refused: error 'queue full'"
-        " (default 1000000, so a long run with produce_ratio > 0.5 stays bounded)",
-    }
+    parameters = {
+        "kind": Param(str, "list", "list: LPUSH / BRPOP; stream: XADD / XREADGROUP / XACK,"
+                      " consumer group", choices=("list", "stream")),
+        "produce_ratio": Param(float, 0.5, "share of operations that produce; above 0.5 the"
+                               " backlog grows", min=0, max=1),
+        "mode": Param(str, "safe", "unsafe: list consumers peek (LINDEX) then LREM, so two take"
+                      " the same job; stream consumers XACK before processing, so a crash"
+                      " loses the job", choices=MODE),
+        "crash": Param(float, 0.0, "probability a consumer dies mid-job: a list loses the job"
+                       " (BRPOP is at-most-once), a stream redelivers it to another consumer"
+                       " (XAUTOCLAIM)", min=0, max=1),
+        "block_ms": Param(int, 100, "how long a consumer blocks on an empty queue",
+                          min=1, max=60_000),
+        "claim_ms": Param(int, 1000, "stream: idle time before a pending job is claimed by"
+                          " another consumer", min=1, max=3_600_000),
+        "max_backlog": Param(int, 1_000_000, "a producer finding this many jobs queued is"
+                             " refused: error 'queue full' (so a long run with produce_ratio"
+                             " > 0.5 stays bounded)", min=1, max=1_000_000_000),
+    }  # fmt: skip
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         super().__init__(params)
@@ -543,13 +559,16 @@ class RateLimit(Scenario):
     name = "rate-limit"
     description = "per-tenant rate limiter (fixed or sliding window); unsafe mode (GET, then INCR) over-admits"
     needs = ("redis",)
-    params_help = {
-        "limit": "admissions per tenant per window (default 60)",
-        "window_s": "window length in seconds (default 60)",
-        "algo": "fixed (INCR a per-window counter) | sliding (sorted-set log, server clock)",
-        "mode": "safe (one atomic script) | unsafe (read the count, then add: over-admits)",
-        "tenants": "tenants; each operation picks one at random (default 10)",
-    }
+    parameters = {
+        "limit": Param(int, 60, "admissions per tenant per window", min=1, max=1_000_000_000),
+        "window_s": Param(float, 60.0, "window length in seconds", min=0.001, max=86_400),
+        "algo": Param(str, "fixed", "fixed: INCR a per-window counter; sliding: sorted-set log,"
+                      " server clock", choices=("fixed", "sliding")),
+        "mode": Param(str, "safe", "safe: one atomic script; unsafe: read the count, then add"
+                      " (over-admits)", choices=MODE),
+        "tenants": Param(int, 10, "tenants; each operation picks one at random",
+                         min=1, max=1_000_000),
+    }  # fmt: skip
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         super().__init__(params)
@@ -699,12 +718,13 @@ class SessionIsolation(Scenario):
         "each worker writes and reads back its own session hash; no read may return another's"
     )
     needs = ("redis",)
-    params_help = {
-        "mode": "safe (default) | unsafe: the current session id is shared state across an await"
-        " (a module-level 'current session'), so reads pick up another worker's session",
-        "ttl_s": "session TTL in seconds (default 300)",
-        "fields": "payload fields per session (default 4)",
-    }
+    parameters = {
+        "mode": Param(str, "safe", "unsafe: the current session id is shared state across an"
+                      " await (a module-level 'current session'), so reads pick up another"
+                      " worker's session", choices=MODE),
+        "ttl_s": Param(int, 300, "session TTL in seconds", min=1, max=30 * 86_400),
+        "fields": Param(int, 4, "payload fields per session", min=0, max=10_000),
+    }  # fmt: skip
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         super().__init__(params)
@@ -779,15 +799,20 @@ class RedisGetSet(Scenario):
     description = "plain GET/SET on random keys: the generator's own cost against redis-benchmark"
     needs = ("redis",)
     writes = True
-    params_help = {
-        "keys": "key space (default 10000)",
-        "set_ratio": "share of operations that SET (default 0.5)",
-        "value_size": "bytes per value (default 3, as redis-benchmark -d)",
-        "conn": "own (each worker keeps one connection, default: the fast path) | pool (borrow per command)",
-        "socket_timeout_s": "conn=own: per-command socket timeout (default 0 = none: on Python 3.11"
-        " redis-py's timeout costs ~25 µs per command, ~20% here; a hung server then shows as"
-        " throughput falling to zero, and stop/panic still end the workers)",
-    }
+    parameters = {
+        "keys": Param(int, 10_000, "key space (the key names are kept in memory)",
+                      min=1, max=5_000_000),
+        "set_ratio": Param(float, 0.5, "share of operations that SET", min=0, max=1),
+        "value_size": Param(int, 3, "bytes per value (as redis-benchmark -d)",
+                            min=0, max=1_048_576),
+        "conn": Param(str, "own", "own: each worker keeps one connection (the fast path);"
+                      " pool: borrow per command", choices=("own", "pool")),
+        "socket_timeout_s": Param(float, 0.0, "conn=own: per-command socket timeout (0 = none:"
+                                  " on Python 3.11 redis-py's timeout costs ~25 µs per command,"
+                                  " ~20% here; a hung server then shows as throughput falling"
+                                  " to zero, and stop/panic still end the workers)",
+                                  min=0, max=3600),
+    }  # fmt: skip
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         super().__init__(params)

@@ -44,12 +44,12 @@ def test_flags_and_loadtop_toml_build_the_same_config(
     flags = _run_args(
         "-s", "pg-select=2", "-s", "hot-counter", "--pg", "postgresql://u@127.0.0.1:5/db",
         "--steps", "1,2,4", "--step-seconds", "10s", "--abort-on", "p95>500ms",
-        "--slo", "p95=300ms", "--max-concurrency", "32", "-p", "rows=10", "--headless",
+        "--slo", "p95=300ms", "--max-concurrency", "32", "-p", "mode=unsafe", "--headless",
     )  # fmt: skip
     (tmp_path / "loadtop.toml").write_text(
         'pg = "postgresql://u@127.0.0.1:5/db"\nscenario = ["pg-select=2", "hot-counter"]\n'
         'steps = [1, 2, 4]\nstep_seconds = "10s"\nabort_on = "p95>500ms"\n'
-        "max_concurrency = 32\n[params]\nrows = 10\n[slo]\np95_ms = 300.0\n",
+        'max_concurrency = 32\n[params]\nmode = "unsafe"\n[slo]\np95_ms = 300.0\n',
         encoding="utf-8",
     )
     from_toml = build_run_config(_run_args("--headless"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -110,8 +111,7 @@ def test_a_failing_detector_is_skipped_not_fatal() -> None:
         raise RuntimeError("bug")
 
     ds.detectors[0].check = boom  # type: ignore[method-assign]
-    ds.note_invariants("s", ["bad"])
-    act, _ = ds.evaluate(tick(0, [window()]))
+    act, _ = ds.evaluate(replace(tick(0, [window()]), invariants={"s": ("bad",)}))
     assert [a.kind for a in act] == ["invariant"]
 
 
@@ -561,17 +561,17 @@ def test_invariant_raised_next_tick_and_cleared_when_gone() -> None:
     ds = only(None, "invariant")
     r = Run(ds)
     r.feed(_steady(0))
-    ds.note_invariants("stock", ["item 7: stock -3 < 0", "item 9: oversold by 2"])
-    r.feed(_steady(1))
+    # verify() results travel in the tick of the window they completed in
+    found = ("item 7: stock -3 < 0", "item 9: oversold by 2")
+    r.feed(replace(_steady(1), invariants={"stock": found}))
     got = r.of("invariant")
     assert len(got) == 2 and {a.subject for a in got} == {"stock"}
     assert {a.summary for a in got} == {"item 7: stock -3 < 0", "item 9: oversold by 2"}
     assert len({a.key for a in got}) == 2
-    ds.note_invariants("stock", ["item 9: oversold by 2"])
-    r.feed(_steady(2))
+    r.feed(replace(_steady(2), invariants={"stock": ("item 9: oversold by 2",)}))
+    r.feed(_steady(3))  # no check completed in this window: the last result holds
     assert [a.summary for a in r.of("invariant")] == ["item 9: oversold by 2"]
-    ds.note_invariants("stock", [])
-    r.feed(_steady(3))
+    r.feed(replace(_steady(4), invariants={"stock": ()}))
     assert r.of("invariant") == []
 
 
@@ -601,10 +601,10 @@ def test_anomalies_are_json_able() -> None:
 
     ds = build_detectors({"long-transaction": {"max_xact_s": 1}})
     r = Run(ds)
-    ds.note_invariants("s", ["broken"])
     for i in range(5):
-        r.feed(tick(i, [window(ok=90, failed=10, errors={"40P01 deadlock": 10}, seed=i)],
-                    readings=_pg(i, oldest_xact_s=5.0, oldest_xact=_be(1))))  # fmt: skip
+        r.feed(replace(tick(i, [window(ok=90, failed=10, errors={"40P01 deadlock": 10}, seed=i)],
+                            readings=_pg(i, oldest_xact_s=5.0, oldest_xact=_be(1))),
+                       invariants={"s": ("broken",)} if i == 0 else {}))  # fmt: skip
     last = r.ticks[-1]
     assert {a.kind for a in last.anomalies} >= {"invariant", "error-burst", "long-transaction"}
     back = tick_from_json(json.loads(json.dumps(tick_to_json(last))))

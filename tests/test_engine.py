@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from app.engine.engine import Clients, EngineConfig, LoadEngine, allocate
 from app.engine.thresholds import parse_thresholds
 from app.scenario import Context, Scenario
-from app.tick import Tick
+from app.session.pipeline import Pipeline, Verifier, with_invariants
+from app.tick import Tick, tick_from_json, tick_to_json
 
 
 class Sleepy(Scenario):
@@ -34,10 +36,33 @@ async def _admin(name: str) -> AsyncIterator[Context]:
     yield Context(worker=-1, params={}, rng=random.Random(0), prefix="t", scenario=name)
 
 
-def make(cfg: EngineConfig, params: dict[str, str] | None = None, mix=None) -> LoadEngine:
+class Rig:
+    """The engine inside the session's tick pipeline: the engine generates the
+    load and closes windows; the pipeline runs the clock, verify and thresholds.
+    Controls and figures go to the engine."""
+
+    def __init__(self, engine: LoadEngine) -> None:
+        self.engine = engine
+        self.pipeline = Pipeline(engine)
+        self.thresholds = self.pipeline.thresholds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def subscribe(self, listener: Callable[[Tick], None]) -> None:
+        self.pipeline.subscribe(listener)
+
+    async def run(self, admin: Any) -> str:
+        eng = self.engine
+        self.pipeline.verifier = v = Verifier([r.instance for r in eng.runs], admin, eng.event)
+        self.pipeline.enrichers.insert(0, with_invariants(v))
+        return await self.pipeline.run()
+
+
+def make(cfg: EngineConfig, params: dict[str, str] | None = None, mix=None) -> Any:
     mix = mix or [(Sleepy(params), 1.0)]
-    return LoadEngine(
-        mix, Clients(), cfg, prefixes={s.name: "t" for s, _ in mix}, params=params or {}
+    return Rig(
+        LoadEngine(mix, Clients(), cfg, prefixes={s.name: "t" for s, _ in mix}, params=params or {})
     )
 
 
@@ -217,7 +242,6 @@ class Counting(Scenario):
 async def test_ctx_count_lands_in_ticks_records_and_reports() -> None:
     from app.session.recording import Recording
     from app.session.report import build_summary, render_markdown
-    from app.tick import tick_from_json, tick_to_json
 
     eng = make(EngineConfig(concurrency=3, interval=0.25), mix=[(Counting(), 1.0)])
     ticks: list[Tick] = []
@@ -245,3 +269,35 @@ async def test_ctx_count_lands_in_ticks_records_and_reports() -> None:
     assert c["op"]["total"] == ops and c["op"]["by_step"][0] > 0
     md = render_markdown(rec)
     assert "## Counters" in md and f"| counting | `op` | {ops:,} |" in md
+
+
+async def test_ticks_carry_the_control_state() -> None:
+    eng = make(
+        EngineConfig(plan=[2, 4], step_seconds=0.4, interval=0.2, end_with_plan=False),
+        mix=[(Sleepy(), 1.0), (Other(), 1.0)],
+    )
+    ticks: list[Tick] = []
+    eng.subscribe(ticks.append)
+    task = asyncio.create_task(eng.run(_admin))
+    await asyncio.sleep(0.7)
+    eng.pause()
+    await asyncio.sleep(0.3)
+    eng.panic()
+    await asyncio.sleep(0.3)
+    eng.stop("test")
+    await task
+    c0 = ticks[0].control
+    assert c0 is not None and c0.plan_running and c0.plan_step == 0 and c0.plan_steps == 2
+    assert c0.target == 2 and c0.targets == {"sleepy": 1, "other": 1} and not c0.paused
+    assert any(t.control and t.control.plan_step == 1 and t.control.target == 4 for t in ticks)
+    paused = [t.control for t in ticks if t.control and t.control.paused]
+    assert paused and not paused[0].panicked and paused[0].target == 4  # the target is kept
+    assert all(c.targets == {"sleepy": 0, "other": 0} for c in paused)
+    last = ticks[-1].control
+    assert last is not None and last.panicked and last.paused and not last.plan_running
+    # the recording keeps it; a recording from before it existed still loads
+    back = tick_from_json(json.loads(json.dumps(tick_to_json(ticks[-1]))))
+    assert back.control == last
+    old = tick_to_json(ticks[-1])
+    del old["control"]
+    assert tick_from_json(old).control is None

@@ -7,9 +7,19 @@ import argparse
 import sys
 from typing import Protocol
 
+from app.frontends.streams import silence_stdout, stdout_gone
 from app.session.config import UsageError, fail
 
-__all__ = ["Command", "UsageError", "add_targets", "fail", "say_err"]
+__all__ = [
+    "Command",
+    "UsageError",
+    "add_targets",
+    "fail",
+    "mark_run_started",
+    "say_err",
+    "silence_stdout",
+    "stdout_gone",
+]
 
 
 class Command(Protocol):
@@ -26,8 +36,22 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
+# set once a command starts a run (servers, load): an unexpected exception is
+# then exit 1 (a run that failed), before it exit 2 (input not understood)
+RUN_STARTED = False
+
+
+def mark_run_started() -> None:
+    global RUN_STARTED
+    RUN_STARTED = True
+
+
 def say_err(msg: str) -> None:
-    print(f"loadtop: {msg}", file=sys.stderr, flush=True)
+    """One line on stderr; a closed or hung-up stderr is not an error."""
+    try:
+        print(f"loadtop: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def add_targets(p: argparse.ArgumentParser) -> None:

@@ -148,6 +148,9 @@ def run_demo(args: Any) -> int:
         record=getattr(args, "record", None),
         export=getattr(args, "export", None),
     )
+    from app.commands.base import mark_run_started
+
+    mark_run_started()
     with contextlib.ExitStack() as stack:
         _say("starting embedded PostgreSQL, Valkey and the demo service…")
         # side by side, to be on screen within seconds: the servers (their ports
@@ -191,7 +194,7 @@ def run_demo(args: Any) -> int:
             from app.frontends.headless import headless_printer, run_headless
 
             return run_headless(Session(cfg, printer=headless_printer(cfg)))
-        from app.ui.main import run_session_console
+        from app.commands.run import run_console
 
-        return run_session_console(Session(cfg), say=_say, cleanup=stack.close)
+        return run_console(Session(cfg), cleanup=stack.close)
     return 0

@@ -16,6 +16,8 @@ class Replay:
         parser.add_argument("recording", metavar="F.jsonl")
 
     def run(self, args: argparse.Namespace) -> int:
+        if not args.recording.strip():
+            fail("the recording is empty text: give the path of a .jsonl recording")
         try:
             rec = read_recording(args.recording)
         except RecordingError as e:

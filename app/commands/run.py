@@ -9,9 +9,21 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from app.commands.base import add_targets, fail, say_err
-from app.session.config import build_run_config
-from app.session.recording import check_output_path
+from app.commands.base import (
+    add_targets,
+    fail,
+    mark_run_started,
+    say_err,
+    silence_stdout,
+    stdout_gone,
+)
+from app.session.config import (
+    MAX_DURATION_TEXT,
+    MAX_RATE,
+    MAX_WORKERS,
+    build_run_config,
+    forget_secret_environment,
+)
 
 if TYPE_CHECKING:
     from app.session.runner import RunConfig
@@ -30,8 +42,9 @@ class Run:
         out.add_argument("--export", metavar="F.md", help="write the Markdown report at the end")
 
     def run(self, args: argparse.Namespace) -> int:
-        cfg = build_run_config(args)
-        check_outputs(cfg)
+        cfg = build_run_config(args)  # checks --record / --export too
+        forget_secret_environment()
+        mark_run_started()
         saved = interrupt_on_signals()
         try:
             with embedded_targets(cfg, say_err):
@@ -41,39 +54,51 @@ class Run:
                     from app.frontends.headless import headless_printer, run_headless
 
                     return run_headless(Session(cfg, printer=headless_printer(cfg)))
-                from app.ui.main import run_session_console
-
-                return run_session_console(Session(cfg))
+                return run_console(Session(cfg))
         finally:
             for sig, handler in saved.items():
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     signal.signal(sig, handler)
 
 
-def check_outputs(cfg: RunConfig) -> None:
-    """An output that cannot be written is bad input at start, not a lost session."""
-    for flag, path in (("--record", cfg.record), ("--export", cfg.export)):
-        if path:
-            check_output_path(path, flag)
+def run_console(session: Any, cleanup: Callable[[], None] | None = None) -> int:
+    """The console over `session`; returns the session's exit code. A terminal
+    that went away (SIGHUP of a dropped SSH session: every write then fails
+    with EIO) does not turn a clean teardown into a traceback and exit 1: the
+    messages that can no longer be shown are dropped, the code is the run's."""
+    from app.ui.main import run_session_console
+
+    try:
+        return run_session_console(session, say=say_err, cleanup=cleanup)
+    except OSError as e:
+        outcome = getattr(session, "outcome", None)
+        if not stdout_gone(e) or outcome is None:
+            raise
+        silence_stdout(stderr=True)
+        return int(outcome.exit_code)
 
 
 def add_load(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("load")
     g.add_argument("--scenario", "-s", action="append", metavar="S[=W]",
                    help="built-in name, path.py or path.py:Class; repeat with =weight for a mix")  # fmt: skip
-    g.add_argument("--concurrency", "-c", metavar="N", help="workers at start (default 1)")
+    g.add_argument("--concurrency", "-c", metavar="N",
+                   help=f"workers at start (default 1; at most {MAX_WORKERS})")  # fmt: skip
     g.add_argument("--steps", metavar="N,N,...", help="a ramp plan, e.g. 1,2,4,8")
     g.add_argument("--step-seconds", metavar="T", help="time per plan step (default 30s)")
-    g.add_argument("--rate", metavar="R/s", help="open model: a fixed arrival rate")
-    g.add_argument("--duration", "-d", metavar="T", help="e.g. 60s, 5m (default: the plan, or 60s)")
-    g.add_argument("--max-concurrency", metavar="N", help="hard cap on workers (default 256)")
+    g.add_argument("--rate", metavar="R/s",
+                   help=f"open model: a fixed arrival rate (at most {MAX_RATE:g}/s)")  # fmt: skip
+    g.add_argument("--duration", "-d", metavar="T",
+                   help=f"e.g. 60s, 5m (default: the plan, or 60s; at most {MAX_DURATION_TEXT})")  # fmt: skip
+    g.add_argument("--max-concurrency", metavar="N",
+                   help=f"hard cap on workers (default 256; at most {MAX_WORKERS})")  # fmt: skip
     g.add_argument("--abort-on", action="append", metavar="EXPR",
                    help="stop the load when it holds 3 ticks: p95>500ms, errors>1%%, ops<100/s")  # fmt: skip
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--processes", metavar="N",
                    help="run the workers in N processes when one core is not enough (default 1)")  # fmt: skip
     g.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                   help="a scenario parameter")  # fmt: skip
+                   help="a scenario parameter (`loadtop scenarios` lists each one's)")  # fmt: skip
     g.add_argument("--interval", metavar="T", help="tick length (default 1s)")
 
 

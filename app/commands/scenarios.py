@@ -20,6 +20,12 @@ class Scenarios:
         for name, cls in sorted(found.items()):
             needs = ",".join(cls.needs)
             print(f"{name:<{width}}  [{needs}]  {cls.description}")
-            for k, v in cls.params_help.items():
+            declared = cls.parameters
+            lines = (
+                {k: p.describe() for k, p in declared.items()}
+                if declared is not None
+                else cls.params_help
+            )
+            for k, v in lines.items():
                 print(f"{'':<{width}}    -p {k}: {v}")
         return 0

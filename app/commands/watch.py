@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from app.commands.base import add_targets
-from app.commands.run import check_outputs
-from app.session.config import build_run_config
+from app.commands.base import add_targets, mark_run_started
+from app.session.config import build_run_config, forget_secret_environment
 
 
 class Watch:
@@ -24,14 +23,15 @@ class Watch:
 
     def run(self, args: argparse.Namespace) -> int:
         """Until --duration, Ctrl-C, SIGTERM or SIGHUP. Exit code 0, 2 for bad input."""
-        cfg = build_run_config(args, watch=True)
-        check_outputs(cfg)
+        cfg = build_run_config(args, watch=True)  # checks --record / --export too
+        forget_secret_environment()
+        mark_run_started()
         from app.session.watch import WatchSession
 
         if not args.headless:
-            from app.ui.main import run_session_console
+            from app.commands.run import run_console
 
-            return int(run_session_console(WatchSession(cfg)))
+            return run_console(WatchSession(cfg))
         from app.frontends.headless import headless_printer, run_headless
 
         code = run_headless(WatchSession(cfg, printer=headless_printer(cfg)))

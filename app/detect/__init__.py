@@ -1,14 +1,15 @@
 """Anomaly detection: detectors read the timeline of ticks and raise named
 anomalies with evidence, with hysteresis so they do not flap.
 
-The engine calls, once per tick::
+The session's pipeline (app/session/pipeline.py) calls, once per tick::
 
     detectors = build_detectors(config.get("detect"))
     active, cleared = detectors.evaluate(tick)
     tick = dataclasses.replace(tick, anomalies=active, cleared=cleared)
 
-and `detectors.note_invariants(scenario, violations)` with each verify()
-result. The report calls `anomaly_report_section(ticks)`.
+verify() results reach the `invariant` detector in the tick (`tick.invariants`),
+so detectors read ticks only and a recording can be re-detected. The report
+calls `anomaly_report_section(ticks)`.
 """
 
 from app.detect.base import (

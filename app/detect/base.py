@@ -307,27 +307,18 @@ class DetectorSet:
     anomalies with hysteresis. State is bounded: one track per live condition."""
 
     def __init__(self, config: DetectConfig | None = None) -> None:
-        from app.detect.detectors import InvariantDetector  # registers every kind
+        import app.detect.detectors  # noqa: F401  (registers every kind)
 
         self.config = config or DetectConfig()
         self.detectors: list[Detector] = [
             REGISTRY[k](self.config.options[k]) for k in self.config.enabled_kinds()
         ]
-        self._invariants: InvariantDetector | None = next(
-            (d for d in self.detectors if isinstance(d, InvariantDetector)), None
-        )
         self._tracks: dict[str, _Track] = {}
         self._failed: set[str] = set()  # detectors that raised once (logged once)
 
     @property
     def kinds(self) -> list[str]:
         return [d.kind for d in self.detectors]
-
-    def note_invariants(self, scenario: str, violations: list[str]) -> None:
-        """verify() results: each string is an `invariant` anomaly from the next
-        tick on; a string no longer returned clears its anomaly."""
-        if self._invariants is not None:
-            self._invariants.note(scenario, violations)
 
     def active(self) -> tuple[Anomaly, ...]:
         return tuple(t.anomaly for t in self._tracks.values() if t.anomaly is not None)

@@ -7,12 +7,14 @@ detectors, the tick clock and the controls, the recorder and the console — and
 N spawned worker processes, each on its own uvloop with its own clients, run
 the workers.
 
-Each tick the main engine asks every worker process for its window (counts,
-errors, latency as microsecond buckets, counters) and merges them exactly, so
+`ProcessWorkers` is the main process's side, behind the `Workers` protocol
+(app/engine/workers.py); every message on the pipes is plain data. Each tick
+the engine asks every worker process for its window (counts, errors, latency
+as microsecond buckets, counters) and they are merged exactly, so
 the timeline reads as if one process had done the work; a reply that arrives
 late lands in the next tick, never nowhere. A control change is a new share
 for each process. The hard cap holds across processes: each gets a fixed slice
-of `--max-concurrency` and its own engine never exceeds it, so stepping down
+of `--max-concurrency` and its own WorkerPool never exceeds it, so stepping down
 in one process while stepping up in another cannot overshoot.
 
 A worker process ignores SIGINT and SIGHUP (the main process decides when the
@@ -29,15 +31,15 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from app.engine.clients import Clients, close_clients, connect_clients
+from app.engine.measure import Health, Window
+from app.engine.workers import WorkerReport
 from app.targets import Redactor, TargetError
-
-if TYPE_CHECKING:
-    from app.engine.engine import _ScenarioRun
 
 ClassRef = tuple[str, str | None, str]
 
@@ -80,11 +82,12 @@ def split_shares(totals: list[int], caps: list[int]) -> list[list[int]]:
     return out
 
 
-class WorkerHosts:
-    """The main process's side: spawn, steer, collect, stop."""
+class ProcessWorkers:
+    """The main process's side: spawn, steer, collect, stop (a `Workers`)."""
 
-    def __init__(self, specs: list[HostSpec]) -> None:
+    def __init__(self, specs: list[HostSpec], names: list[str]) -> None:
         self.specs = specs
+        self.names = list(names)  # the scenarios, in the order of shares
         n = len(specs)
         self._conns: list[Connection | None] = [None] * n
         self._procs: list[Any] = [None] * n
@@ -92,15 +95,16 @@ class WorkerHosts:
         self._live: list[dict[str, int]] = [{} for _ in range(n)]
         self._health: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * n
         self._nc: list[dict[str, int]] = [{} for _ in range(n)]
-        self._runs: dict[str, _ScenarioRun] = {}
+        # replies are merged here as they arrive; a late one lands in the next report
+        self._pending = {name: Window() for name in self.names}
+        self._events: list[tuple[float, str, str]] = []
+        self._last: tuple[list[int], list[float], bool, str] | None = None
         self._ready: list[asyncio.Future[Any]] = []
         self._final: list[asyncio.Future[None]] = []
         self._seq = 0
         self._waiting: set[int] = set()
         self._replied: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.on_event: Callable[[str, str], None] = lambda kind, note: None
-        self.on_lost: Callable[[], None] = lambda: None
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self, timeout: float = 60.0) -> None:
@@ -154,23 +158,21 @@ class WorkerHosts:
                     proc.kill()
                     proc.join(2)
 
-    async def stop(self, runs: list[_ScenarioRun], drain_seconds: float) -> None:
+    async def stop(self, drain_seconds: float) -> WorkerReport:
         """Orderly end: every process drains its workers and sends its last window."""
-        self.attach(runs)
         for k in list(self._alive):
             self._send(k, ("stop",))
         waiting = [self._final[k] for k in self._alive]
         if waiting:
             await asyncio.wait(waiting, timeout=drain_seconds + 10)
         for k in [k for k in self._alive if not self._final[k].done()]:
-            self.on_event("worker-process-lost", f"process {k} sent no final window")
+            self._event("worker-process-lost", f"process {k} sent no final window")
         await self.aclose(grace=5.0)
+        return self._report()
 
     # ---- steering ----------------------------------------------------------------
-    def attach(self, runs: list[_ScenarioRun]) -> None:
-        self._runs = {r.name: r for r in runs}
-
-    def assign(self, shares: list[int], rates: list[float], paused: bool) -> None:
+    def assign(self, shares: list[int], rates: list[float], paused: bool, mode: str) -> None:
+        self._last = (list(shares), list(rates), paused, mode)
         alive = sorted(self._alive)
         if not alive:
             return
@@ -180,16 +182,15 @@ class WorkerHosts:
                 rates[i] * mine[i] / shares[i] if rates and shares[i] else 0.0
                 for i in range(len(shares))
             ]
-            self._send(k, ("set", mine, my_rates, paused))
+            self._send(k, ("set", mine, my_rates, paused, mode))
 
     def panic(self) -> None:
         for k in list(self._alive):
             self._send(k, ("panic",))
 
-    async def collect(self, runs: list[_ScenarioRun], timeout: float) -> None:
+    async def collect(self, timeout: float) -> WorkerReport:
         """Ask every process for its window and wait (bounded) for the replies;
-        each reply is merged into the runs' open windows as it arrives."""
-        self.attach(runs)
+        each reply is merged as it arrives, a late one into the next report."""
         self._seq += 1
         self._waiting = set(self._alive)
         self._replied = asyncio.Event()
@@ -198,18 +199,32 @@ class WorkerHosts:
         if self._waiting:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._replied.wait(), timeout)
+        return self._report()
+
+    def _report(self) -> WorkerReport:
+        windows = {name: w.payload() for name, w in self._pending.items()}
+        self._pending = {name: Window() for name in self.names}
+        events, self._events = self._events, []
+        hs = [self._health[k] for k in self._alive] or [(0.0, 0.0, 0.0)]
+        return {
+            "windows": windows,
+            "live": self.live(),
+            "never_connected": self.never_connected,
+            "events": events,
+            # the busiest process is what saturates first
+            "health": (max(h[0] for h in hs), max(h[1] for h in hs), sum(h[2] for h in hs)),
+        }
 
     # ---- figures -------------------------------------------------------------------
-    def live(self, name: str) -> int:
-        return sum(self._live[k].get(name, 0) for k in self._alive)
+    def live(self) -> dict[str, int]:
+        out = dict.fromkeys(self.names, 0)
+        for k in self._alive:
+            for name, n in self._live[k].items():
+                out[name] = out.get(name, 0) + n
+        return out
 
     def live_total(self) -> int:
-        return sum(sum(self._live[k].values()) for k in self._alive)
-
-    def generator_stats(self) -> tuple[float, float, float]:
-        """(busiest process's CPU %, worst loop lag ms, total RSS MB)."""
-        hs = [self._health[k] for k in self._alive] or [(0.0, 0.0, 0.0)]
-        return max(h[0] for h in hs), max(h[1] for h in hs), sum(h[2] for h in hs)
+        return sum(self.live().values())
 
     @property
     def never_connected(self) -> dict[str, int]:
@@ -225,6 +240,9 @@ class WorkerHosts:
         return [p.pid for p in self._procs if p is not None and p.pid is not None]
 
     # ---- the pipes -------------------------------------------------------------------
+    def _event(self, kind: str, note: str) -> None:
+        self._events.append((time.time(), kind, note))
+
     def _send(self, k: int, msg: tuple) -> None:
         conn = self._conns[k]
         if conn is None:
@@ -265,12 +283,13 @@ class WorkerHosts:
 
     def _absorb(self, k: int, data: Mapping[str, Any]) -> None:
         for name, payload in data["windows"].items():
-            run = self._runs.get(name)
-            if run is not None:
-                run.win.merge(payload)
+            win = self._pending.get(name)
+            if win is not None:
+                win.merge(payload)
         self._live[k] = dict(data["live"])
-        self._health[k] = (data["cpu_pct"], data["lag_ms"], data["rss_mb"])
+        self._health[k] = tuple(data["health"])  # type: ignore[assignment]
         self._nc[k] = dict(data["never_connected"])
+        self._events.extend(tuple(e) for e in data.get("events", ()))  # type: ignore[misc]
 
     def _forget(self, k: int) -> None:
         self._alive.discard(k)
@@ -295,8 +314,10 @@ class WorkerHosts:
             self._ready[k].set_exception(TargetError(f"worker process {k} exited at start"))
         if not self._final[k].done():
             self._final[k].set_result(None)
-        self.on_event("worker-process-lost", f"process {k}: {why}; its workers are gone")
-        self.on_lost()
+        self._event("worker-process-lost", f"process {k}: {why}; its workers are gone")
+        # a lost process's share goes to the others
+        if self._last is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(lambda: self._last and self.assign(*self._last))
 
 
 # ---- the worker process's side ---------------------------------------------------
@@ -316,9 +337,8 @@ def host_main(conn: Connection, spec: HostSpec) -> None:
 
 
 async def _host(conn: Connection, spec: HostSpec) -> None:
-    from app.engine.engine import Clients, EngineConfig, LoadEngine
+    from app.engine.pool import WorkerPool
     from app.scenario import Context, resolve_class_ref
-    from app.session.runner import RunConfig, close_clients, connect_clients
 
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple] = asyncio.Queue()
@@ -334,55 +354,59 @@ async def _host(conn: Connection, spec: HostSpec) -> None:
     loop.add_reader(conn.fileno(), readable)
     redactor = Redactor.for_targets((spec.pg_dsn, spec.redis_url, spec.http_url), spec.params)
     clients = Clients(
-        http_url=spec.http_url, pg_dsn=spec.pg_dsn, pg_settings=dict(spec.pg_settings)
-    )
+        http_url=spec.http_url, pg_dsn=spec.pg_dsn, redis_url=spec.redis_url,
+        pg_settings=dict(spec.pg_settings),
+    )  # fmt: skip
+    health = Health()
     try:
-        instances = [(resolve_class_ref(ref)(spec.params), 1.0) for ref, _ in spec.scenarios]
-        prefixes = {inst.name: prefix for (inst, _), (_, prefix) in zip(instances, spec.scenarios, strict=True)}  # fmt: skip
-        needs = {n for inst, _ in instances for n in inst.needs}
-        cfg = RunConfig(scenarios=[], pg_dsn=spec.pg_dsn, redis_url=spec.redis_url,
-                        http_url=spec.http_url, params=spec.params)  # fmt: skip
-        await connect_clients(cfg, needs, clients, redactor, size=spec.cap)
-        for inst, _ in instances:
+        instances = [resolve_class_ref(ref)(spec.params) for ref, _ in spec.scenarios]
+        prefixes = {inst.name: prefix for inst, (_, prefix) in zip(instances, spec.scenarios, strict=True)}  # fmt: skip
+        needs = {n for inst in instances for n in inst.needs}
+        await connect_clients(clients, needs, redactor, size=spec.cap)
+        for inst in instances:
             ctx = Context(
                 worker=-1, params=spec.params, rng=random.Random(spec.seed),
                 prefix=prefixes[inst.name], scenario=inst.name, pg=clients.pg,
                 redis=clients.redis, http=clients.http, http_url=spec.http_url,
             )  # fmt: skip
             await asyncio.wait_for(inst.prepare(ctx), 60)
-        engine = LoadEngine(
-            instances, clients,
-            EngineConfig(concurrency=0, max_concurrency=spec.cap, seed=spec.seed,
-                         drain_seconds=spec.drain_seconds),
-            prefixes=prefixes, params=spec.params, redact=redactor,
-            worker_offset=spec.worker_offset,
+        pool = WorkerPool(
+            [(inst, prefixes[inst.name]) for inst in instances], clients, cap=spec.cap,
+            params=spec.params, seed=spec.seed, drain_seconds=spec.drain_seconds,
+            redact=redactor, worker_offset=spec.worker_offset,
         )  # fmt: skip
-        engine.host_start()
+        health.start()
         conn.send(("ready", os.getpid()))
     except Exception as e:
         with contextlib.suppress(OSError):
             conn.send(("error", redactor(f"worker process {spec.index}: {e}")))
         await close_clients(clients)
         return
+
+    def take() -> dict[str, Any]:
+        """This process's windows since the last take, its live workers and health."""
+        return {**pool.take(), "health": health.take()}
+
     try:
         while True:
             msg = await inbox.get()
             op = msg[0]
             if op == "set":
-                engine.host_assign(msg[1], msg[2], msg[3])
+                pool.assign(msg[1], msg[2], msg[3], msg[4])
             elif op == "flush":
-                conn.send(("win", msg[1], engine.host_take()))
+                conn.send(("win", msg[1], take()))
             elif op == "panic":
-                engine.panic("main process")
+                pool.panic()
             elif op in ("stop", "gone"):
                 if op == "gone":  # the main process died: end the load now
-                    engine.panic("main process gone")
-                await engine.drain()
+                    pool.panic()
+                await pool.drain()
                 if op == "stop":
-                    conn.send(("final", engine.host_take()))
+                    conn.send(("final", take()))
                 break
     except (OSError, EOFError):
-        engine.panic("main process gone")
-        await engine.drain()
+        pool.panic()
+        await pool.drain()
     finally:
+        await health.stop()
         await close_clients(clients)

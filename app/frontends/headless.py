@@ -7,11 +7,14 @@ which one is listening.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import Callable
 
+from app.frontends.streams import silence_stdout, stdout_gone
 from app.probes.summary import format_reading_line
-from app.session.runner import RunConfig, Session, print_outcome, run_sync
+from app.session.runner import Outcome, RunConfig, Session, print_outcome, run_sync
 from app.targets import Redactor
 from app.tick import Tick
 
@@ -84,7 +87,50 @@ def _redactor(cfg: RunConfig) -> Redactor:
 
 def run_headless(session: Session) -> int:
     """Run `session` to its end on this thread (Ctrl-C, SIGTERM and SIGHUP stop
-    it), print the outcome; returns the session's exit code."""
-    outcome = run_sync(session.run(install_signals=True))
-    print_outcome(session, outcome)
+    it), print the outcome; returns the session's exit code. When stdout's
+    reader goes away (`loadtop ... | head`), the run stops as on SIGTERM:
+    teardown and cleanup run, the rest of the output goes to /dev/null."""
+    if session.printer is not None:
+        session.printer = _until_stdout_closes(session, session.printer)
+    try:
+        outcome = run_sync(_with_sigpipe(session))
+    finally:  # the loop's handler removed leaves SIG_DFL: a closed pipe would then kill us
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        print_outcome(session, outcome)
+    except OSError as e:
+        if not stdout_gone(e):
+            raise
+        silence_stdout()
     return int(outcome.exit_code)
+
+
+async def _with_sigpipe(session: Session) -> Outcome:
+    """The session, with SIGPIPE (sent, or a write to a pipe whose reader left)
+    stopping it like SIGTERM instead of being ignored."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGPIPE, session.stop, "signal SIGPIPE")
+    return await session.run(install_signals=True)
+
+
+def _until_stdout_closes(
+    session: Session, printer: Callable[[Tick], None]
+) -> Callable[[Tick], None]:
+    closed = False
+
+    def guarded(tick: Tick) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            printer(tick)
+        except OSError as e:
+            if not stdout_gone(e):
+                raise
+            closed = True
+            silence_stdout()
+            session.stop("stdout closed")
+
+    return guarded

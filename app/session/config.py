@@ -1,43 +1,36 @@
 """One validated RunConfig: command-line flags, LOADTOP_* variables and
 loadtop.toml all go through `build_run_config`, the one place that turns
-operator input into a `RunConfig` (and the place a schema would go).
+operator input into a `RunConfig`, checked by one schema (`SCHEMA`) before
+anything starts: types, ranges, allowed values, unknown keys (with a
+did-you-mean) and empty strings.
 
 Bad input raises `UsageError`: one line that says what to fix (exit code 2).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from app.engine.engine import EngineConfig
 from app.engine.thresholds import ThresholdError, parse_thresholds
-from app.scenario import ScenarioError, check_processes, parse_mix
-from app.targets import TargetError, check_http_url, check_pg_dsn, check_redis_url
+from app.scenario import ScenarioError, check_params, check_processes, parse_mix
+from app.targets import TargetError, check_http_url, check_pg_dsn, check_redis_url, printable
 
 if TYPE_CHECKING:
     from app.session.runner import RunConfig
 
-ENV = {
-    "pg": "LOADTOP_PG_DSN",
-    "pg_monitor": "LOADTOP_PG_MONITOR_DSN",
-    "redis": "LOADTOP_REDIS_URL",
-    "http": "LOADTOP_HTTP_URL",
-    "prometheus": "LOADTOP_PROMETHEUS_URL",
-    "k8s_namespace": "LOADTOP_K8S_NAMESPACE",
-    "k8s_selector": "LOADTOP_K8S_SELECTOR",
-    "k8s_context": "LOADTOP_K8S_CONTEXT",
-}
-PROFILE_KEYS = {
-    "pg", "pg_monitor", "redis", "http", "prometheus", "k8s_namespace", "k8s_selector",
-    "k8s_context", "scenario", "concurrency", "max_concurrency", "steps", "step_seconds",
-    "duration", "rate", "abort_on", "params", "readonly", "detect", "slo", "probe_intervals",
-    "redis_lock_patterns", "redis_queue_patterns", "profile", "processes", "queue",
-}  # fmt: skip
+# upper bounds where a value could exhaust the machine (stated in the messages)
+MAX_WORKERS = 10_000  # --concurrency, --max-concurrency, --steps
+MAX_RATE = 100_000.0  # --rate, per second
+MAX_DURATION = 7 * 86_400.0  # --duration, --step-seconds: a week
+MAX_PROCESSES = 64
 
 
 class UsageError(Exception):
@@ -48,33 +41,55 @@ def fail(msg: str) -> NoReturn:
     raise UsageError(msg)
 
 
-# ---- parsing helpers -------------------------------------------------------------
+# ---- parsing helpers (one per kind of value; flags and loadtop.toml share them) ----
 
 
-def parse_duration(text: str, flag: str = "--duration") -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(text))
+def _fmt_duration(v: float) -> str:
+    for unit, n in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if v >= n and v % n == 0:
+            return f"{v / n:g}{unit}"
+    return f"{v:g}s"
+
+
+MAX_DURATION_TEXT = _fmt_duration(MAX_DURATION)  # "7d", for --help
+
+
+def parse_duration(text: Any, flag: str = "--duration", maximum: float = MAX_DURATION) -> float:
+    """`90`, `30s`, `250ms`, `5m`, `1h`, `2d` (or a number of seconds in loadtop.toml)."""
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(text))
     if not m:
         fail(f"{flag} {text!r} is not a duration: use e.g. 90, 30s, 5m or 1h")
-    v = float(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m[2]]
+    v = float(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, None: 1}[m[2]]
     if v <= 0:
-        fail(f"{flag} must be positive")
+        fail(f"{flag} must be positive: give e.g. 30s")
+    if v > maximum:
+        fail(f"{flag} {str(text).strip()} is too long: give at most {_fmt_duration(maximum)}")
     return v
 
 
-def parse_rate(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(/s|/m)?\s*", str(text))
+def parse_rate(text: Any) -> float:
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(/s|/m)?\s*", str(text))
     if not m or float(m[1]) <= 0:
         fail(f"--rate {text!r} is not a rate: use e.g. 200/s")
-    return float(m[1]) / (60.0 if m[2] == "/m" else 1.0)
+    rate = float(m[1]) / (60.0 if m[2] == "/m" else 1.0)
+    if rate > MAX_RATE:
+        fail(f"--rate {str(text).strip()} is too high: give at most {MAX_RATE:g}/s")
+    return rate
 
 
-def parse_steps(text: str) -> list[int]:
+def parse_steps(text: Any) -> list[int]:
+    if isinstance(text, list):
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in text):
+            fail(f"--steps {text!r} is not a list of worker counts: use e.g. [1, 2, 4, 8]")
+        text = ",".join(map(str, text))
     try:
         steps = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         fail(f"--steps {text!r} is not a list of worker counts: use e.g. 1,2,4,8")
     if not steps or any(s < 0 for s in steps):
         fail(f"--steps {text!r}: give non-negative worker counts, e.g. 1,2,4,8")
+    if max(steps) > MAX_WORKERS:
+        fail(f"--steps {text!r}: a step of {max(steps)} workers is too many: at most {MAX_WORKERS}")
     return steps
 
 
@@ -88,8 +103,21 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def parse_slo(text: str) -> dict[str, float]:
-    """`p95=300ms,p99=1s,errors=0.5%` -> {"p95_ms": 300, "p99_ms": 1000, "error_pct": 0.5}."""
+SLO_KEYS = ("p95_ms", "p99_ms", "error_pct")
+
+
+def parse_slo(text: Any) -> dict[str, float]:
+    """`p95=300ms,p99=1s,errors=0.5%` -> {"p95_ms": 300, "p99_ms": 1000, "error_pct": 0.5};
+    in loadtop.toml also a table of those keys."""
+    if isinstance(text, Mapping):
+        out_t: dict[str, float] = {}
+        for k, v in text.items():
+            if k not in SLO_KEYS:
+                fail(f"loadtop.toml: [slo] has no key {k!r}{_near(k, SLO_KEYS)}: use {', '.join(SLO_KEYS)}")  # fmt: skip
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9:
+                fail(f"loadtop.toml: [slo] {k} = {v!r} must be a positive number, e.g. {k} = 500")
+            out_t[k] = float(v)
+        return out_t
     out: dict[str, float] = {}
     for part in str(text).split(","):
         key, sep, val = part.strip().partition("=")
@@ -108,46 +136,244 @@ def parse_slo(text: str) -> dict[str, float]:
     return out
 
 
-def positive_int(flag: str, v: Any, minimum: int = 1) -> int:
+def positive_int(flag: str, v: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    """A whole number from a flag's text or a TOML integer (a TOML float or
+    boolean is not one: `max_concurrency = 1.5` is refused, not truncated)."""
+    if isinstance(v, bool | float):
+        fail(f"{flag} {v!r} is not a whole number: give e.g. {max(minimum, 8)}")
     try:
-        n = int(v)
+        n = int(str(v).strip()) if isinstance(v, str) else int(v)
     except (TypeError, ValueError):
         fail(f"{flag} {v!r} is not a whole number: give e.g. {max(minimum, 8)}")
     if n < minimum:
         fail(f"{flag} must be at least {minimum}")
+    if maximum is not None and n > maximum:
+        fail(f"{flag} {n} is too many: give at most {maximum}")
     return n
 
 
+def _near(word: str, choices: Sequence[str]) -> str:
+    near = difflib.get_close_matches(word, list(choices), 1, 0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+# ---- the schema: every key loadtop.toml takes, with its flag ---------------------
+
+ITEM_NAMES = {str: "strings", int: "whole numbers"}
+TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+              list: "a list", dict: "a table"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Key:
+    """One input: its flag (how messages name it), the TOML types it takes,
+    a TOML example for the type message, and its parser (flag text and TOML
+    value alike; raises UsageError). `env`: the LOADTOP_* variable."""
+
+    flag: str
+    types: tuple[type, ...]
+    example: str
+    parse: Callable[[Any], Any] | None = None
+    env: str | None = None
+    items: type | None = None  # for a list: the type of its items
+    what: str = ""  # what it must be, when not the TOML types' names
+
+
+def _target(check: Callable[[str], str]) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        try:
+            return check(v)
+        except TargetError as e:
+            fail(str(e))
+
+    return parse
+
+
+def _k8s(flag: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if not printable(v) or "\t" in v:
+            fail(f"{flag} {v!r} has a control character or a byte that is not UTF-8:"
+                 " give a plain name")  # fmt: skip
+        return str(v)
+
+    return parse
+
+
+def _prometheus(v: Any) -> str:
+    try:
+        return check_http_url(v, "--prometheus")
+    except TargetError as e:
+        fail(str(e))
+
+
+def _bool(flag: str) -> Callable[[Any], bool]:
+    def parse(v: Any) -> bool:
+        if isinstance(v, bool):
+            return v
+        fail(f"loadtop.toml: {flag.lstrip('-').replace('-', '_')} = {v!r} must be true or false")
+
+    return parse
+
+
+def _probe_intervals(v: Mapping[str, Any]) -> dict[str, float]:
+    from app.probes.base import DEFAULT_INTERVALS
+
+    out = {}
+    for k, s in v.items():
+        if k not in DEFAULT_INTERVALS:
+            fail(f"loadtop.toml: [probe_intervals] has no probe {k!r}{_near(k, list(DEFAULT_INTERVALS))}:"
+                 f" use {', '.join(DEFAULT_INTERVALS)}")  # fmt: skip
+        if isinstance(s, bool) or not isinstance(s, int | float) or not 0.1 <= s <= 3600:
+            fail(
+                f"loadtop.toml: [probe_intervals] {k} = {s!r} must be seconds between 0.1 and 3600"
+            )
+        out[k] = float(s)
+    return out
+
+
+def _param_table(v: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, x in v.items():
+        if isinstance(x, bool):
+            out[str(k)] = "true" if x else "false"
+        elif isinstance(x, str | int | float):
+            out[str(k)] = str(x)
+        else:
+            fail(f'loadtop.toml: [params] {k} must be a string or a number, e.g. {k} = "unsafe"')
+    return out
+
+
+def _sql_queues(v: Mapping[str, Any]) -> list[Any]:
+    from app.probes.pg_queues import QueueConfigError, parse_sql_queues
+
+    try:
+        return parse_sql_queues(v)
+    except QueueConfigError as e:
+        fail(str(e))
+
+
+def _detect_table(v: Mapping[str, Any]) -> dict[str, Any]:
+    from app.detect import build_detectors
+
+    try:
+        build_detectors(dict(v))
+    except (ValueError, TypeError) as e:
+        fail(f"loadtop.toml [detect]: {e}")
+    return dict(v)
+
+
+DUR = 'a duration ("5m") or a number of seconds'
+SCHEMA: dict[str, Key] = {
+    "pg": Key("--pg", (str,), 'pg = "postgresql://user@host/db"', _target(check_pg_dsn), "LOADTOP_PG_DSN"),
+    "pg_monitor": Key("--pg-monitor", (str,), 'pg_monitor = "postgresql://monitor@host/db"',
+                      _target(lambda v: check_pg_dsn(v, "--pg-monitor")), "LOADTOP_PG_MONITOR_DSN"),
+    "redis": Key("--redis", (str,), 'redis = "redis://host:6379/0"', _target(check_redis_url),
+                 "LOADTOP_REDIS_URL"),
+    "http": Key("--http", (str,), 'http = "http://host:8080"', _target(check_http_url),
+                "LOADTOP_HTTP_URL"),
+    "prometheus": Key("--prometheus", (str,), 'prometheus = "http://prometheus:9090"', _prometheus,
+                      "LOADTOP_PROMETHEUS_URL"),
+    "k8s_namespace": Key("--k8s-namespace", (str,), 'k8s_namespace = "shop"', _k8s("--k8s-namespace"),
+                         "LOADTOP_K8S_NAMESPACE"),
+    "k8s_selector": Key("--k8s-selector", (str,), 'k8s_selector = "app=api"', _k8s("--k8s-selector"),
+                        "LOADTOP_K8S_SELECTOR"),
+    "k8s_context": Key("--k8s-context", (str,), 'k8s_context = "staging"', _k8s("--k8s-context"),
+                       "LOADTOP_K8S_CONTEXT"),
+    "scenario": Key("--scenario", (str, list), 'scenario = ["stock-reservation", "hot-counter=2"]',
+                    items=str),
+    "concurrency": Key("--concurrency", (int, str), "concurrency = 8",
+                       lambda v: positive_int("--concurrency", v, 0, MAX_WORKERS), what="a whole number"),
+    "max_concurrency": Key("--max-concurrency", (int, str), "max_concurrency = 256",
+                           lambda v: positive_int("--max-concurrency", v, 1, MAX_WORKERS), what="a whole number"),
+    "processes": Key("--processes", (int, str), "processes = 2",
+                     lambda v: positive_int("--processes", v, 1), what="a whole number"),
+    "steps": Key("--steps", (list, str), "steps = [1, 2, 4, 8]", parse_steps, items=int),
+    "step_seconds": Key("--step-seconds", (int, float, str), 'step_seconds = "30s"',
+                        lambda v: parse_duration(v, "--step-seconds"), what=DUR),
+    "duration": Key("--duration", (int, float, str), 'duration = "5m"', parse_duration, what=DUR),
+    "interval": Key("--interval", (int, float, str), 'interval = "1s"',
+                    lambda v: parse_duration(v, "--interval", 60.0), what=DUR),
+    "rate": Key("--rate", (int, float, str), 'rate = "200/s"', parse_rate,
+                what='a rate ("200/s") or a number per second'),
+    "abort_on": Key("--abort-on", (str, list), 'abort_on = ["p95>500ms", "errors>1%"]', items=str),
+    "params": Key("-p", (dict,), '[params] mode = "unsafe"', _param_table),
+    "readonly": Key("--readonly", (bool,), "readonly = true", _bool("--readonly")),
+    "detect": Key("--detect", (dict,), "[detect.latency-spike] k = 6", _detect_table),
+    "slo": Key("--slo", (dict, str), '[slo] p95_ms = 500', parse_slo),
+    "probe_intervals": Key("probe_intervals", (dict,), "[probe_intervals] pods = 2",
+                           _probe_intervals),
+    "redis_lock_patterns": Key("redis_lock_patterns", (list, str),
+                               'redis_lock_patterns = ["*:lock:*"]', items=str),
+    "redis_queue_patterns": Key("redis_queue_patterns", (list, str),
+                                'redis_queue_patterns = ["*:queue:*"]', items=str),
+    "queue": Key("[[queue.sql]]", (dict,), '[[queue.sql]] name = "emails" sql = "SELECT ..."',
+                 _sql_queues),
+}  # fmt: skip
+ENV = {k: s.env for k, s in SCHEMA.items() if s.env}
+PROFILE_KEYS = {*SCHEMA, "profile"}
+
+
+def _check_table(where: str, data: Mapping[str, Any]) -> None:
+    """The TOML side of the schema: known keys, each of a type it takes."""
+    for k, v in data.items():
+        spec = SCHEMA.get(k)
+        if spec is None:
+            fail(f"{where}: unknown key {k!r}{_near(k, sorted(SCHEMA))}:"
+                 f" remove it (valid: {', '.join(sorted(SCHEMA))})")  # fmt: skip
+        if (isinstance(v, bool) and bool not in spec.types) or not isinstance(v, spec.types):
+            kinds = spec.what or " or ".join(TYPE_NAMES[t] for t in spec.types)
+            fail(f"{where}: {k} = {_short(v)} must be {kinds}, e.g. {spec.example}")
+        if isinstance(v, str) and not v.strip():
+            fail(f"{where}: {k} is empty: give a value, e.g. {spec.example}, or remove the key")
+        if isinstance(v, list):
+            if not v:
+                fail(f"{where}: {k} is an empty list: give e.g. {spec.example}, or remove the key")
+            for x in v:
+                if spec.items is not None and (
+                    isinstance(x, bool) or not isinstance(x, spec.items)
+                ):
+                    fail(f"{where}: {k} = {_short(v)} must hold only {ITEM_NAMES[spec.items]},"
+                         f" e.g. {spec.example}")  # fmt: skip
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def load_profile(path: str | None, name: str | None) -> dict[str, Any]:
-    """loadtop.toml: top-level keys are defaults; [profile.NAME] overrides."""
+    """loadtop.toml: top-level keys are defaults; [profile.NAME] overrides.
+    Every key is checked against SCHEMA here: unknown keys and wrong types
+    fail before any value is used."""
+    if path is not None and not path.strip():
+        fail("--config is empty: give the path of a loadtop.toml, or leave the flag out")
+    if name is not None and not name.strip():
+        fail("--profile is empty: give the name of a [profile.NAME], or leave the flag out")
     p = Path(path) if path else Path("loadtop.toml")
     if not p.exists():
         if path:
             fail(f"--config {path} does not exist: give the path of a loadtop.toml")
         if name:
-            fail(f"--profile {name}: no loadtop.toml in {Path.cwd()}")
+            fail(f"--profile {name}: no loadtop.toml in {Path.cwd()}: add one or give --config")
         return {}
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         fail(f"{p}: invalid TOML ({e}): fix the file")
+    except UnicodeDecodeError:
+        fail(f"{p} is not UTF-8 text: save it as UTF-8")
     except OSError as e:
-        fail(f"{p} cannot be read ({e.strerror})")
+        fail(f"{p} cannot be read ({e.strerror}): check the path and its permissions")
     profiles = data.pop("profile", {})
-    unknown = set(data) - PROFILE_KEYS
-    if unknown:
-        fail(
-            f"{p}: unknown key {sorted(unknown)[0]!r} (valid: {', '.join(sorted(PROFILE_KEYS - {'profile'}))})"
-        )
+    if not isinstance(profiles, dict) or not all(isinstance(x, dict) for x in profiles.values()):
+        fail(f"{p}: profile must hold tables, e.g. [profile.staging]")
+    _check_table(str(p), data)
     if name:
         if name not in profiles:
             have = ", ".join(sorted(profiles)) or "none"
             fail(f"{p}: no [profile.{name}]: add it or choose one of the profiles (have: {have})")
         prof = profiles[name]
-        unknown = set(prof) - PROFILE_KEYS
-        if unknown:
-            fail(f"{p}: [profile.{name}] has unknown key {sorted(unknown)[0]!r}: remove it"
-                 f" (valid: {', '.join(sorted(PROFILE_KEYS - {'profile'}))})")  # fmt: skip
+        _check_table(f"{p} [profile.{name}]", prof)
         data.update(prof)
     return data
 
@@ -168,35 +394,38 @@ def build_run_config(
     `watch`: no scenario, and a target is required."""
     from app.session.runner import RunConfig
 
-    prof = (
-        load_profile(getattr(args, "config", None), getattr(args, "profile", None))
-        if profile is None
-        else dict(profile)
-    )
+    if profile is None:
+        prof = load_profile(getattr(args, "config", None), getattr(args, "profile", None))
+    else:
+        prof = dict(profile)
+        _check_table("profile", prof)
     environ = os.environ if env is None else env
 
-    def _pick(args: Any, prof: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    def raw(key: str) -> Any:
+        """The value as given: the flag, else the LOADTOP_* variable (an empty
+        one is unset), else loadtop.toml; None if none. An empty flag is an error."""
+        spec = SCHEMA[key]
         v = getattr(args, key, None)
         if v is not None:
+            if isinstance(v, str) and not v.strip():
+                fail(f"{spec.flag} is empty: give a value or leave the flag out")
             return v
-        var = ENV.get(key)
-        if var and environ.get(var):
-            return environ[var]
-        return prof.get(key, default)
+        if spec.env and environ.get(spec.env, "").strip():
+            return environ[spec.env]
+        return prof.get(key)
 
-    pg = _pick(args, prof, "pg")
-    redis_url = _pick(args, prof, "redis")
-    http = _pick(args, prof, "http")
-    try:
-        pg = check_pg_dsn(pg) if pg else None
-        pg_monitor = _pick(args, prof, "pg_monitor")
-        pg_monitor = check_pg_dsn(pg_monitor) if pg_monitor else None
-        redis_url = check_redis_url(redis_url) if redis_url else None
-        http = check_http_url(http) if http else None
-    except TargetError as e:
-        fail(str(e))
-    scenario = getattr(args, "scenario", None)
-    specs = scenario if not watch and scenario else prof.get("scenario")
+    def value(key: str, default: Any = None) -> Any:
+        v = raw(key)
+        if v is None:
+            return default
+        parse = SCHEMA[key].parse
+        return parse(v) if parse is not None else v
+
+    pg, pg_monitor = value("pg"), value("pg_monitor")
+    redis_url, http = value("redis"), value("http")
+    prometheus = value("prometheus")
+    k8s = {k: value(k) for k in ("k8s_namespace", "k8s_selector", "k8s_context")}
+    specs = raw("scenario")
     if isinstance(specs, str):
         specs = [specs]
     if watch:
@@ -204,29 +433,28 @@ def build_run_config(
     elif not specs:
         fail("no scenario: give --scenario NAME (see `loadtop scenarios`)")
     try:
-        mix = parse_mix(specs) if specs else []
+        mix = parse_mix(list(specs)) if specs else []
     except ScenarioError as e:
         fail(str(e))
-    params = {str(k): str(v) for k, v in (prof.get("params") or {}).items()}
+    params = dict(_param_table(prof.get("params") or {}))
     params.update(parse_params(getattr(args, "params", []) or []))
-    max_c = positive_int("--max-concurrency", _pick(args, prof, "max_concurrency", 256))
-    steps_raw = _pick(args, prof, "steps")
-    steps = (
-        parse_steps(",".join(map(str, steps_raw)) if isinstance(steps_raw, list) else steps_raw)
-        if steps_raw
-        else []
-    )
-    rate_raw = _pick(args, prof, "rate")
-    rate = parse_rate(str(rate_raw)) if rate_raw else None
-    conc_default = min(64, max_c) if rate else (steps[0] if steps else 1)
-    conc = positive_int("--concurrency", _pick(args, prof, "concurrency", conc_default), 0)
-    dur_raw = _pick(args, prof, "duration")
-    duration = parse_duration(str(dur_raw)) if dur_raw else None
-    step_s = parse_duration(str(_pick(args, prof, "step_seconds", "30s")), "--step-seconds")
-    interval = parse_duration(str(getattr(args, "interval", None) or "1s"), "--interval")
-    if interval < 0.1 or interval > 60:
+    if mix:
+        try:
+            check_params([cls for cls, _ in mix], params)
+        except ScenarioError as e:
+            fail(str(e))
+    max_c = value("max_concurrency", 256)
+    steps = value("steps", [])
+    rate = value("rate")
+    conc = value("concurrency")
+    if conc is None:
+        conc = min(64, max_c) if rate else (steps[0] if steps else 1)
+    duration = value("duration")
+    step_s = value("step_seconds", 30.0)
+    interval = value("interval", 1.0)
+    if interval < 0.1:
         fail("--interval must be between 100ms and 60s")
-    aborts = getattr(args, "abort_on", None) or prof.get("abort_on") or []
+    aborts = raw("abort_on") or []
     if isinstance(aborts, str):
         aborts = [aborts]
     try:
@@ -235,9 +463,10 @@ def build_run_config(
         fail(str(e))
     if rate and steps:
         fail("--rate and --steps do not mix: a plan steps workers; use one or the other")
-    procs = positive_int("--processes", _pick(args, prof, "processes", 1))
-    if procs > 64 or procs > max_c:
-        fail(f"--processes {procs} is too many: at most 64 and at most --max-concurrency ({max_c})")
+    procs = value("processes", 1)
+    if procs > MAX_PROCESSES or procs > max_c:
+        fail(f"--processes {procs} is too many: at most {MAX_PROCESSES} and at most"
+             f" --max-concurrency ({max_c})")  # fmt: skip
     if procs > 1:
         try:  # before any embedded server starts
             check_processes([cls for cls, _ in mix])
@@ -246,24 +475,14 @@ def build_run_config(
     headless = bool(getattr(args, "headless", False))
     if duration is None and not steps and headless and not watch:
         duration = 60.0
-    ro_flag = getattr(args, "readonly", None)
-    readonly = bool(ro_flag if ro_flag is not None else prof.get("readonly", False))
-    writing = [cls.name for cls, _ in mix if getattr(cls, "writes", True)]
+    readonly = value("readonly", False)
+    writing = [cls.name for cls, _ in mix if _writes(cls, params)]
     if readonly and writing and not watch:
         # before any embedded server starts: one line, exit 2
         fail(f"scenario {writing[0]!r} writes to its target and --readonly is set:"
              " drop --readonly or choose a read-only scenario (e.g. pg-select)")  # fmt: skip
-    detect = prof.get("detect")
-    slo = parse_slo(args.slo) if getattr(args, "slo", None) else prof.get("slo")
-    if detect is not None and not isinstance(detect, dict):
-        fail("loadtop.toml: [detect] must be a table")
-    if detect is not None:
-        from app.detect import build_detectors
-
-        try:
-            build_detectors(detect)
-        except ValueError as e:
-            fail(f"loadtop.toml [detect]: {e}")
+    detect = _detect_table(prof["detect"]) if "detect" in prof else None
+    slo = value("slo")
     if getattr(args, "detect", None):
         from app.detect import detect_flags
 
@@ -271,29 +490,85 @@ def build_run_config(
             detect = detect_flags(args.detect, detect)
         except ValueError as e:
             fail(str(e))
-    from app.probes.pg_queues import QueueConfigError, parse_sql_queues
-
-    try:
-        sql_queues = parse_sql_queues(prof.get("queue"))  # [[queue.sql]]
-    except QueueConfigError as e:
-        fail(str(e))
+    record, export = _outputs(args)
+    seed = getattr(args, "seed", 0) or 0
+    sql_queues = value("queue", [])  # [[queue.sql]]
     engine = EngineConfig(
         concurrency=min(conc, max_c), max_concurrency=max_c, rate=rate, plan=steps,
-        step_seconds=step_s, duration=duration, interval=interval, seed=args.seed if hasattr(args, "seed") else 0,
+        step_seconds=step_s, duration=duration, interval=interval, seed=seed,
         thresholds=thresholds, end_with_plan=headless,
     )  # fmt: skip
     cfg = RunConfig(
         scenarios=mix, pg_dsn=pg, pg_monitor_dsn=pg_monitor, redis_url=redis_url, http_url=http,
-        k8s_namespace=_pick(args, prof, "k8s_namespace"),
-        k8s_selector=_pick(args, prof, "k8s_selector"),
-        k8s_context=_pick(args, prof, "k8s_context"),
-        prometheus_url=_pick(args, prof, "prometheus"), params=params, engine=engine,
-        record=getattr(args, "record", None), export=getattr(args, "export", None),
-        readonly=readonly, probes=not getattr(args, "no_probes", False),
-        probe_intervals=prof.get("probe_intervals"), redis_lock_patterns=prof.get("redis_lock_patterns"),
-        redis_queue_patterns=prof.get("redis_queue_patterns"), detect=detect, slo=slo,
+        k8s_namespace=k8s["k8s_namespace"], k8s_selector=k8s["k8s_selector"],
+        k8s_context=k8s["k8s_context"], prometheus_url=prometheus, params=params, engine=engine,
+        record=record, export=export, readonly=readonly,
+        probes=not getattr(args, "no_probes", False), probe_intervals=value("probe_intervals"),
+        redis_lock_patterns=_str_list(raw("redis_lock_patterns")),
+        redis_queue_patterns=_str_list(raw("redis_queue_patterns")), detect=detect, slo=slo,
         processes=procs, pg_sql_queues=sql_queues,
     )  # fmt: skip
     if watch and not (cfg.pg_dsn or cfg.redis_url or cfg.k8s_namespace or cfg.prometheus_url):
         fail("watch needs a target: give --pg, --redis, --k8s-namespace or --prometheus")
     return cfg
+
+
+def forget_secret_environment(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:
+    """Once the config is built: drop the LOADTOP_* target variables that hold
+    a password or token from this process's environment, so the processes it
+    starts (worker processes, embedded servers) do not inherit them."""
+    from app.targets import url_secrets
+
+    for var in ENV.values():
+        value = environ.get(var)
+        if value and url_secrets(value):
+            environ.pop(var, None)
+
+
+def _writes(cls: type, params: Mapping[str, str]) -> bool:
+    """Whether the scenario writes with these parameters (the http scenario
+    decides per instance, from -p method)."""
+    try:
+        return bool(getattr(cls(params), "writes", True))
+    except Exception:
+        return bool(getattr(cls, "writes", True))
+
+
+def _str_list(v: Any) -> list[str] | None:
+    if v is None:
+        return None
+    return [v] if isinstance(v, str) else list(v)
+
+
+def _outputs(args: Any) -> tuple[str | None, str | None]:
+    """--record / --export: files that can be written, checked now (an output
+    that cannot be written is bad input at start, not a lost session), and not
+    one file for both."""
+    from app.session.recording import RecordingError, check_output_path
+
+    paths = {}
+    for flag, attr in (("--record", "record"), ("--export", "export")):
+        path = getattr(args, attr, None)
+        if path is not None and not str(path).strip():
+            fail(f"{flag} is empty: give a file name, or leave the flag out")
+        paths[flag] = None if path is None else str(path)
+    rec, exp = paths["--record"], paths["--export"]
+    if rec and exp and same_file(rec, exp):
+        fail(f"--record and --export are the same file ({exp}): the report would overwrite"
+             " the recording; give two names")  # fmt: skip
+    for flag, path in paths.items():
+        if path:
+            try:
+                check_output_path(path, flag)
+            except RecordingError as e:
+                fail(str(e))
+    return rec, exp
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)

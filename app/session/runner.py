@@ -8,6 +8,13 @@ from any thread.
 Order matters for "lose nothing, leave nothing": the recording is opened
 before anything is created on a target; every prefix is removed in a
 `finally`, even when `setup` failed halfway or the run was interrupted.
+
+Over ~500 lines for now: the lifecycle (connect, setup, run, teardown,
+cleanup, the end line) is one ordered sequence that reads best in one place;
+the clock and enrichers are already in app/session/pipeline.py, the clients
+in app/engine/clients.py. The thread-safe control wrappers and the backend
+cancel/terminate could move next, once the bounded-memory (issue 10) and
+app/commands branches that also edit this file have landed.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import sys
 import threading
 import time
@@ -24,11 +30,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.engine import Clients, EngineConfig, LoadEngine, allocate
+from app.engine.clients import Clients, close_clients, connect_clients
+from app.engine.engine import EngineConfig, LoadEngine, allocate
 from app.engine.errors import classify
-from app.engine.procs import HostSpec, WorkerHosts
+from app.engine.procs import HostSpec, ProcessWorkers
 from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
 from app.session.export import write_report
+from app.session.pipeline import Pipeline, Verifier
 from app.session.recording import Recorder, Recording, RecordingError
 from app.targets import Redactor, TargetError, redact_params
 from app.tick import Tick
@@ -78,64 +86,6 @@ class Outcome:
     record_path: str | None = None
 
 
-async def _noop_reset(conn: Any) -> None:
-    """Pool reset on release: no round trip unless a transaction was left
-    open (asyncpg's default reset costs a round trip per borrow)."""
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-
-
-def describe_pg_error(dsn: str, e: BaseException) -> str:
-    from urllib.parse import urlsplit
-
-    p = urlsplit(dsn)
-    where = f"{p.hostname or 'localhost'}:{p.port or 5432}"
-    user = p.username or "postgres"
-    db = (p.path or "/").lstrip("/") or user
-    name = type(e).__name__
-    code = getattr(e, "sqlstate", None)
-    if code == "28P01" or name == "InvalidPasswordError":
-        return f"PostgreSQL at {where} rejected the password for user {user!r}: fix the DSN"
-    if code == "28000" or name == "InvalidAuthorizationSpecificationError":
-        return f"PostgreSQL at {where} does not allow user {user!r} to connect: check pg_hba.conf / the role"
-    if code == "3D000" or name == "InvalidCatalogNameError":
-        return f"database {db!r} does not exist on PostgreSQL at {where}: create it or fix the DSN"
-    if code == "53300":
-        return f"PostgreSQL at {where} has no free connection slot (too many connections)"
-    if isinstance(e, socket.gaierror):
-        return f"cannot resolve PostgreSQL host {p.hostname!r}: fix the host in --pg"
-    if isinstance(e, asyncio.TimeoutError | TimeoutError):
-        return f"PostgreSQL at {where} did not answer within 10 s: check host, port and firewall"
-    if isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
-        return f"cannot connect to PostgreSQL at {where} (connection refused): is it running on that port?"
-    if isinstance(e, OSError | ConnectionError):
-        return (
-            f"cannot connect to PostgreSQL at {where} ({e.__class__.__name__}):"
-            " is a PostgreSQL server listening on that port? check --pg"
-        )
-    return f"PostgreSQL at {where}: {classify(e)}: {str(e)[:200]}"
-
-
-def describe_redis_error(url: str, e: BaseException) -> str:
-    from urllib.parse import urlsplit
-
-    p = urlsplit(url)
-    where = f"{p.hostname or 'localhost'}:{p.port or 6379}"
-    text = str(e)
-    low = text.lower()
-    if "auth" in low or "password" in low or "NOAUTH" in text or "WRONGPASS" in text:
-        return f"Redis at {where} rejected the credentials: fix the password in --redis"
-    if "refused" in low or "connect call failed" in low:
-        return (
-            f"cannot connect to Redis at {where} (connection refused): is it running on that port?"
-        )
-    if "timeout" in low or isinstance(e, asyncio.TimeoutError | TimeoutError):
-        return f"Redis at {where} did not answer in time: check host, port and firewall"
-    if "protocol" in low or "invalid" in low or "reset" in low or "closed" in low:
-        return f"the server at {where} does not speak the Redis protocol: check --redis"
-    return f"Redis at {where}: {classify(e)}: {text[:200]}"
-
-
 class Session:
     def __init__(self, cfg: RunConfig, *, printer: Callable[[Tick], None] | None = None) -> None:
         self.cfg = cfg
@@ -153,7 +103,7 @@ class Session:
         }
         self.printer = printer
         self.engine: LoadEngine | None = None
-        self.clients = Clients(http_url=cfg.http_url, pg_dsn=cfg.pg_dsn)
+        self.clients = Clients(http_url=cfg.http_url, pg_dsn=cfg.pg_dsn, redis_url=cfg.redis_url)
         if cfg.readonly:  # the server enforces it: a scenario that writes anyway fails
             self.clients.pg_settings["default_transaction_read_only"] = "on"
         self.recorder: Recorder | None = None
@@ -173,7 +123,9 @@ class Session:
         self._admin_lock: asyncio.Lock | None = None
         self._created_prefixes: set[str] = set()
         self.messages: list[str] = []  # status lines (embedded servers, faults)
-        self.procs: WorkerHosts | None = None
+        self.procs: ProcessWorkers | None = None
+        self.verifier: Verifier | None = None
+        self.pipeline: Pipeline | None = None
 
     # ---- SessionControl: facts --------------------------------------------------
     @property
@@ -368,22 +320,28 @@ class Session:
             if self.probe_set is not None:
                 await self.probe_set.start()
             if cfg.processes > 1:
-                self.procs = WorkerHosts(self._host_specs())
+                names = [inst.name for inst, _ in self.instances]
+                self.procs = ProcessWorkers(self._host_specs(), names)
                 await self.procs.start()
             self.engine = LoadEngine(
                 self.instances, self.clients, cfg.engine, prefixes=self.prefixes,
                 params=cfg.params,
                 readings=self.probe_set.latest if self.probe_set is not None else None,
-                analyzer=self.detectors, redact=self.redactor, procs=self.procs,
+                redact=self.redactor, workers=self.procs,
             )  # fmt: skip
-            self.engine.subscribe(self._on_tick)
+            self.verifier = Verifier(
+                [inst for inst, _ in self.instances], self._admin_ctx, self.engine.event,
+                self.redactor,
+            )  # fmt: skip
+            self.pipeline = Pipeline(self.engine, detectors=self.detectors, verifier=self.verifier)
+            self.pipeline.subscribe(self._on_tick)
             if install_signals:
                 self._install_signals()
             if self._stop_requested:
                 self.engine.stop(self._stop_requested)
             self._ready.set()
-            reason = await self.engine.run(self._admin_ctx)
-            await self.engine.verify_all(self._admin_ctx)
+            reason = await self.pipeline.run()
+            await self.verifier.verify_all()
         except Exception as e:
             self.error = self.redactor(str(e))
             raise
@@ -459,12 +417,13 @@ class Session:
             },
             "thresholds": [t.expr for t in e.thresholds],
             "slo": self.cfg.slo,
+            "detect": dict(self.cfg.detect or {}),  # what `report --redetect` starts from
             "readonly": self.cfg.readonly,
         }
 
     async def _connect(self) -> None:
         needs = {n for inst, _ in self.instances for n in inst.needs}
-        await connect_clients(self.cfg, needs, self.clients, self.redactor)
+        await connect_clients(self.clients, needs, self.redactor, self.cfg.engine.max_concurrency)
 
     async def _setup(self) -> None:
         for inst, _ in self.instances:
@@ -597,8 +556,9 @@ class Session:
                 await asyncio.wait_for(self.probe_set.stop(), 5)
         await self._close_clients()
         eng = self.engine
-        invariants = dict(eng.violations) if eng else {}
-        tripped = eng.thresholds.tripped if eng else None
+        invariants = dict(self.verifier.violations) if self.verifier else {}
+        thresholds = self.pipeline.thresholds if self.pipeline else None
+        tripped = thresholds.tripped if thresholds else None
         code = 1 if invariants or tripped else 0
         if self.error:
             code = 2
@@ -608,8 +568,8 @@ class Session:
             "exit_code": code,
             "invariants": invariants,
             "threshold_tripped": (
-                {"expr": tripped.expr, "tick": eng.thresholds.tripped_tick, "value": tripped.value}
-                if tripped and eng
+                {"expr": tripped.expr, "tick": thresholds.tripped_tick, "value": tripped.value}
+                if tripped and thresholds
                 else None
             ),
             "never_connected": eng.never_connected() if eng else {},
@@ -667,89 +627,6 @@ class Session:
         await close_clients(self.clients)
 
 
-async def connect_clients(
-    cfg: RunConfig, needs: set[str], clients: Clients, redactor: Redactor,
-    size: int | None = None,
-) -> None:  # fmt: skip
-    """Open the load's clients for the targets the scenarios need, each sized to
-    `size` workers (default --max-concurrency); a target that does not answer
-    is a TargetError that says what to check. The session and every worker
-    process (--processes) open theirs here."""
-    size = size or cfg.engine.max_concurrency
-    if cfg.pg_dsn and "postgres" in needs:
-        import asyncpg
-
-        try:
-            clients.pg = await asyncpg.create_pool(
-                cfg.pg_dsn, min_size=1, max_size=max(2, size),
-                max_inactive_connection_lifetime=10, reset=_noop_reset, timeout=10,
-                server_settings={"application_name": "loadtop:pool", **clients.pg_settings},
-            )  # fmt: skip
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:  # fmt: skip
-            raise TargetError(redactor(describe_pg_error(cfg.pg_dsn, e))) from None
-    if cfg.redis_url and "redis" in needs:
-        import redis.asyncio as aioredis
-
-        pool = aioredis.BlockingConnectionPool.from_url(
-            cfg.redis_url, max_connections=size + 8, timeout=10,
-            socket_connect_timeout=5, socket_timeout=30, client_name="loadtop:load",
-        )  # fmt: skip
-        client = aioredis.Redis(connection_pool=pool)
-        try:
-            await asyncio.wait_for(client.ping(), 10)
-        except Exception as e:
-            await client.aclose()
-            raise TargetError(redactor(describe_redis_error(cfg.redis_url, e))) from None
-        clients.redis = client
-    if cfg.http_url and "http" in needs:
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(
-            limit=size, limit_per_host=size,
-            ttl_dns_cache=300,
-        )  # fmt: skip
-        session = aiohttp.ClientSession(
-            base_url=cfg.http_url if _has_no_path(cfg.http_url) else None,
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=30, connect=5),
-        )
-        try:
-            async with session.get(cfg.http_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
-                await r.read()
-        except Exception as e:
-            await session.close()
-            raise TargetError(
-                redactor(
-                    f"cannot reach the HTTP target {cfg.http_url}: {classify(e)}"
-                    " — is the service up and the URL right?"
-                )  # fmt: skip
-            ) from None
-        clients.http = session
-
-
-async def close_clients(c: Clients) -> None:
-    """Close what connect_clients opened, each close bounded."""
-    if c.pg is not None:
-        try:
-            await asyncio.wait_for(c.pg.close(), 5)
-        except BaseException:
-            c.pg.terminate()
-        c.pg = None
-    if c.redis is not None:
-        # bounded: redis-py's disconnect awaits wait_closed(), which can hang
-        # on a half-closed socket (redis/redis-py#3941)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(c.redis.aclose(), 5)
-        # a client built on an explicit pool leaves the pool's sockets open
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(c.redis.connection_pool.disconnect(), 5)
-        c.redis = None
-    if c.http is not None:
-        with contextlib.suppress(Exception):
-            await c.http.close()
-        c.http = None
-
-
 def run_sync(coro: Any) -> Any:
     """Run a session's coroutine to completion on uvloop (asyncio without it)."""
     try:
@@ -779,12 +656,6 @@ def print_outcome(session: Session, o: Outcome) -> None:
 
 def verb_for(fn: str) -> str:
     return "cancel" if "cancel" in fn else "terminate"
-
-
-def _has_no_path(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).path in ("", "/")
 
 
 __all__ = ["Outcome", "RunConfig", "Session", "SetupError"]

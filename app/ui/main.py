@@ -252,6 +252,11 @@ class LoadtopApp(App[int]):
         """The engine's state as the tick says, unless a key changed it since."""
         if tick.t < self._local_state_at:
             return
+        c = tick.control
+        if c is not None:  # the tick says where the controls stand
+            self.paused, self.panicked, self.plan_running = c.paused, c.panicked, c.plan_running
+            return
+        # a recording made before ticks carried their ControlState
         self.paused = tick.paused
         self.plan_running = tick.plan_step is not None
         for e in tick.events:

@@ -490,10 +490,11 @@ class InvariantDetector(Detector):
         super().__init__(options)
         self._violations: dict[str, tuple[str, ...]] = {}
 
-    def note(self, scenario: str, violations: list[str]) -> None:
-        self._violations[scenario] = tuple(dict.fromkeys(str(v) for v in violations))
-
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+        # a scenario's latest verify() result holds until its next one (the
+        # tick carries the results that completed in its window)
+        for scenario, violations in tick.invariants.items():
+            self._violations[scenario] = tuple(dict.fromkeys(str(v) for v in violations))
         out = []
         cap = max(1, self.opt.max_per_scenario)
         for scn, vs in self._violations.items():

@@ -1,0 +1,434 @@
+"""One process's workers: the `WorkerPool`.
+
+Closed model ("workers"): N workers per scenario, each running its scenario's
+`run` back to back. A new assignment applies at once: new workers start,
+surplus workers finish their current operation and leave. The pool's live
+workers (including those finishing) never exceed its cap.
+
+Open model ("rate"): per scenario a scheduler lays intended start times at the
+assigned rate; the scenario's workers pick them up. Latency is measured from
+the intended start (no coordinated omission), schedule lag is the actual minus
+the intended start, and an intended start that finds the backlog full is
+dropped and counted.
+
+The pool knows nothing of ticks, targets, plans or sessions: it is told
+shares and rates (`assign`), and hands out what its workers did since the last
+`take()` as plain data. The same class runs the workers on the session's loop
+(LocalWorkers) and inside every worker process (--processes, ProcessWorkers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from app.engine.clients import Clients
+from app.engine.errors import CONNECTION_LOST, classify, is_connection_error
+from app.engine.measure import Window
+from app.scenario import Context, Scenario
+
+
+@dataclass
+class _Worker:
+    index: int
+    ctx: Context
+    task: asyncio.Task | None = None
+    stopping: bool = False
+    connected_once: bool = False
+    idle: bool = False  # open model: waiting for an intended start
+
+
+class ScenarioRun:
+    """One scenario's workers, open window and scheduler in a pool."""
+
+    def __init__(
+        self, instance: Scenario, prefix: str, params: Mapping[str, str],
+        redact: Callable[[str], str],
+    ) -> None:  # fmt: skip
+        self.instance = instance
+        self.name = instance.name
+        self.prefix = prefix
+        self.params = params
+        self.needs_pg = "postgres" in instance.needs
+        self.win = Window()
+        self.workers: dict[int, _Worker] = {}
+        self.target = 0
+        self.rate = 0.0
+        self.queue: asyncio.Queue[float] | None = None
+        self.scheduler: asyncio.Task | None = None
+        self.never_connected: set[int] = set()
+        self.ever_connected: set[int] = set()
+        self.redact = redact  # the session's Redactor
+
+    def active(self) -> int:
+        return sum(1 for w in self.workers.values() if not w.stopping)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """ctx.count(): into the window open now, so a count lands in its tick."""
+        self.win.count(name, n)
+
+    def record_failure(
+        self, exc: BaseException, elapsed_us: int | None, conn_gone: bool = False
+    ) -> str:
+        win = self.win
+        win.failed += 1
+        cls = classify(exc)
+        if (
+            conn_gone
+            and not is_connection_error(cls)
+            and type(exc).__module__.startswith("asyncpg")
+        ):
+            # a driver error raised because the connection died under the operation
+            # (e.g. "cannot switch to state 15"): what happened is a lost connection
+            cls = CONNECTION_LOST
+        win.errors[cls] = win.errors.get(cls, 0) + 1
+        if not win.last_error:
+            # an error's text may echo a URL with its token: masked at the source
+            win.last_error = self.redact(f"{cls}: {str(exc)[:160]}")
+        if elapsed_us is not None:
+            us = min(max(elapsed_us, 1), 60_000_000)
+            win.lat[us] = win.lat.get(us, 0) + 1
+        return cls
+
+
+class WorkerPool:
+    """Runs one process's workers. Call on its event loop."""
+
+    def __init__(
+        self,
+        scenarios: list[tuple[Scenario, str]],
+        clients: Clients,
+        *,
+        cap: int,
+        params: Mapping[str, str] | None = None,
+        seed: int = 0,
+        drain_seconds: float = 5.0,
+        redact: Callable[[str], str] | None = None,
+        worker_offset: int = 0,
+    ) -> None:
+        self.clients = clients
+        self.cap = cap
+        self.seed = seed
+        self.drain_seconds = drain_seconds
+        self.worker_offset = worker_offset  # worker indexes start here
+        self.redact: Callable[[str], str] = redact or str
+        params = dict(params or {})
+        self.runs = [ScenarioRun(inst, prefix, params, self.redact) for inst, prefix in scenarios]
+        self.mode = "workers"
+        self.paused = False
+        self.panicked = False
+        self._shares = [0] * len(self.runs)
+        self._rates: list[float] = []
+        self._closing = False
+        self._bg: list[asyncio.Task] = []
+        self._events: list[tuple[float, str, str]] = []  # (wall time, kind, note)
+
+    # ---- steering ----------------------------------------------------------------
+    def assign(self, shares: list[int], rates: list[float], paused: bool, mode: str) -> None:
+        """Run `shares[i]` workers of scenario i; in rate mode at `rates[i]`
+        intended starts per second ([] for none)."""
+        self._shares, self._rates = list(shares), list(rates)
+        self.mode = mode
+        self.paused = paused
+        if not paused:
+            self.panicked = False
+        self.reconcile()
+
+    def panic(self) -> None:
+        """All load stops now: running operations are cancelled, and their
+        backends are terminated on the server, so a statement stuck behind a
+        lock does not keep waiting there (closing the socket alone does not
+        reach a backend that waits on a lock) and its transaction rolls back."""
+        self.paused = True
+        self.panicked = True
+        for r in self.runs:
+            for w in r.workers.values():
+                w.stopping = True
+                if w.task is not None:
+                    w.task.cancel()
+            self._stop_scheduler(r)
+        self._terminate_worker_backends()
+
+    @property
+    def live_total(self) -> int:
+        return sum(len(r.workers) for r in self.runs)
+
+    def live(self) -> dict[str, int]:
+        return {r.name: len(r.workers) for r in self.runs}
+
+    def never_connected(self) -> dict[str, int]:
+        return {r.name: len(r.never_connected) for r in self.runs if r.never_connected}
+
+    def take(self) -> dict[str, Any]:
+        """The windows since the last take (plain data), live workers, events."""
+        wins = {}
+        for r in self.runs:
+            win, r.win = r.win, Window()
+            wins[r.name] = win.payload()
+        events, self._events = self._events, []
+        return {
+            "windows": wins,
+            "live": self.live(),
+            "never_connected": self.never_connected(),
+            "events": events,
+        }
+
+    def _event(self, kind: str, note: str) -> None:
+        self._events.append((time.time(), kind, note))
+
+    # ---- workers ----------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Bring every scenario's worker count to its share, never letting the
+        live total exceed the cap."""
+        stopped = self.paused or self._closing
+        shares = [0] * len(self.runs) if stopped else list(self._shares)
+        rates = self._rates
+        # step down first, so freed capacity can serve step-ups elsewhere
+        for r, share in zip(self.runs, shares, strict=True):
+            r.target = share
+            live = sorted((w for w in r.workers.values() if not w.stopping), key=lambda w: w.index)
+            for w in live[share:]:
+                w.stopping = True
+                if w.task is not None and w.idle:
+                    # a rate-mode worker waiting for a start must not wait forever
+                    w.task.cancel()
+        for i, (r, share) in enumerate(zip(self.runs, shares, strict=True)):
+            for w in sorted(r.workers.values(), key=lambda w: w.index):
+                if r.active() >= share:
+                    break
+                if w.stopping and not (w.task is not None and w.task.cancelling()):
+                    w.stopping = False  # revive a worker that is still finishing
+            while r.active() < share and self.live_total < self.cap:
+                self._spawn(r)
+            if self.mode == "rate":
+                r.rate = rates[i] if rates else 0.0
+                if share and r.rate > 0 and not self.paused:
+                    self._ensure_scheduler(r)
+                else:
+                    self._stop_scheduler(r)
+
+    def _spawn(self, r: ScenarioRun) -> None:
+        idx = self.worker_offset
+        while idx in r.workers:
+            idx += 1
+        ctx = Context(
+            worker=idx,
+            params=r.params,
+            rng=random.Random(f"{self.seed}:{r.name}:{idx}"),
+            prefix=r.prefix,
+            scenario=r.name,
+            pg=self.clients.pg,
+            redis=self.clients.redis,
+            http=self.clients.http,
+            http_url=self.clients.http_url,
+            concurrency=r.target,
+            _counter=r.count,
+        )
+        w = _Worker(idx, ctx)
+        r.workers[idx] = w
+        w.task = asyncio.get_running_loop().create_task(self._worker(r, w), name=f"{r.name}:w{idx}")
+        w.task.add_done_callback(lambda t, r=r, w=w: self._worker_done(r, w))
+
+    def _worker_done(self, r: ScenarioRun, w: _Worker) -> None:
+        if r.workers.get(w.index) is w:
+            del r.workers[w.index]
+        if not w.connected_once and r.needs_pg:
+            r.never_connected.add(w.index)
+        # a worker leaving frees capacity: a deferred step-up may proceed
+        if not self._closing:
+            asyncio.get_running_loop().call_soon(self.reconcile)
+
+    async def _connect(self, r: ScenarioRun, w: _Worker) -> bool:
+        import asyncpg
+
+        try:
+            w.ctx.conn = await asyncpg.connect(
+                self.clients.pg_dsn,
+                timeout=10,
+                server_settings={
+                    "application_name": f"loadtop:{r.name}:w{w.index}"[:63],
+                    **self.clients.pg_settings,
+                },
+            )
+            w.connected_once = True
+            r.ever_connected.add(w.index)
+            r.never_connected.discard(w.index)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            r.win.started += 1
+            r.record_failure(e, None)
+            return False
+
+    async def _worker(self, r: ScenarioRun, w: _Worker) -> None:
+        run = r.instance.run
+        ctx = w.ctx
+        backoff = 0.0
+        perf = time.perf_counter
+        ops = 0
+        try:
+            while not w.stopping:
+                ops += 1
+                if not ops & 63:
+                    # a run() that never suspends (pure CPU, or failing before its
+                    # first await) would otherwise starve the loop: no tick, no stop
+                    await asyncio.sleep(0)
+                if backoff:
+                    await asyncio.sleep(backoff)
+                    if w.stopping:
+                        break
+                need_conn = r.needs_pg and (ctx.conn is None or ctx.conn.is_closed())
+                if need_conn and not await self._connect(r, w):
+                    backoff = min(max(backoff * 2, 0.05), 1.0)
+                    continue
+                if r.queue is not None and self.mode == "rate":
+                    w.idle = True
+                    try:
+                        intended = await r.queue.get()
+                    finally:
+                        w.idle = False
+                    t0 = perf()
+                    lag = (t0 - intended) * 1000.0
+                    win = r.win
+                    if lag > win.lag_ms:
+                        win.lag_ms = lag
+                else:
+                    t0 = intended = perf()
+                    win = r.win
+                win.started += 1
+                ctx.concurrency = r.target
+                try:
+                    await run(ctx)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    gone = ctx.conn is not None and ctx.conn.is_closed()
+                    cls = r.record_failure(e, int((perf() - intended) * 1e6), gone)
+                    if is_connection_error(cls):
+                        backoff = min(max(backoff * 2, 0.05), 1.0)
+                    continue
+                us = int((perf() - intended) * 1e6)
+                win = r.win  # the window may have closed meanwhile
+                win.ok += 1
+                if not 0 < us < 60_000_000:
+                    us = max(1, min(us, 60_000_000))
+                lat = win.lat
+                lat[us] = lat.get(us, 0) + 1
+                backoff = 0.0
+        finally:
+            await self._release(r, w)
+
+    async def _release(self, r: ScenarioRun, w: _Worker) -> None:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(r.instance.worker_stop(w.ctx)), 1.0)
+        conn = w.ctx.conn
+        w.ctx.conn = None
+        if conn is not None and not conn.is_closed():
+            # closing ends any open transaction (it rolls back) and the backend
+            conn.terminate() if self.panicked else await _close_quietly(conn)
+
+    # ---- open model ---------------------------------------------------------------
+    def _ensure_scheduler(self, r: ScenarioRun) -> None:
+        if r.queue is None:
+            r.queue = asyncio.Queue()
+        if r.scheduler is None or r.scheduler.done():
+            r.scheduler = asyncio.get_running_loop().create_task(self._schedule(r))
+
+    def _stop_scheduler(self, r: ScenarioRun) -> None:
+        if r.scheduler is not None:
+            r.scheduler.cancel()
+            r.scheduler = None
+        if r.queue is not None:
+            while not r.queue.empty():
+                r.queue.get_nowait()
+
+    async def _schedule(self, r: ScenarioRun) -> None:
+        """Lay intended start times at r.rate per second. The backlog of starts
+        no worker has taken is bounded by the worker count: a start beyond it is
+        dropped (and counted), as pgbench's --rate skips late transactions."""
+        perf = time.perf_counter
+        nxt = perf()
+        assert r.queue is not None
+        while True:
+            rate = r.rate
+            if rate <= 0:
+                return
+            now = perf()
+            if nxt > now:
+                await asyncio.sleep(nxt - now)
+            now = perf()
+            gap = 1.0 / rate
+            while nxt <= now:
+                win = r.win
+                win.scheduled += 1
+                if r.queue.qsize() >= max(r.active(), 1):
+                    win.dropped += 1
+                else:
+                    r.queue.put_nowait(nxt)
+                nxt += gap
+
+    # ---- ending --------------------------------------------------------------------
+    def _terminate_worker_backends(
+        self, only: set[asyncio.Task] | None = None
+    ) -> asyncio.Task | None:
+        pids = []
+        for r in self.runs:
+            for w in r.workers.values():
+                conn = w.ctx.conn
+                if conn is not None and not conn.is_closed() and (only is None or w.task in only):
+                    pids.append(conn.get_server_pid())
+        if not pids or self.clients.pg is None:
+            return None
+        task = asyncio.get_running_loop().create_task(self._pg_terminate(pids))
+        self._bg.append(task)
+        return task
+
+    async def _pg_terminate(self, pids: list[int]) -> None:
+        try:
+            await asyncio.wait_for(
+                self.clients.pg.execute(
+                    "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids
+                ),
+                2.0,
+            )
+        except Exception as e:  # the client side is closed anyway; say so
+            self._event("panic-terminate-failed", f"{classify(e)}")
+
+    async def drain(self) -> None:
+        """Stop every worker: idle ones at once, busy ones after their operation
+        (up to drain_seconds), then hanging ones, also on the server."""
+        self._closing = True
+        for r in self.runs:
+            self._stop_scheduler(r)
+            for w in r.workers.values():
+                w.stopping = True
+                if w.task is not None and w.idle:
+                    w.task.cancel()
+        tasks = [w.task for r in self.runs for w in r.workers.values() if w.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.drain_seconds)
+            # operations still hanging after the drain: end them on the server too
+            killing = self._terminate_worker_backends(only=set(pending)) if pending else None
+            for t in pending:
+                t.cancel()
+            if killing is not None:
+                await asyncio.wait([killing], timeout=2.5)
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        for t in self._bg:
+            t.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
+        self._bg = []
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 2.0)
+    except BaseException:
+        conn.terminate()
