@@ -511,8 +511,14 @@ def render_text(data: ChartData, *, width: int = 76, height: int = 16) -> str:
     ]
     if len(pts) < 2:
         return "(too few ticks for a chart)"
-    step = max(1, len(pts) // (2 * width))
-    pts = pts[::step]
+    step = -(-len(pts) // (2 * width))  # braille: two points a column at most
+    if step > 1:  # group as the buckets do: mean ops/s, worst p99
+        groups = [pts[i : i + step] for i in range(0, len(pts), step)]
+        pts = [
+            (g[-1][0], sum(p[1] for p in g) / len(g),
+             max((p[2] for p in g if p[2] is not None), default=None))
+            for g in groups
+        ]  # fmt: skip
     xs = [round(p[0], 3) for p in pts]
     f.draw(f.signal(xs, [p[1] for p in pts], marker="braille").lines())
     lat = [(x, p[2]) for x, p in zip(xs, pts, strict=True) if p[2] is not None]
@@ -534,6 +540,8 @@ def render_text(data: ChartData, *, width: int = 76, height: int = 16) -> str:
     for m in data.markers[:40]:
         if m.x <= span:
             f.line(round(m.x, 3), "v", style="dotted")
-    f.title("ops/s ⠒ left · p99 • right · ┊ event")
+    every = " (all scenarios)" if len(data.scenarios) > 1 else ""
+    worst = "worst " if every or data.ticks_per_point > 1 or step > 1 else ""
+    f.title(f"ops/s{every} ⠒ left · {worst}p99 • right · ┊ event")
     text = f.build().string(True)
     return "\n".join(line.rstrip() for line in text.splitlines())

@@ -204,6 +204,9 @@ def test_eight_hours_in_one_pass_with_bounded_buckets() -> None:
     root = parse(render_svg(data))
     assert len(points(root.find(".//s:path[@data-series='p99']", NS))) == len(data.xs)
     assert "8h" in texts(root)
+    # the text chart groups points the same way: the spike is still its top
+    text = render_text(data)
+    assert "worst p99" in text and "4s" in text
 
 
 @pytest.mark.parametrize("max_points", [5, 6, 7])
