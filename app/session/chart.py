@@ -131,7 +131,8 @@ class ChartData:
 
     @property
     def empty(self) -> bool:
-        return not self.xs
+        """Nothing to draw: no tick, or no load (`loadtop watch` only watches)."""
+        return not self.xs or not self.scenarios
 
 
 _LOAD_KINDS = {"concurrency": "c", "plan-step": "step", "rate": "rate", "step-size": "step"}

@@ -296,3 +296,11 @@ def test_chart_path_is_next_to_the_report_and_only_for_files(tmp_path: Path) -> 
     assert chart_path_for(tmp_path / "report") == tmp_path / "report.svg"
     assert chart_path_for(tmp_path / "F.svg") == tmp_path / "F.chart.svg"
     assert chart_path_for("/dev/null") is None  # no "next to" a device
+
+
+def test_a_session_without_load_has_no_chart(tmp_path: Path) -> None:
+    """`loadtop watch --export`: probes only, nothing to plot, no empty picture."""
+    ticks = [Tick(i, T0 + i, float(i), 1.0, "workers", 0, 0) for i in range(1, 6)]
+    write_report(Recording(header={"started": T0}, ticks=ticks), str(tmp_path / "w.md"))
+    assert (tmp_path / "w.md").exists() and not (tmp_path / "w.svg").exists()
+    assert "## Chart" not in (tmp_path / "w.md").read_text()
