@@ -368,6 +368,11 @@ def series_of(data: ChartData) -> list[Series]:
     return out
 
 
+def _attr(s: str) -> str:
+    """Text for a double-quoted attribute value."""
+    return escape(s, {'"': "&quot;"})
+
+
 def _f(v: float) -> str:
     return f"{v:.1f}".rstrip("0").rstrip(".")
 
@@ -404,7 +409,7 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
 
     o: list[str] = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}"'
-        f' viewBox="0 0 {width} {H}" font-family="{escape(FONT)}" role="img">',
+        f' viewBox="0 0 {width} {H}" font-family="{_attr(FONT)}" role="img">',
         f"<title>{escape(title or 'loadtop session chart')}</title>",
         f'<rect x="0" y="0" width="{width}" height="{H}" fill="#ffffff"/>',
         _text(x0, 20, title, size=14, color="#111827", weight="bold"),
@@ -445,7 +450,7 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
     ends = [-1e9] * LABEL_ROWS
     for m, show in labelled(data.markers):
         x = X(min(m.x, span))
-        o.append(f'<g class="marker" data-kind="{escape(m.kind)}"><title>{escape(m.title)}</title>')
+        o.append(f'<g class="marker" data-kind="{_attr(m.kind)}"><title>{escape(m.title)}</title>')
         o.append(f'<line x1="{_f(x)}" y1="{y0}" x2="{_f(x)}" y2="{y1}" stroke="{m.color}"'
                  ' stroke-width="1" stroke-dasharray="3 3"/>')  # fmt: skip
         w = CHAR_W * len(m.label)
@@ -467,7 +472,7 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
             pen = "L"
         dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
         width_ = 2 if s.metric == "ops/s" else 1.5
-        o.append(f'<path class="series" data-series="{escape(s.name)}" d="{" ".join(d)}"'
+        o.append(f'<path class="series" data-series="{_attr(s.name)}" d="{" ".join(d)}"'
                  f' fill="none" stroke="{s.color}" stroke-width="{width_}"{dash}'
                  f' stroke-linejoin="round"><title>{escape(s.name)}</title></path>')  # fmt: skip
     # legend
