@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.session.chart import ChartBuilder, render_svg, render_text
+from app.session.chart import ChartBuilder
+from app.session.chart_render import render_svg, render_text
 from app.tick import ControlEvent, ScenarioWindow, Tick, new_histogram
 
 

@@ -14,14 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.session.chart import (
-    ChartData,
-    chart_data,
-    labelled,
-    render_svg,
-    render_text,
-    time_label,
-)
+from app.session.chart import ChartData, chart_data, labelled, time_label
+from app.session.chart_render import render_svg, render_text
 from app.session.recording import Recording
 from app.session.report import render_json, render_markdown
 from app.targets import Redactor

@@ -19,11 +19,10 @@ from app.session.chart import (
     chart_data,
     fmt_ms,
     fmt_rate,
-    render_svg,
-    render_text,
     tick_label,
     time_label,
 )
+from app.session.chart_render import render_svg, render_text
 from app.session.export import chart_path_for, write_report
 from app.session.recording import Recorder, Recording
 from app.targets import Redactor
