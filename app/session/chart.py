@@ -14,41 +14,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from app.tick import ControlEvent, Tick, values_at_percentiles
+from hdrh.histogram import HdrHistogram
+
+from app import fmt
+from app.tick import ControlEvent, Tick, values_at_percentiles, window_hists
 
 MAX_POINTS = 480  # buckets kept while reading; merged pairwise beyond this
 MAX_MARKERS = 200  # vertical lines drawn; the rest are counted in the legend
 
-# ---- numbers a person reads (until app/fmt.py lands on main) ---------------
-
-
-def fmt_rate(v: float) -> str:
-    """Operations per second: `950`, `12.3k`, `1.2M`."""
-    a = abs(v)
-    for unit, div in (("M", 1e6), ("k", 1e3)):
-        if a >= div * 0.9995:
-            return f"{v / div:.{1 if a / div < 100 else 0}f}{unit}"
-    if float(v).is_integer():
-        return str(int(v))
-    return f"{v:.{2 if a < 10 else 1 if a < 100 else 0}f}"
-
-
-def fmt_ms(v: float) -> str:
-    """A duration in ms: `950µs`, `12.3ms`, `1.2s`, `2m03s`."""
-    if v <= 0:
-        return "0ms"
-    if v < 1:
-        return f"{v * 1000:.0f}µs"
-    if v < 999.5:
-        return f"{v:.{2 if v < 10 else 1 if v < 100 else 0}f}ms"
-    s = v / 1000
-    if s < 59.95:
-        return f"{s:.1f}s"
-    m, sec = divmod(round(s), 60)
-    return f"{m}m{sec:02d}s"
+# ---- axis ticks: app.fmt's figures without trailing zeros -----------------
 
 
 def tick_label(s: str) -> str:
@@ -58,20 +35,6 @@ def tick_label(s: str) -> str:
         return s
     frac = m[2].rstrip("0")
     return f"{m[1]}.{frac}{m[3]}" if frac else f"{m[1]}{m[3]}"
-
-
-def time_label(s: float) -> str:
-    """Elapsed seconds on the x axis: `0`, `45s`, `2m`, `2m30s`, `1h`, `1h30m`."""
-    t = round(s)
-    if t == 0:
-        return "0"
-    h, rem = divmod(t, 3600)
-    m, sec = divmod(rem, 60)
-    if h:
-        return f"{h}h{m:02d}m" if m else f"{h}h"
-    if m:
-        return f"{m}m{sec:02d}s" if sec else f"{m}m"
-    return f"{sec}s"
 
 
 # ---- the data --------------------------------------------------------------
@@ -141,7 +104,7 @@ def event_marker(e: ControlEvent, x: float) -> Marker:
         f" {_num(e.before)}→{_num(e.after)}" if e.before is not None or e.after is not None else ""
     )
     note = f": {e.note}" if e.note else ""
-    title = f"{time_label(x)} {e.kind} by {e.source}{change}{note}"
+    title = f"{fmt.clock(x)} {e.kind} by {e.source}{change}{note}"
     group, color = _GROUPS.get(e.kind, _OTHER)
     return Marker(x, e.kind, label, title, color, group, e.after)
 
@@ -204,7 +167,9 @@ class ChartBuilder:
         else:
             self.markers_dropped += 1
 
-    def add(self, tick: Tick) -> None:
+    def add(self, tick: Tick, hists: Sequence[HdrHistogram] | None = None) -> None:
+        """Take one tick. `hists`: its windows' histograms already decoded (the
+        report's pass decodes each once); default: read from the tick."""
         if self.started is None:
             self.started = tick.t - tick.elapsed
         self.ticks += 1
@@ -216,7 +181,7 @@ class ChartBuilder:
                 self._raised.add(a.key)
                 x = max(0.0, a.started_at - self.started)
                 title = (
-                    f"{time_label(x)} anomaly {a.kind} ({a.severity}) on {a.subject}: {a.summary}"
+                    f"{fmt.clock(x)} anomaly {a.kind} ({a.severity}) on {a.subject}: {a.summary}"
                 )
                 color = _SEVERITY_COLORS.get(a.severity, "#dc2626")
                 self._mark(
@@ -224,7 +189,8 @@ class ChartBuilder:
                 )
         if tick.is_drain or tick.interval <= 0:
             return  # the in-flight tail after the stop: its rate and percentiles mislead
-        slots = [(self._slot(s.name), s) for s in tick.scenarios]
+        hs = hists if hists is not None else window_hists(tick)
+        slots = [(self._slot(s.name), s, h) for s, h in zip(tick.scenarios, hs, strict=True)]
         if not self._buckets or self._fill >= self._size:
             if len(self._buckets) >= self.max_points:
                 self._halve()  # room for the new bucket, or the last one fills up further
@@ -234,11 +200,11 @@ class ChartBuilder:
         b = self._buckets[-1]
         b[0] = tick.elapsed
         b[1] += tick.interval
-        for i, s in slots:
+        for i, s, h in slots:
             k = 2 + 3 * i
             b[k] = (0.0 if math.isnan(b[k]) else b[k]) + s.completed
             if s.completed:
-                p95, p99 = (v / 1000.0 for v in values_at_percentiles(s.hist, (95, 99)))
+                p95, p99 = (v / 1000.0 for v in values_at_percentiles(h, (95, 99)))
                 b[k + 1] = p95 if math.isnan(b[k + 1]) else max(b[k + 1], p95)
                 b[k + 2] = p99 if math.isnan(b[k + 2]) else max(b[k + 2], p99)
         self._fill += 1

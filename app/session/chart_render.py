@@ -13,14 +13,8 @@ import math
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from app.session.chart import (
-    ChartData,
-    fmt_ms,
-    fmt_rate,
-    labelled,
-    tick_label,
-    time_label,
-)
+from app import fmt
+from app.session.chart import ChartData, labelled, tick_label
 
 
 def nice_ticks(hi: float, n: int = 5) -> list[float]:
@@ -31,17 +25,6 @@ def nice_ticks(hi: float, n: int = 5) -> list[float]:
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw - 1e-12)
     top = math.ceil(hi / step - 1e-9)
     return [round(k * step, 9) for k in range(top + 1)]
-
-
-_TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200)
-
-
-def time_ticks(hi: float, n: int = 8) -> list[float]:
-    """About `n` positions from 0 to hi seconds, a round clock interval apart."""
-    hi = hi if hi > 0 else 1.0
-    raw = hi / max(1, n - 1)
-    step = next((s for s in _TIME_STEPS if s >= raw), 86400 * math.ceil(raw / 86400))
-    return [k * step for k in range(int(hi // step) + 1)]
 
 
 # ---- the SVG ---------------------------------------------------------------
@@ -134,7 +117,7 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
     for v in left:
         y = Y(v, left)
         o.append(f'<line x1="{x0}" y1="{_f(y)}" x2="{x1}" y2="{_f(y)}" stroke="#e5e7eb"/>')
-        o.append(_text(x0 - 6, y + 4, tick_label(fmt_rate(v)), anchor="end"))
+        o.append(_text(x0 - 6, y + 4, tick_label(fmt.rate(v)), anchor="end"))
     o.append(_text(16, (y0 + y1) / 2, "throughput (ops/s)", anchor="middle", color="#1f2937",
                    extra=f' transform="rotate(-90 16 {_f((y0 + y1) / 2)})"'))  # fmt: skip
     o.append("</g>")
@@ -142,16 +125,16 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
     for v in right:
         y = Y(v, right)
         o.append(f'<line x1="{x1}" y1="{_f(y)}" x2="{x1 + 4}" y2="{_f(y)}" stroke="#9ca3af"/>')
-        o.append(_text(x1 + 6, y + 4, tick_label(fmt_ms(v)) if v else "0"))
+        o.append(_text(x1 + 6, y + 4, tick_label(fmt.ms(v)) if v else "0"))
     xr = width - 14
     o.append(_text(xr, (y0 + y1) / 2, "latency (p95, p99)", anchor="middle", color="#1f2937",
                    extra=f' transform="rotate(90 {xr} {_f((y0 + y1) / 2)})"'))  # fmt: skip
     o.append("</g>")
     o.append('<g class="axis" data-axis="x">')
-    for v in time_ticks(span):
+    for v in fmt.time_ticks(0, span, 8):
         x = X(v)
         o.append(f'<line x1="{_f(x)}" y1="{y1}" x2="{_f(x)}" y2="{y1 + 4}" stroke="#9ca3af"/>')
-        o.append(_text(x, y1 + 17, time_label(v), anchor="middle"))
+        o.append(_text(x, y1 + 17, fmt.clock(v), anchor="middle"))
     o.append(_text((x0 + x1) / 2, y1 + 34, "elapsed time", anchor="middle", color="#1f2937"))
     o.append("</g>")
     o.append(f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" fill="none"'
@@ -246,15 +229,15 @@ def render_text(data: ChartData, *, width: int = 76, height: int = 16) -> str:
         )
     # human axis labels (plotext would write 5.2e3)
     top = nice_ticks(max(p[1] for p in pts), 4)
-    f.ruler("y", "left").ticks(top, [tick_label(fmt_rate(v)) for v in top]).lim(0, top[-1])
+    f.ruler("y", "left").ticks(top, [tick_label(fmt.rate(v)) for v in top]).lim(0, top[-1])
     if lat:
         rt = nice_ticks(max(v for _, v in lat), 4)
-        f.ruler("y", "right").ticks(rt, [tick_label(fmt_ms(v)) if v else "0" for v in rt]).lim(
+        f.ruler("y", "right").ticks(rt, [tick_label(fmt.ms(v)) if v else "0" for v in rt]).lim(
             0, rt[-1]
         )
     span = max(data.duration, xs[-1], 1.0)
-    xt = time_ticks(span, 6)
-    f.ruler("x").ticks(xt, [time_label(v) for v in xt]).lim(0, span)
+    xt = fmt.time_ticks(0, span, 6)
+    f.ruler("x").ticks(xt, [fmt.clock(v) for v in xt]).lim(0, span)
     for m in data.markers[:40]:
         if m.x <= span:
             f.line(round(m.x, 3), "v", style="dotted")

@@ -11,21 +11,20 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.session.chart import ChartData, chart_data, labelled, time_label
+from hdrh.histogram import HdrHistogram
+
+from app import fmt
+from app.session.chart import ChartBuilder, ChartData, labelled
 from app.session.chart_render import render_svg, render_text
 from app.session.recording import Recording
 from app.session.report import render_json, render_markdown
 from app.targets import Redactor
+from app.tick import Tick
 
 CHART_ALT = "Throughput and latency over the session, each change marked"
-
-
-def report_chart(rec: Recording) -> ChartData:
-    """The chart's data, in one pass over the recording's ticks."""
-    return chart_data(rec.ticks)
 
 
 def chart_title(rec: Recording, data: ChartData) -> str:
@@ -34,7 +33,7 @@ def chart_title(rec: Recording, data: ChartData) -> str:
     started = rec.header.get("started")
     if isinstance(started, int | float):
         parts.append(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)))
-    parts.append(time_label(data.duration))
+    parts.append(fmt.seconds(data.duration))
     return " · ".join(parts)
 
 
@@ -53,7 +52,7 @@ def chart_section(data: ChartData, link: str | None = None, note: str = "") -> s
         named = [m for m, show in labelled(data.markers) if show]
         shown = named[:16]
         more = len(named) - len(shown) + data.markers_dropped
-        marks = " · ".join(f"{time_label(m.x) if m.x >= 0.5 else '0s'} {m.label}" for m in shown)
+        marks = " · ".join(f"{fmt.clock(m.x)} {m.label}" for m in shown)
         out.append(f"Marked: {marks}" + (f" · and {more} more" if more else ""))
         out.append("")
     return "\n".join(out).rstrip("\n")
@@ -73,22 +72,55 @@ def chart_path_for(path: str | os.PathLike[str]) -> Path | None:
     return svg if svg != p else p.with_suffix(".chart.svg")
 
 
+class ChartSection:
+    """The report's chart section, fed in the report's one pass over the
+    ticks (`app.session.report.TickSection`). With `svg_path`, `markdown()`
+    writes the SVG there (masked) and links it; without, it is the text
+    chart alone (a report printed to stdout writes no file)."""
+
+    def __init__(
+        self,
+        rec: Recording,
+        svg_path: Path | None = None,
+        mask: Callable[[str], str] = str,
+    ) -> None:
+        self.rec = rec
+        self.svg_path = svg_path
+        self.mask = mask
+        self.builder = ChartBuilder()
+        self.written: Path | None = None
+
+    def add(self, tick: Tick, hists: Sequence[HdrHistogram]) -> None:
+        self.builder.add(tick, hists)
+
+    def markdown(self) -> str:
+        data = self.builder.data()
+        link, note = None, ""
+        if self.svg_path is not None and not data.empty:
+            try:
+                svg = self.mask(render_svg(data, title=chart_title(self.rec, data)))
+                self.svg_path.write_text(svg, "utf-8")
+                self.written, link = self.svg_path, self.svg_path.name
+            except OSError as e:
+                note = f"(The chart could not be written to {self.svg_path.name}: {e.strerror}.)"
+        return chart_section(data, link, note)
+
+
 def render_report(
     rec: Recording,
     *,
     json: bool = False,
     redactor: Callable[[str], str] | None = None,
-    chart: str | None = None,
+    chart: ChartSection | None = None,
 ) -> str:
     """The report's text, masked by `redactor` (default: the generic masks).
-    `chart`: the Markdown chart section (default: the text chart, no link)."""
+    `chart`: the chart section (default: the text chart, no SVG)."""
+    mask = redactor or Redactor()
     if json:
         text = render_json(rec)
     else:
-        if chart is None:
-            chart = chart_section(report_chart(rec))
-        text = render_markdown(rec, chart=chart)
-    return (redactor or Redactor())(text)
+        text = render_markdown(rec, chart=chart or ChartSection(rec, None, mask))
+    return mask(text)
 
 
 def write_report(
@@ -103,18 +135,7 @@ def write_report(
     directory, no permission, a full disk) is the caller's to word; one
     writing the chart is said in the report, which is still written."""
     mask = redactor or Redactor()
-    chart = None
-    if not json:
-        data = report_chart(rec)
-        link, note = None, ""
-        svg_path = chart_path_for(path) if not data.empty else None
-        if svg_path is not None:
-            try:
-                svg_path.write_text(mask(render_svg(data, title=chart_title(rec, data))), "utf-8")
-                link = svg_path.name
-            except OSError as e:
-                note = f"(The chart could not be written to {svg_path.name}: {e.strerror}.)"
-        chart = chart_section(data, link, note)
+    chart = None if json else ChartSection(rec, chart_path_for(path), mask)
     text = render_report(rec, json=json, redactor=mask, chart=chart)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

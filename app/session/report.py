@@ -3,118 +3,210 @@
 A report is a pure function of the recording (header, ticks, end line): it can
 be rebuilt after a crash, on another machine, a week later. Step figures are
 computed by merging the step's histograms, never by averaging percentiles.
+
+It streams: one pass over the ticks feeds accumulators (per step, per
+scenario, the anomaly and probe sections), each tick's histograms decoded
+once and let go, so an eight-hour recording is reported in bounded memory.
+The live console's `e` export runs the same function over the session's
+recording file, so it says what `loadtop report` would.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
+from hdrh.histogram import HdrHistogram
+
+from app import fmt
+from app.detect import pg_report
+from app.detect.pg_report import PgReportAcc
+from app.detect.report import AnomalyReport, render_anomaly_section
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
+from app.probes.summary import ProbeReport
 from app.session.recording import Recording
-from app.tick import Percentiles, Tick, merge_histograms
+from app.tick import (
+    Percentiles,
+    Step,
+    Tick,
+    add_histogram,
+    merge_histograms,
+    new_histogram,
+    step_key,
+    window_hists,
+)
 
 
-@dataclass
-class Step:
-    index: int
-    concurrency: int
-    mode: str
-    rate: float | None
-    first: int  # tick index
-    last: int
-    ticks: list[Tick]
+class _Figures:
+    """`_figures` accumulated one tick at a time: the merged histogram is the
+    only large thing it holds, whatever the number of ticks."""
 
-    @property
-    def seconds(self) -> float:
-        return sum(t.interval for t in self.ticks)
+    def __init__(self, scenario: str | None = None, *, hist: bool = True) -> None:
+        self.scenario = scenario
+        self.seconds = 0.0
+        self.ok = 0
+        self.failed = 0
+        self.hist: HdrHistogram | None = new_histogram() if hist else None
+        self.errors: dict[str, int] = {}
+        self.dropped = 0
+        self.max_lag = 0.0
+        self.conc_max = 0
+
+    def add(self, t: Tick, hists: Sequence[HdrHistogram] | None = None) -> None:
+        self.seconds += t.interval
+        self.conc_max = max(self.conc_max, t.concurrency)
+        for k, s in enumerate(t.scenarios):
+            if self.scenario is not None and s.name != self.scenario:
+                continue
+            self.ok += s.ok
+            self.failed += s.failed
+            if self.hist is not None:
+                add_histogram(self.hist, hists[k] if hists is not None else s.hist)
+            for e, v in s.errors.items():
+                self.errors[e] = self.errors.get(e, 0) + v
+            self.dropped += s.dropped
+            self.max_lag = max(self.max_lag, s.lag_ms)
+
+    def result(self, seconds: float | None = None, conc_max: int | None = None) -> dict[str, Any]:
+        seconds = self.seconds if seconds is None else seconds
+        ok, failed = self.ok, self.failed
+        done = ok + failed
+        lat = Percentiles.of(self.hist if self.hist is not None else new_histogram(),
+                             with_mean=True)  # fmt: skip
+        return {
+            "seconds": round(seconds, 2),
+            "ok": ok,
+            "failed": failed,
+            "ops_per_s": round(done / seconds, 2) if seconds else 0.0,
+            "error_pct": round(100.0 * failed / done, 4) if done else 0.0,
+            "p50_ms": round(lat.p50, 3),
+            "p95_ms": round(lat.p95, 3),
+            "p99_ms": round(lat.p99, 3),
+            "p999_ms": round(lat.p999, 3),
+            "max_ms": round(lat.max, 3),
+            "mean_ms": round(lat.mean, 3),
+            "errors": dict(sorted(self.errors.items(), key=lambda kv: -kv[1])),
+            "dropped": self.dropped,
+            "max_lag_ms": round(self.max_lag, 3),
+            "concurrency_max": self.conc_max if conc_max is None else conc_max,
+        }
 
 
-def split_steps(ticks: Sequence[Tick]) -> list[Step]:
-    """Runs of consecutive ticks with the same target concurrency (and rate)."""
-    steps: list[Step] = []
+def _figures(ticks: Iterable[Tick], scenario: str | None = None) -> dict[str, Any]:
+    acc = _Figures(scenario)
     for t in ticks:
-        key = (t.target_concurrency, t.mode, t.rate)
-        if steps and (steps[-1].concurrency, steps[-1].mode, steps[-1].rate) == key:
-            steps[-1].ticks.append(t)
-            steps[-1].last = t.index
-        else:
-            steps.append(
-                Step(len(steps), t.target_concurrency, t.mode, t.rate, t.index, t.index, [t])
-            )
-    return steps
+        acc.add(t)
+    return acc.result()
 
 
-def _figures(ticks: Sequence[Tick], scenario: str | None = None) -> dict[str, Any]:
-    wins = [s for t in ticks for s in t.scenarios if scenario is None or s.name == scenario]
-    seconds = sum(t.interval for t in ticks)
-    ok = sum(s.ok for s in wins)
-    failed = sum(s.failed for s in wins)
-    done = ok + failed
-    lat = Percentiles.of(merge_histograms(s.hist for s in wins), with_mean=True)
-    errors: dict[str, int] = {}
-    for s in wins:
-        for k, v in s.errors.items():
-            errors[k] = errors.get(k, 0) + v
-    return {
-        "seconds": round(seconds, 2),
-        "ok": ok,
-        "failed": failed,
-        "ops_per_s": round(done / seconds, 2) if seconds else 0.0,
-        "error_pct": round(100.0 * failed / done, 4) if done else 0.0,
-        "p50_ms": round(lat.p50, 3),
-        "p95_ms": round(lat.p95, 3),
-        "p99_ms": round(lat.p99, 3),
-        "p999_ms": round(lat.p999, 3),
-        "max_ms": round(lat.max, 3),
-        "mean_ms": round(lat.mean, 3),
-        "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
-        "dropped": sum(s.dropped for s in wins),
-        "max_lag_ms": round(max((s.lag_ms for s in wins), default=0.0), 3),
-        "concurrency_max": max((t.concurrency for t in ticks), default=0),
-    }
+class _StepAcc:
+    """One step (a run of ticks with the same target concurrency, mode and
+    rate) while it runs: its figures, one merged histogram per scenario (the
+    step's and the scenarios' whole-run figures are merged from these when
+    the step closes, so each window is added once), its ctx.count() sums."""
+
+    def __init__(self, index: int, t: Tick) -> None:
+        self.index = index
+        self.key = step_key(t)  # app.tick.step_key: one step definition everywhere
+        self.conc, self.mode, self.rate = t.target_concurrency, t.mode, t.rate
+        self.first = self.last = t.index
+        self.fig = _Figures(hist=False)
+        self.hists: dict[str, HdrHistogram] = {}
+        self.names: set[str] = set()
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, t: Tick, hists: Sequence[HdrHistogram] | None) -> None:
+        self.last = t.index
+        self.fig.add(t)
+        for k, s in enumerate(t.scenarios):
+            self.names.add(s.name)
+            h = self.hists.get(s.name)
+            if h is None:
+                h = self.hists[s.name] = new_histogram()
+            add_histogram(h, hists[k] if hists is not None else s.hist)
+            for c, v in s.counters.items():
+                self.counts[(s.name, c)] = self.counts.get((s.name, c), 0) + v
+
+    def close(self) -> dict[str, Any]:
+        conc, mode, rate = self.conc, self.mode, self.rate
+        self.fig.hist = merge_histograms(self.hists.values())
+        row = {
+            "step": self.index + 1,
+            "concurrency": conc,
+            "mode": mode,
+            "rate": rate,
+            "from_tick": self.first,
+            "to_tick": self.last,
+            **self.fig.result(),
+        }
+        self.fig.hist = None  # the step is over: its histograms go (after the caller's merge)
+        return row
 
 
-def counter_figures(ticks: Sequence[Tick], steps: Sequence[Step]) -> dict[str, Any]:
+class _Counters:
     """ctx.count() per scenario and name: the run's total and rate, and the rate
     in each step (None where the step never ran that scenario)."""
-    out: dict[str, dict[str, Any]] = {}
-    seconds = sum(t.interval for t in ticks)
-    for t in ticks:
+
+    def __init__(self) -> None:
+        self.totals: dict[str, dict[str, int]] = {}
+        self.steps: list[tuple[float, set[str], dict[tuple[str, str], int]]] = []
+
+    def add(self, t: Tick) -> None:
         for s in t.scenarios:
             for k, v in s.counters.items():
-                c = out.setdefault(s.name, {}).setdefault(k, {"total": 0})
-                c["total"] += v
-    for name, counters in out.items():
-        for k, c in counters.items():
-            c["per_s"] = round(c["total"] / seconds, 3) if seconds else 0.0
-            by_step = []
-            for st in steps:
-                wins = [s for t in st.ticks for s in t.scenarios if s.name == name]
-                by_step.append(
-                    round(sum(s.counters.get(k, 0) for s in wins) / st.seconds, 3)
-                    if wins and st.seconds
-                    else None
-                )
-            c["by_step"] = by_step
-    return out
+                c = self.totals.setdefault(s.name, {})
+                c[k] = c.get(k, 0) + v
+
+    def close_step(self, st: _StepAcc) -> None:
+        self.steps.append((st.fig.seconds, st.names, st.counts))
+
+    def result(self, seconds: float) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, counters in self.totals.items():
+            for k, total in counters.items():
+                c = out.setdefault(name, {}).setdefault(k, {"total": total})
+                c["per_s"] = round(total / seconds, 3) if seconds else 0.0
+                c["by_step"] = [
+                    round(counts.get((name, k), 0) / secs, 3) if name in names and secs else None
+                    for secs, names, counts in self.steps
+                ]
+        return out
 
 
-def outage_windows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
-    """Spans of ticks in which operations failed for lack of a connection."""
-    out: list[dict[str, Any]] = []
-    cur: dict[str, Any] | None = None
+def counter_figures(ticks: Iterable[Tick], steps: Sequence[Step]) -> dict[str, Any]:
+    """ctx.count() per scenario and name: the run's total and rate, and the rate
+    in each step (None where the step never ran that scenario)."""
+    acc = _Counters()
+    seconds = 0.0
     for t in ticks:
+        acc.add(t)
+        seconds += t.interval
+    for i, st in enumerate(steps):
+        sa = _StepAcc(i, st.ticks[0])
+        for t in st.ticks:
+            sa.add(t, None)
+        acc.close_step(sa)
+    return acc.result(seconds)
+
+
+class _Outages:
+    """Spans of ticks in which operations failed for lack of a connection."""
+
+    def __init__(self) -> None:
+        self.out: list[dict[str, Any]] = []
+        self.cur: dict[str, Any] | None = None
+
+    def add(self, t: Tick) -> None:
+        cur = self.cur
         conn_errs = {k: v for k, v in t.errors().items() if is_connection_error(k)}
         if conn_errs:
             if cur is None:
-                cur = {"from_tick": t.index, "from_s": round(t.elapsed - t.interval, 1),
-                       "errors": {}, "ok_during": 0}  # fmt: skip
-                out.append(cur)
+                cur = self.cur = {"from_tick": t.index, "from_s": round(t.elapsed - t.interval, 1),
+                                  "errors": {}, "ok_during": 0}  # fmt: skip
+                self.out.append(cur)
             cur["to_tick"] = t.index
             cur["to_s"] = round(t.elapsed, 1)
             cur["ok_during"] += t.ok
@@ -125,8 +217,15 @@ def outage_windows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
             cur["to_tick"] = t.index
             cur["to_s"] = round(t.elapsed, 1)
         else:
-            cur = None
-    return out
+            self.cur = None
+
+
+def outage_windows(ticks: Iterable[Tick]) -> list[dict[str, Any]]:
+    """Spans of ticks in which operations failed for lack of a connection."""
+    acc = _Outages()
+    for t in ticks:
+        acc.add(t)
+    return acc.out
 
 
 def slo_verdict(fig: dict[str, Any], slo: dict[str, float] | None = None) -> dict[str, Any]:
@@ -139,34 +238,128 @@ def slo_verdict(fig: dict[str, Any], slo: dict[str, float] | None = None) -> dic
     return {"slo": slo, "checks": checks, "met": all(checks.values())}
 
 
-def build_summary(rec: Recording) -> dict[str, Any]:
+class _Section:
+    """A report section fed tick by tick; a section that fails never costs
+    the whole report (it says it failed, the rest goes on)."""
+
+    def __init__(self, factory: Callable[..., Any], **kwargs: Any) -> None:
+        self.acc: Any = None
+        self.error: str | None = None
+        try:
+            self.acc = factory(**kwargs)
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+    def add(self, t: Tick, hists: Sequence[HdrHistogram]) -> None:
+        if self.acc is None or self.error:
+            return
+        try:
+            self.acc.add(t, hists)
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+    def result(self) -> Any:
+        if self.error:
+            return {"error": self.error}
+        if self.acc is None:
+            return None
+        try:
+            return self.acc.result()
+        except Exception as e:
+            return {"error": f"{type(e).__name__}: {e}"}
+
+
+class TickSection(Protocol):
+    """A report section fed in the report's one pass (the chart): `add` sees
+    each tick with its windows' histograms, decoded once for the whole pass."""
+
+    def add(self, tick: Tick, hists: Sequence[HdrHistogram]) -> None: ...
+
+    def markdown(self) -> str: ...
+
+
+def _report_pass(
+    rec: Recording, *, probes: bool = True, also: Sequence[TickSection] = ()
+) -> tuple[dict[str, Any], Any]:
+    """One streaming pass over the recording's ticks: the summary, and the
+    probe section's Markdown. Each tick's histograms are decoded once, merged
+    into the step, scenario and capacity accumulators, and let go; nothing
+    per tick is kept but control events (and a tick count). `also`: sections
+    fed in the same pass."""
     h = rec.header
-    ticks = rec.ticks
     end = rec.end or {}
-    steps = split_steps(ticks)
-    started = h.get("started") or (ticks[0].t - ticks[0].elapsed if ticks else None)
-    ended = end.get("ended") or (ticks[-1].t if ticks else started)
-    scenarios = [s["name"] for s in h.get("scenarios", [])] or sorted(
-        {s.name for t in ticks for s in t.scenarios}
-    )
-    total = _figures(ticks)
+    total = _Figures(hist=False)
+    per_name: dict[str, _Figures] = {}
+    steps: list[dict[str, Any]] = []
+    step: _StepAcc | None = None
+    counters = _Counters()
+    outages = _Outages()
     invariants: dict[str, list[str]] = dict(end.get("invariants") or {})
-    # the anomalies carry each violation's latest figures (and the first's)
-    latest = _section_data("app.detect.pg_report", "invariant_data", ticks)
-    if isinstance(latest, dict) and "error" not in latest:
-        invariants.update(latest)
-    # issue 12: what the probes could not see; the target database's own error counts
-    probe_blind = _section_data("app.detect.pg_report", "blind_data", ticks) or []
-    server_errors = _section_data("app.detect.pg_report", "server_error_data", ticks)
-    thresholds = h.get("thresholds", [])
+    pg = PgReportAcc()  # issue 12: blind probes, server-side errors, latest invariants
     tripped = end.get("threshold_tripped")
-    if tripped is None:
-        for t in ticks:
+    find_trip = tripped is None
+    events_raw: list[Any] = []
+    first: Tick | None = None
+    last: Tick | None = None
+    n = 0
+    anomalies = _Section(AnomalyReport, slo=h.get("slo"))
+    probe_sec = _Section(ProbeReport) if probes else None
+    for t in rec.ticks:
+        hists = window_hists(t)
+        n += 1
+        if first is None:
+            first = t
+        last = t
+        total.add(t)
+        for s in t.scenarios:
+            fig = per_name.get(s.name)
+            if fig is None:
+                fig = per_name[s.name] = _Figures(s.name)
+            fig.ok += s.ok
+            fig.failed += s.failed
+            for e, v in s.errors.items():
+                fig.errors[e] = fig.errors.get(e, 0) + v
+            fig.dropped += s.dropped
+            fig.max_lag = max(fig.max_lag, s.lag_ms)
+        key = step_key(t)
+        if step is None or step.key != key:
+            if step is not None:
+                steps.append(step.close())
+                counters.close_step(step)
+                _merge_into(per_name, step)
+            step = _StepAcc(len(steps), t)
+        step.add(t, hists)
+        counters.add(t)
+        outages.add(t)
+        pg.add(t)
+        if find_trip and tripped is None:
             hit = next((s for s in t.thresholds if s.tripped), None)
             if hit is not None:
                 tripped = {"expr": hit.expr, "tick": t.index, "elapsed_s": round(t.elapsed, 1),
                            "value": hit.value}  # fmt: skip
-                break
+        events_raw.extend(t.events)
+        anomalies.add(t, hists)
+        if probe_sec is not None:
+            probe_sec.add(t, hists)
+        for sec in also:
+            sec.add(t, hists)
+        del hists
+    if step is not None:
+        steps.append(step.close())
+        counters.close_step(step)
+        _merge_into(per_name, step)
+    # the anomalies carry each violation's latest figures (and the first's)
+    invariants.update(pg.invariant_data())
+    started = h.get("started") or (first.t - first.elapsed if first else None)
+    ended = end.get("ended") or (last.t if last else started)
+    names = [s["name"] for s in h.get("scenarios", [])] or sorted(per_name)
+    # all scenarios together: the exact merge of the per-scenario merges
+    total.hist = merge_histograms(f.hist for f in per_name.values())
+    total_fig = total.result()
+    per_scenario = {
+        name: per_name.get(name, _Figures(name)).result(total.seconds, total.conc_max)
+        for name in names
+    }
     events = [
         {
             "t": e.t,
@@ -177,13 +370,13 @@ def build_summary(rec: Recording) -> dict[str, Any]:
             "after": e.after,
             "note": e.note,
         }  # fmt: skip
-        for t in ticks
-        for e in t.events
+        for e in events_raw
     ]
     summary: dict[str, Any] = {
         "loadtop_recording_version": h.get("version"),
-        "probe_blind": probe_blind,
-        "server_errors": server_errors,
+        "probe_blind": pg.blind_data(),
+        "server_errors": pg.server_error_data(),
+        "anomaly_kinds": sorted(pg.kinds),
         "run_id": h.get("run_id"),
         "started": started,
         "ended": ended,
@@ -193,54 +386,47 @@ def build_summary(rec: Recording) -> dict[str, Any]:
         "stop_reason": end.get("reason", "killed (no end record)"),
         "exit_code": end.get("exit_code"),
         "targets": h.get("targets", {}),
-        "scenarios": scenarios,
+        "scenarios": names,
         "params": h.get("params", {}),
         "load": h.get("load", {}),
-        "ticks": len(ticks),
-        "total": total,
-        "per_scenario": {name: _figures(ticks, name) for name in scenarios},
-        "steps": [
-            {
-                "step": s.index + 1,
-                "concurrency": s.concurrency,
-                "mode": s.mode,
-                "rate": s.rate,
-                "from_tick": s.first,
-                "to_tick": s.last,
-                **_figures(s.ticks),
-            }  # fmt: skip
-            for s in steps
-        ],
-        "counters": counter_figures(ticks, steps),
-        "outages": outage_windows(ticks),
+        "ticks": n,
+        "total": total_fig,
+        "per_scenario": per_scenario,
+        "steps": steps,
+        "counters": counters.result(total.seconds),
+        "outages": outages.out,
         "never_connected": end.get("never_connected", {}),
         "invariants": invariants,
-        "thresholds": {"abort_on": thresholds, "tripped": tripped},
-        "slo": slo_verdict(total, h.get("slo")),
+        "thresholds": {"abort_on": h.get("thresholds", []), "tripped": tripped},
+        "slo": slo_verdict(total_fig, h.get("slo")),
         "events": events,
     }
-    summary["anomalies"] = _section_data(
-        "app.detect.report", "anomaly_report_data", ticks, slo=h.get("slo")
-    )
-    return summary
+    summary["anomalies"] = anomalies.result()
+    return summary, probe_sec.result() if probe_sec is not None else None
 
 
-def _section_data(module: str, fn: str, ticks: list[Tick], **kwargs: Any) -> Any:
-    try:
-        mod = __import__(module, fromlist=[fn])
-        return getattr(mod, fn)(ticks, **kwargs)
-    except (ImportError, AttributeError):
-        return None
-    except Exception as e:  # a section must never cost the whole report
-        return {"error": f"{type(e).__name__}: {e}"}
+def _merge_into(per_name: dict[str, _Figures], step: _StepAcc) -> None:
+    for name, h in step.hists.items():
+        fig = per_name[name]
+        assert fig.hist is not None
+        add_histogram(fig.hist, h)
+    step.hists = {}
 
 
-def _section_md(module: str, fn: str, ticks: list[Tick], **kwargs: Any) -> str:
-    out = _section_data(module, fn, ticks, **kwargs)
-    if isinstance(out, str):
-        return out.strip()
+def build_summary(rec: Recording) -> dict[str, Any]:
+    return _report_pass(rec, probes=False)[0]
+
+
+def _section_md(out: Any, fn: str, render: Any = None) -> str:
     if isinstance(out, dict) and "error" in out:
         return f"_({fn} failed: {out['error']})_"
+    if render is not None and out is not None:
+        try:
+            out = render(out)
+        except Exception as e:
+            return f"_({fn} failed: {type(e).__name__}: {e})_"
+    if isinstance(out, str):
+        return out.strip()
     return ""
 
 
@@ -248,16 +434,6 @@ def _ts(t: float | None) -> str:
     if not t:
         return "?"
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _ms(v: float) -> str:
-    if v >= 1000:
-        return f"{v / 1000:.2f} s"
-    if v >= 100:
-        return f"{v:.0f} ms"
-    if v >= 10:
-        return f"{v:.1f} ms"
-    return f"{v:.2f} ms"
 
 
 def _table(headers: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
@@ -272,22 +448,29 @@ FAIL_KINDS = frozenset({"queue-stuck", "lock-takeover", "consumers-gone"})
 
 
 def render_markdown(
-    rec: Recording, summary: dict[str, Any] | None = None, *, chart: str = ""
+    rec: Recording, summary: dict[str, Any] | None = None, *, chart: TickSection | None = None
 ) -> str:
-    """The Markdown report. `chart`: the chart section (app.session.export
-    builds it: the SVG link and the text chart), placed after the headline."""
-    s = summary or build_summary(rec)
-    ticks = rec.ticks
+    """The Markdown report: one streaming pass over the ticks (two when a
+    summary is given: the probe section still needs its own). `chart`: the
+    chart section (app.session.export's: the SVG link and the text chart),
+    fed in the same pass and placed after the headline."""
+    also = (chart,) if chart is not None else ()
+    if summary is None:
+        s, probe_md = _report_pass(rec, also=also)
+    else:
+        s = summary
+        probe_md = _report_pass(rec, also=also)[1]
+    chart_md = chart.markdown() if chart is not None else ""
     L: list[str] = []
     # a stuck queue, a lock taken over after expiry or consumers gone is never a pass
-    failing = sorted({a.kind for t in ticks for a in t.anomalies if a.kind in FAIL_KINDS})
+    failing = sorted(set(s.get("anomaly_kinds") or ()) & FAIL_KINDS)
     verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
         "tripped"] and not failing else "FAIL"  # fmt: skip
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
     L.append(
-        f"**{verdict}** · {_ts(s['started'])} · {s['duration_s']:.0f} s · {s['ticks']} ticks"
+        f"**{verdict}** · {_ts(s['started'])} · {fmt.seconds(s['duration_s'])} · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
     if failing:
@@ -295,16 +478,14 @@ def render_markdown(
         L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
     L.append("")
     t = s["total"]
-    from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
-
-    L += pg_report.headline_notes(s, ticks, L)
+    L += pg_report.headline_notes(s, L)
     L.append(
-        f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
-        f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
+        f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall,"
+        f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
-    if chart:
-        L.append(chart)
+    if chart_md:
+        L.append(chart_md)
         L.append("")
     L.append("## Run")
     L.append("")
@@ -323,12 +504,12 @@ def render_markdown(
     L.append("")
     rows = []
     for st in s["steps"]:
-        load = f"{st['rate']:g}/s" if st["mode"] == "rate" and st["rate"] else str(
+        load = f"{fmt.rate(st['rate'])}/s" if st["mode"] == "rate" and st["rate"] else str(
             st["concurrency"])  # fmt: skip
         rows.append([
-            str(st["step"]), load, f"{st['seconds']:.0f} s", f"{st['ops_per_s']:,.1f}",
-            _ms(st["p50_ms"]), _ms(st["p95_ms"]), _ms(st["p99_ms"]), _ms(st["p999_ms"]),
-            _ms(st["max_ms"]), f"{st['error_pct']:.3g}%",
+            str(st["step"]), load, fmt.seconds(st["seconds"]), fmt.rate(st["ops_per_s"]),
+            fmt.ms(st["p50_ms"]), fmt.ms(st["p95_ms"]), fmt.ms(st["p99_ms"]), fmt.ms(st["p999_ms"]),
+            fmt.ms(st["max_ms"]), f"{st['error_pct']:.3g}%",
         ])  # fmt: skip
     L += _table(
         ["step", "load", "time", "ops/s", "p50", "p95", "p99", "p99.9", "max", "errors"], rows
@@ -341,10 +522,10 @@ def render_markdown(
             [
                 name,
                 f"{f['ok'] + f['failed']:,}",
-                f"{f['ops_per_s']:,.1f}",
-                _ms(f["p50_ms"]),
-                _ms(f["p95_ms"]),
-                _ms(f["p99_ms"]),
+                fmt.rate(f["ops_per_s"]),
+                fmt.ms(f["p50_ms"]),
+                fmt.ms(f["p95_ms"]),
+                fmt.ms(f["p99_ms"]),
                 f"{f['error_pct']:.3g}%",
             ]  # fmt: skip
             for name, f in s["per_scenario"].items()
@@ -361,8 +542,8 @@ def render_markdown(
         rows = []
         for name, counters in s["counters"].items():
             for k, c in counters.items():
-                by = [("–" if v is None else f"{v:,.1f}") for v in c["by_step"][:shown]]
-                rows.append([name, f"`{k}`", f"{c['total']:,}", f"{c['per_s']:,.2f}", *by])
+                by = [fmt.rate(v, none="–") for v in c["by_step"][:shown]]
+                rows.append([name, f"`{k}`", f"{c['total']:,}", fmt.rate(c["per_s"]), *by])
         heads = ["scenario", "counter", "total", "/s"] + [f"step {i + 1}" for i in range(shown)]
         L += _table(heads, rows, "ll" + "r" * (len(heads) - 2))
         if n_steps > shown:
@@ -378,7 +559,7 @@ def render_markdown(
         if t["dropped"]:
             L.append("")
             L.append(f"Open model: {t['dropped']:,} intended starts dropped (no free worker),"
-                     f" worst schedule lag {_ms(t['max_lag_ms'])}.")  # fmt: skip
+                     f" worst schedule lag {fmt.ms(t['max_lag_ms'])}.")  # fmt: skip
     else:
         L.append("None from loadtop's own operations.")
     L += pg_report.server_errors_md(s.get("server_errors"))
@@ -388,7 +569,7 @@ def render_markdown(
         L.append("")
         for o in s["outages"]:
             errs = ", ".join(f"{k} ×{v}" for k, v in o["errors"].items())
-            L.append(f"- {o['from_s']:.0f} s → {o['to_s']:.0f} s"
+            L.append(f"- {fmt.seconds(o['from_s'])} → {fmt.seconds(o['to_s'])}"
                      f" (ticks {o['from_tick']}–{o['to_tick']}): {errs}")  # fmt: skip
     if s["never_connected"]:
         L.append("")
@@ -414,16 +595,14 @@ def render_markdown(
         tr = s["thresholds"]["tripped"]
         for expr in s["thresholds"]["abort_on"]:
             if tr and tr.get("expr") == expr:
-                L.append(f"- `--abort-on {expr}`: **tripped** at {tr.get('elapsed_s', '?')} s"
+                L.append(f"- `--abort-on {expr}`: **tripped** at {fmt.seconds(tr.get('elapsed_s'), '?')}"
                          f" (tick {tr.get('tick', '?')}), the load was stopped")  # fmt: skip
             else:
                 L.append(f"- `--abort-on {expr}`: held")
         L.append("")
     for section in (
-        _section_md(
-            "app.detect.report", "anomaly_report_section", ticks, slo=rec.header.get("slo")
-        ),
-        _section_md("app.probes.summary", "probe_report_section", ticks),
+        _section_md(s.get("anomalies"), "anomaly_report_section", render_anomaly_section),
+        _section_md(probe_md, "probe_report_section"),
     ):
         if section:
             L.append(section)
@@ -435,22 +614,14 @@ def render_markdown(
         for e in s["events"][:500]:
             change = ""
             if e["before"] is not None or e["after"] is not None:
-                change = f"{_num(e['before'])} → {_num(e['after'])}"
-            when = f"{e['elapsed_s']:.1f} s" if e["elapsed_s"] is not None else "?"
+                change = f"{fmt.num(e['before'], none='–')} → {fmt.num(e['after'], none='–')}"
+            when = fmt.seconds(e["elapsed_s"], none="?")
             rows.append([when, e["kind"], e["source"], change, e["note"]])
         L += _table(["at", "event", "by", "change", "note"], rows, "rllll")
     else:
         L.append("No control events.")
     L.append("")
     return pg_report.watch_sections("\n".join(L), s)
-
-
-def _num(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
 
 
 def render_json(rec: Recording) -> str:

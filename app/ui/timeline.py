@@ -1,4 +1,5 @@
-"""The console's view of the timeline: compact per-tick points, sparklines and
+"""The console's view of the timeline: compact per-tick points (the newest
+ones), a bounded overview of the whole session, sparklines and
 the plotext session chart. Pure Python (no textual import), so it is cheap to
 test and the same code serves the live console and replay.
 """
@@ -9,31 +10,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-
-from app.tick import ControlEvent, Tick, values_at_percentiles
+from app import fmt
+from app.tick import ControlEvent, Percentiles, Tick
 
 SPARK = "▁▂▃▄▅▆▇█"
 P95_MARK = "•"
 MARK_CHAR = "┊"
 CHANGE_KINDS = ("concurrency", "rate", "pause", "resume", "panic")
-
-
-@dataclass(frozen=True, slots=True)
-class Lat:
-    """p50/p95/p99 in ms."""
-
-    p50: float = 0.0
-    p95: float = 0.0
-    p99: float = 0.0
-
-
-def lat_of(h: HdrHistogram) -> Lat:
-    """p50/p95/p99 in one pass over the histogram (no mean: the UI needs none)."""
-    if not h.get_total_count():
-        return Lat()
-    p50, p95, p99 = values_at_percentiles(h, (50, 95, 99))
-    return Lat(p50 / 1000.0, p95 / 1000.0, p99 / 1000.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +26,7 @@ class ScenarioPoint:
     target: int
     ops: float
     err_pct: float
-    lat: Lat
+    lat: Percentiles
     last_error: str
     counters: tuple[tuple[str, float], ...] = ()  # ctx.count() per second
 
@@ -73,7 +56,7 @@ def point_of(tick: Tick) -> Point:
             target=s.target,
             ops=s.completed / iv,
             err_pct=100.0 * s.failed / s.completed if s.completed else 0.0,
-            lat=lat_of(s.hist),
+            lat=s.latency(),
             last_error=s.last_error,
             counters=tuple((k, v / iv) for k, v in s.counters.items()),
         )
@@ -83,7 +66,7 @@ def point_of(tick: Tick) -> Point:
         index=tick.index,
         elapsed=tick.elapsed,
         ops=sum(s.ops for s in scen),
-        p95=lat_of(tick.histogram()).p95 if tick.scenarios else 0.0,
+        p95=tick.latency().p95 if tick.scenarios else 0.0,
         target=tick.target_concurrency,
         concurrency=tick.concurrency,
         scenarios=scen,
@@ -91,19 +74,88 @@ def point_of(tick: Tick) -> Point:
     )
 
 
-class Timeline:
-    """Points for the whole session (a bounded deque: ~28 h at 1 s)."""
+# Full points kept for the sparklines and the panes (the newest ones), and
+# the size of the compact whole-session overview the chart draws.
+RECENT_POINTS = 600
+OVERVIEW_POINTS = 2048
+MAX_CHANGES = 1000
 
-    def __init__(self, maxlen: int = 100_000) -> None:
+
+class Overview:
+    """The whole session for the chart, in bounded memory: (elapsed, ops/s,
+    p95) every `stride` ticks; when full, every other sample is dropped and
+    the stride doubles. The chart draws ~2 points a column, so 2,048 samples
+    lose nothing it could show."""
+
+    def __init__(self, cap: int = OVERVIEW_POINTS) -> None:
+        self.cap = max(4, cap)
+        self.stride = 1
+        self.n = 0
+        self.xs: list[float] = []
+        self.ops: list[float] = []
+        self.p95: list[float] = []
+
+    def add(self, elapsed: float, ops: float, p95: float) -> None:
+        if self.n % self.stride == 0:
+            self.xs.append(elapsed)
+            self.ops.append(ops)
+            self.p95.append(p95)
+            if len(self.xs) > self.cap:
+                self.xs = self.xs[::2]
+                self.ops = self.ops[::2]
+                self.p95 = self.p95[::2]
+                self.stride *= 2
+        self.n += 1
+
+    def clear(self) -> None:
+        self.__init__(self.cap)  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+class Timeline:
+    """The console's view of the session, bounded whatever its length: the
+    newest `maxlen` points in full, a compact overview of the whole session
+    for the chart, and the latest `MAX_CHANGES` load changes for its marks."""
+
+    def __init__(self, maxlen: int = RECENT_POINTS) -> None:
         self.points: deque[Point] = deque(maxlen=maxlen)
+        self.overview = Overview()
+        self._changes: deque[tuple[float, ControlEvent]] = deque(maxlen=MAX_CHANGES)
+        self.total = 0  # points ever added
 
     def add(self, tick: Tick) -> Point:
         p = point_of(tick)
-        self.points.append(p)
+        self.push(p)
         return p
+
+    def push(self, p: Point) -> None:
+        self.points.append(p)
+        self.overview.add(p.elapsed, p.ops, p.p95)
+        for e in p.events:
+            if e.kind in CHANGE_KINDS:
+                self._changes.append((p.elapsed, e))
+        self.total += 1
 
     def clear(self) -> None:
         self.points.clear()
+        self.overview.clear()
+        self._changes.clear()
+        self.total = 0
+
+    def set_state(
+        self,
+        points: list[Point],
+        overview: Overview,
+        changes: list[tuple[float, ControlEvent]],
+        total: int,
+    ) -> None:
+        """The state at some tick, built elsewhere (a replay's seek)."""
+        self.points = deque(points, maxlen=self.points.maxlen)
+        self.overview = overview
+        self._changes = deque(changes, maxlen=MAX_CHANGES)
+        self.total = total
 
     def series(self, name: str, field: str, last: int) -> list[float]:
         out: list[float] = []
@@ -118,7 +170,7 @@ class Timeline:
         return out
 
     def changes(self) -> list[tuple[float, ControlEvent]]:
-        return [(p.elapsed, e) for p in self.points for e in p.events if e.kind in CHANGE_KINDS]
+        return list(self._changes)
 
 
 def sparkline(values: list[float], width: int) -> str:
@@ -132,53 +184,6 @@ def sparkline(values: list[float], width: int) -> str:
     return "".join(SPARK[min(n, round(v / top * n))] for v in vals)
 
 
-def fmt_ms(v: float) -> str:
-    if v <= 0:
-        return "-"
-    if v < 10:
-        return f"{v:.2f}ms"
-    if v < 1000:
-        return f"{v:.0f}ms"
-    return f"{v / 1000:.1f}s"
-
-
-def fmt_age(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.0f}ms"
-    if s < 120:
-        return f"{s:.1f}s"
-    if s < 7200:
-        return f"{s / 60:.0f}m"
-    return f"{s / 3600:.1f}h"
-
-
-def fmt_rate(v: float) -> str:
-    if v >= 10_000:
-        return f"{v / 1000:.1f}k"
-    if v >= 100:
-        return f"{v:.0f}"
-    return f"{v:.1f}"
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}T"
-
-
-def fmt_elapsed(s: float) -> str:
-    s = max(0, int(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
-
-
 def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -> str:
     """Throughput (left axis) and p95 (right axis) over the whole session,
     each concurrency change marked with a vertical line. Returns text with
@@ -186,22 +191,38 @@ def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -
     module-level object: call this from one thread only (the UI's)."""
     import plotext as plt
 
-    pts = list(tl.points)
+    ov = tl.overview
+    xs_all, ops_all, p95_all = list(ov.xs), list(ov.ops), list(ov.p95)
+    last = tl.points[-1] if tl.points else None
+    if last is not None and (not xs_all or xs_all[-1] < last.elapsed):
+        xs_all.append(last.elapsed)
+        ops_all.append(last.ops)
+        p95_all.append(last.p95)
     plt.terminal.limit(False, False)  # the widget, not the terminal, sizes the chart
     f = plt.figure
     f.clear()
     f.plot_size(max(width, 20), max(height, 5))
     f.theme("colorless")  # colours are added per series by `chart_text`
-    if len(pts) < 2:
+    n = len(xs_all)
+    if n < 2:
         f.title("waiting for ticks")
         return f.build().string(True)
-    step = max(1, len(pts) // (max(width, 20) * 2))  # at most ~2 points per column
-    pts = pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else [])
-    xs = [round(p.elapsed, 3) for p in pts]
-    ops = f.signal(xs, [p.ops for p in pts], marker="braille").lines()
-    p95 = f.signal(xs, [p.p95 for p in pts], marker=P95_MARK, yside="right").lines()
+    step = max(1, n // (max(width, 20) * 2))  # at most ~2 points per column
+    keep = list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])
+    xs = [round(xs_all[k], 3) for k in keep]
+    ops = f.signal(xs, [ops_all[k] for k in keep], marker="braille").lines()
+    p95 = f.signal(xs, [p95_all[k] for k in keep], marker=P95_MARK, yside="right").lines()
     f.draw(ops)
     f.draw(p95)
+    # tick labels as the panes write numbers (6.5k, 12.3ms, 01:30), not plotext's 6.5e3
+    n = max(3, height // 3)
+    ops_v, p95_v = [ops_all[k] for k in keep], [p95_all[k] for k in keep]
+    for side, vals, label in (("left", ops_v, fmt.rate), ("right", p95_v, fmt.ms)):
+        marks = [(v, label(v)) for v in fmt.axis_ticks(min(vals), max(vals), n)]
+        marks = [m for i, m in enumerate(marks) if i == 0 or m[1] != marks[i - 1][1]]
+        f.ruler("y", side).ticks([v for v, _ in marks], [t for _, t in marks])
+    ticks = fmt.time_ticks(xs[0], xs[-1], max(3, width // 9))
+    f.ruler("x", "lower").ticks(ticks, [fmt.clock(v) for v in ticks])
     f.title("ops/s ⠒ left · p95 ms • right · ┊ change")
     marks = [x for x, _ in tl.changes() if xs[0] <= x <= xs[-1]]
     for x in marks[-40:]:
