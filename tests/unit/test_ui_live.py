@@ -343,6 +343,10 @@ async def test_export_key_writes_the_report(tmp_path: Path) -> None:
         assert path.parent == tmp_path and path.exists()
         assert path.name.startswith("loadtop-fake0001-")
         assert "sleepy" in path.read_text()
+        # its chart, written off the UI thread with a plotext figure of its own
+        svg = path.with_suffix(".svg")
+        assert svg.exists() and f"]({svg.name})" in path.read_text()
+        assert '<path class="series" data-series="ops/s"' in svg.read_text()
         assert any(str(path) in n for n in live.notes())
         await live.tick(pilot)
         assert ("export", "key") in live.fake.events()
