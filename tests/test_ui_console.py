@@ -28,7 +28,7 @@ from app.engine.engine import EngineConfig
 from app.scenario import Context, Scenario
 from app.session.runner import RunConfig, Session
 from app.ui.main import LiveConsole, make_live_app
-from app.ui.panes import PostgresPane
+from app.ui.probe_panes import PostgresPane
 from app.ui.screens import BlockerScreen, ConfirmScreen
 from app.ui.textshot import screen_text
 

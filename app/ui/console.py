@@ -28,15 +28,8 @@ from textual.events import Resize
 from textual.widgets import DataTable, Footer
 
 from app.tick import Anomaly, Tick
-from app.ui.panes import (
-    AnomalyFeed,
-    HeaderBar,
-    LatencyPane,
-    PodsPane,
-    PostgresPane,
-    RedisPane,
-    ThroughputPane,
-)
+from app.ui.panes import AnomalyFeed, HeaderBar, LatencyPane, ThroughputPane
+from app.ui.probe_panes import PodsPane, PostgresPane, RedisPane
 from app.ui.screens import BlockerScreen, HelpScreen
 from app.ui.timeline import Timeline
 

@@ -22,7 +22,7 @@ from app.session.runner import RunConfig, Session
 from app.tick import Tick
 from app.ui.live import LiveConsole, controls_of
 from app.ui.main import make_live_app
-from app.ui.panes import PostgresPane
+from app.ui.probe_panes import PostgresPane
 from app.ui.screens import BlockerScreen, ConfirmScreen, HelpScreen
 from app.ui.textshot import screen_text
 from tests.unit.fakes import FakeSession

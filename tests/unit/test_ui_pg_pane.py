@@ -14,7 +14,7 @@ from textual.widgets import DataTable
 from app.session.recording import Recording
 from app.tick import Reading, Tick
 from app.ui.main import ReplayConsole, make_replay_app
-from app.ui.panes import PostgresPane
+from app.ui.probe_panes import PostgresPane
 from app.ui.textshot import screen_text
 from tests.unit.ticks import make_ticks
 

@@ -20,7 +20,8 @@ from textual.widgets import DataTable
 from app.session.recording import read_recording
 from app.tick import tick_to_json
 from app.ui.main import ReplayConsole, make_replay_app
-from app.ui.panes import AnomalyFeed, PodsPane, PostgresPane, RedisPane
+from app.ui.panes import AnomalyFeed
+from app.ui.probe_panes import PodsPane, PostgresPane, RedisPane
 from app.ui.screens import BlockerScreen
 from app.ui.textshot import screen_text
 from tests.unit.ticks import T0, make_recording
