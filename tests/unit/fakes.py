@@ -11,7 +11,7 @@ session does.
 
 It is not an engine: no worker, no timing, no database. Tests that are about a
 real session (a lock really held, a backend really terminated, a recording
-really closed) stay in tests/test_ui_console.py.
+really closed) stay in tests/integration/test_ui_console.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each test drives the real `LiveConsole` with Pilot, pushes ticks the way the
 engine thread does (`FakeSession.tick`), and asserts on the widgets, on the
 console's state and on which `SessionControl` calls the keys made. No server,
 no engine: what needs a real session (a lock really held, a backend really
-terminated, a recording really closed) is in tests/test_ui_console.py.
+terminated, a recording really closed) is in tests/integration/test_ui_console.py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from app.probes.pods import KubernetesPodsProbe
 from app.probes.postgres import PostgresProbe
 from app.probes.redis import RedisProbe
 from tests.pg_watch_support import Watch, record, with_user
-from tests.test_probes_pods import ApiServer, write_kubeconfig
+from tests.unit.test_probes_pods import ApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.integration
 
