@@ -15,6 +15,7 @@ from typing import Any
 
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
+from app.faults.recovery import fault_markdown, fault_rows
 from app.session.recording import Recording
 from app.tick import Percentiles, Tick, merge_histograms
 
@@ -216,6 +217,7 @@ def build_summary(rec: Recording) -> dict[str, Any]:
         "slo": slo_verdict(total, h.get("slo")),
         "events": events,
     }
+    summary["faults"] = fault_rows(ticks)
     summary["anomalies"] = _section_data(
         "app.detect.report", "anomaly_report_data", ticks, slo=h.get("slo")
     )
@@ -373,6 +375,9 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         for name, n in s["never_connected"].items():
             L.append(f"- `{name}`: {n} worker(s) never got a connection")
     L.append("")
+    if s.get("faults"):
+        L += fault_markdown(s["faults"])
+        L.append("")
     L.append("## Invariants")
     L.append("")
     if s["invariants"]:
