@@ -126,7 +126,7 @@ def _value(kind: str, key: str, d: Param, v: str) -> Any:
         except ValueError:
             raise FaultError(f"{where} is not a number: give e.g. {d.default or 100}") from None
         if n < 0 or (d.maximum is not None and n > d.maximum):
-            raise FaultError(f"{where}: give a number between 0 and {d.maximum:g}")
+            raise FaultError(f"{where}: give a number from 0 to at most {d.maximum:g}")
         return n
     if d.kind == "choice":
         u = v.upper() if d.choices[0].isupper() else v
@@ -458,15 +458,23 @@ class RedisPause(_RedisAction):
         return f"CLIENT PAUSE {self.p['ms']} {self.p['mode']} (every client of the server)"
 
     async def inject(self) -> str:
-        r = _redis(str(self.t.redis_url))
-        try:  # the server's own timeout is the hard bound, even if loadtop dies
-            await r.execute_command("CLIENT", "PAUSE", str(self.p["ms"]), self.p["mode"])
-        finally:
-            await r.aclose()
+        # the heal's connection is opened (and named) before the pause: under
+        # PAUSE ALL a new connection's handshake would wait for the pause too
+        self.conn = r = _redis(str(self.t.redis_url))
+        await r.ping()
+        # the server's own timeout is the hard bound, even if loadtop dies
+        await r.execute_command("CLIENT", "PAUSE", str(self.p["ms"]), self.p["mode"])
         return f"paused {self.p['mode']} for {self.p['ms']} ms"
 
     async def heal(self) -> str | None:
-        r = _redis(str(self.t.redis_url))
+        r, self.conn = getattr(self, "conn", None), None
+        if r is None:
+            return None
+        if self.p["mode"] == "ALL":
+            # Redis postpones every command of a paused client, CLIENT UNPAUSE included:
+            # a PAUSE ALL ends at its own timeout (at most 60 s), not earlier
+            await r.aclose()
+            return f"ends at its own timeout ({self.p['ms']} ms)"
         try:
             await r.execute_command("CLIENT", "UNPAUSE")
         finally:
