@@ -503,3 +503,41 @@ def test_sigterm_heals_the_lock(pg: EmbeddedPostgres, tmp_path: Path) -> None:
           for e in x["events"] if e["kind"].startswith("fault")]  # fmt: skip
     assert [k for k, _, _ in ev] == ["fault", "fault-heal"], ev
     assert "signal SIGTERM" in ev[1][2] or "session ending" in ev[1][2]
+
+
+# ---- the console's side: SessionControl from another thread -------------------------------------
+
+
+def test_session_control_describe_then_inject(pg: EmbeddedPostgres) -> None:
+    asyncio.run(_table(pg.dsn))
+
+    def session(**kw: Any) -> Session:
+        cfg = RunConfig(scenarios=[(c, 1.0) for c in load_scenarios("pg-select")], pg_dsn=pg.dsn,
+                        engine=EngineConfig(concurrency=1, duration=30.0), probes=False, **kw)  # fmt: skip
+        return Session(cfg)
+
+    off = session()
+    assert "--allow-faults" in (off.fault_disabled() or "")
+    assert off.fault_actions() == {} and "--allow-faults" in off.describe_fault("kind=pod-kill")
+    ro = session(readonly=True, allow_faults=True)
+    assert "read-only" in ro.inject_fault("kind=pg-lock,table=chaos_t")
+
+    s = session(allow_faults=True, fault_hints={"pg_table": "chaos_t"})
+    s.start_thread()
+    try:
+        assert s.error is None
+        actions = s.fault_actions()
+        assert actions["pg-lock"] is None and "needs --redis" in str(actions["redis-pause"])
+        assert s.fault_suggestions()["pg-lock"] == "kind=pg-lock,table=chaos_t"
+        assert "no fault kind" in s.describe_fault("kind=nope")
+        spec = "kind=pg-lock,table=chaos_t,mode=EXCLUSIVE,s=1"
+        assert s.describe_fault(spec) == "LOCK TABLE chaos_t IN EXCLUSIVE MODE for 1 s"
+        assert s.inject_fault(spec).startswith("#1 pg-lock: holding EXCLUSIVE on chaos_t")
+        time.sleep(2.5)
+    finally:
+        s.stop()
+        assert s.wait(30)
+    kinds = [e.kind for t in s.ticks for e in t.events if e.kind.startswith("fault")]
+    assert kinds == ["fault", "fault-heal"]
+    assert asyncio.run(_lock_holders(pg.dsn)) == []
+    assert any(a.kind == "fault" for t in s.ticks for a in (*t.anomalies, *t.cleared))

@@ -23,6 +23,9 @@ DEMO_SCENARIOS = ("stock-reservation", "redis-lock", "redis-queue")
 HTTP_SCENARIOS = ("http-reserve", "http")  # the first one present is used
 DEMO_PLAN = [4, 8, 16, 32]
 DEMO_STEP_SECONDS = 15.0
+# what the console's fault menu pre-fills: the demo service's own connections and table
+DEMO_FAULT_HINTS = {"pg_app": "demo-shop", "redis_name": "demo-shop",
+                    "pg_table": "loadtop_demo_shop.products", "pg_row": "1"}  # fmt: skip
 
 
 class Demo:
@@ -202,6 +205,7 @@ def run_demo(args: Any) -> int:
         cfg.local_pids = demo_processes(pg, redis)
         service.supervise()  # a killed service comes back, as under a Deployment
         cfg.fault_processes = {"demo-service": lambda: service.pid}
+        cfg.fault_hints = DEMO_FAULT_HINTS
         if headless:
             from app.frontends.headless import headless_printer, run_headless
 

@@ -43,6 +43,9 @@ class FaultTargets:
     kube_config: Any = None  # an app.probes.kube.KubeConfig (tests: a loopback fake)
     # processes loadtop itself started (the demo service): name -> current pid
     processes: Mapping[str, Callable[[], int | None]] = field(default_factory=dict)
+    # what the application under test is called, for the console's suggested specs
+    # (the demo: {"app": "demo-shop", "table": "loadtop_demo_shop.products", ...})
+    hints: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,23 @@ class Action:
     def duration(self) -> float | None:
         """Seconds until the heal (None: heals itself, or instant)."""
         return None
+
+    # the parameters the console pre-fills, from FaultTargets.hints (param -> hint key)
+    suggest_from: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def suggest(cls, t: FaultTargets) -> str:
+        """A spec to start from in the console (`kind=...,param=...`), editable."""
+        parts = [f"kind={cls.name}"]
+        for param, hint in cls.suggest_from.items():
+            if t.hints.get(hint):
+                parts.append(f"{param}={t.hints[hint]}")
+        for k, d in cls.params.items():
+            if d.required and not any(p.startswith(k + "=") for p in parts):
+                parts.append(f"{k}=")
+        if cls.one_of and not any(p.split("=")[0] in cls.one_of for p in parts):
+            parts.append(f"{cls.one_of[0]}=")
+        return ",".join(parts)
 
     # ---- the action -------------------------------------------------------------
     @classmethod
@@ -266,6 +286,7 @@ class PgTerminate(_PgAction):
         "max": Param("int", 50, maximum=500, help="refuse a match larger than this"),
     }
     one_of = ("app", "user", "database")
+    suggest_from = {"app": "pg_app"}
 
     async def describe(self) -> str:
         conn = await _pg_connect(str(self.t.pg_dsn))
@@ -352,6 +373,7 @@ class PgLock(_HeldTx):
         "mode": Param("choice", "ACCESS EXCLUSIVE", choices=LOCK_MODES, help="the lock mode"),
         "s": Param("seconds", 10.0, maximum=600.0, help="how long to hold it"),
     }
+    suggest_from = {"table": "pg_table"}
 
     async def describe(self) -> str:
         conn = await _pg_connect(str(self.t.pg_dsn))
@@ -387,6 +409,7 @@ class PgIdleTx(_HeldTx):
         "column": Param("ident", "id", help="the key column (default id)"),
         "s": Param("seconds", 10.0, maximum=600.0, help="how long to hold it"),
     }
+    suggest_from = {"table": "pg_table", "id": "pg_row"}
 
     def _sql(self) -> str:
         return (f"SELECT 1 FROM {self.p['table']} WHERE {self.p['column']}::text = $1"
@@ -492,6 +515,7 @@ class RedisKillClients(_RedisAction):
         "max": Param("int", 200, maximum=5000, help="refuse a match larger than this"),
     }
     one_of = ("name", "user", "addr")
+    suggest_from = {"name": "redis_name"}
 
     def _match(self, c: Mapping[str, Any]) -> bool:
         if str(c.get("name", "")).startswith(OWN_PREFIX):
@@ -545,6 +569,7 @@ class RedisLockSteal(_RedisAction):
     name = "redis-lock-steal"
     summary = "DEL of one lock key the application holds (the split-brain case)"
     params = {"key": Param("str", required=True, help="the exact lock key")}
+    suggest_from = {"key": "redis_lock_key"}
 
     async def describe(self) -> str:
         r = _redis(str(self.t.redis_url))

@@ -39,6 +39,11 @@ class FaultScheduler:
         """kind -> None when the configured targets allow it, else why not."""
         return {k: a.available(self.targets) for k, a in ACTIONS.items()}
 
+    def suggestions(self) -> dict[str, str]:
+        """kind -> a spec to start from, for each kind the targets allow."""
+        return {k: a.suggest(self.targets) for k, a in ACTIONS.items()
+                if a.available(self.targets) is None}  # fmt: skip
+
     def build(self, spec: FaultSpec) -> Action:
         action = ACTIONS[spec.kind](spec.params, self.targets)
         why = action.available(self.targets)

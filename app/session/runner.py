@@ -84,6 +84,7 @@ class RunConfig:
     # processes loadtop started that pod-kill may SIGKILL (the demo service): name -> pid
     fault_processes: dict[str, Callable[[], int | None]] = field(default_factory=dict)
     kube_config: Any = None  # tests: a KubeConfig for a loopback fake API
+    fault_hints: dict[str, str] = field(default_factory=dict)  # app.faults.actions.FaultTargets
 
 
 @dataclass
@@ -298,6 +299,12 @@ class Session:
             return {}
         return self.faults.available()
 
+    def fault_suggestions(self) -> dict[str, str]:
+        """kind -> a spec the console pre-fills (editable) for each allowed kind."""
+        if self.fault_disabled() or self.faults is None:
+            return {}
+        return self.faults.suggestions()
+
     def fault_disabled(self) -> str | None:
         if self.cfg.readonly:
             return "read-only session: faults are disabled"
@@ -450,7 +457,7 @@ class Session:
             pg_dsn=cfg.pg_dsn, redis_url=cfg.redis_url, proxy=self.proxy,
             k8s_namespace=cfg.k8s_namespace, k8s_selector=cfg.k8s_selector,
             k8s_context=cfg.k8s_context, kube_config=cfg.kube_config,
-            processes=dict(cfg.fault_processes),
+            processes=dict(cfg.fault_processes), hints=dict(cfg.fault_hints),
         )  # fmt: skip
 
     def _check_needs(self) -> None:
