@@ -267,12 +267,17 @@ def _table(headers: list[str], rows: list[list[str]], align: str | None = None) 
     return out
 
 
+FAIL_KINDS = frozenset({"queue-stuck", "lock-takeover", "consumers-gone"})
+
+
 def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> str:
     s = summary or build_summary(rec)
     ticks = rec.ticks
     L: list[str] = []
+    # a stuck queue, a lock taken over after expiry or consumers gone is never a pass
+    failing = sorted({a.kind for t in ticks for a in t.anomalies if a.kind in FAIL_KINDS})
     verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
-        "tripped"] else "FAIL"  # fmt: skip
+        "tripped"] and not failing else "FAIL"  # fmt: skip
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
@@ -280,6 +285,9 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         f"**{verdict}** · {_ts(s['started'])} · {s['duration_s']:.0f} s · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
+    if failing:
+        L.append("")
+        L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
     L.append("")
     t = s["total"]
     L.append(
