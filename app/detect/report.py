@@ -133,7 +133,9 @@ def anomaly_report_data(ticks: Sequence[Tick], slo: Mapping[str, Any] | None = N
                 "recommended_max_concurrency": None}  # fmt: skip
     ticks = sorted(ticks, key=lambda tk: tk.index)
     t0 = ticks[0].t - ticks[0].elapsed
-    episodes = _episodes(ticks, t0)
+    # a `fault` (app/faults/recovery.py) is what was done, not what was found:
+    # the report's Faults section has it, with its baseline, impact and recovery
+    episodes = [e for e in _episodes(ticks, t0) if e.get("kind") != "fault"]
     ranked = sorted(
         episodes,
         key=lambda e: (-SEVERITY_RANK.get(e["severity"], 0), -e["duration_s"], e["from_s"]),
