@@ -436,7 +436,8 @@ def test_recovery_threshold_fails_the_run() -> None:
         if ths.tripped is not None and tripped_at is None:
             tripped_at = t.index
     assert tripped_at == 16  # t=1016: 5.5 s after the kill, still down
-    rows = fault_rows([RecoveryTracker(None).evaluate(t) for t in ticks])
+    again = RecoveryTracker(None)
+    rows = fault_rows([again.evaluate(t) for t in ticks])
     assert rows[0]["recovered"] and rows[0]["recovery_s"] == pytest.approx(10.5)
     assert rows[0]["baseline"]["ops_per_s"] == 100 and rows[0]["impact"]["min_ops_per_s"] == 20
 
