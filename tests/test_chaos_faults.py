@@ -519,7 +519,7 @@ def test_session_control_describe_then_inject(pg: EmbeddedPostgres) -> None:
 
     off = session()
     assert "--allow-faults" in (off.fault_disabled() or "")
-    assert off.fault_actions() == {} and "--allow-faults" in off.describe_fault("kind=pod-kill")
+    assert off.fault_actions() == {} and "--allow-faults" in off.describe_fault("kind=pod-kill")[1]
     ro = session(readonly=True, allow_faults=True)
     assert "read-only" in ro.inject_fault("kind=pg-lock,table=chaos_t")
 
@@ -530,9 +530,12 @@ def test_session_control_describe_then_inject(pg: EmbeddedPostgres) -> None:
         actions = s.fault_actions()
         assert actions["pg-lock"] is None and "needs --redis" in str(actions["redis-pause"])
         assert s.fault_suggestions()["pg-lock"] == "kind=pg-lock,table=chaos_t"
-        assert "no fault kind" in s.describe_fault("kind=nope")
+        assert s.describe_fault("kind=nope")[0] is False
+        assert "no fault kind" in s.describe_fault("kind=nope")[1]
+        ok, why = s.describe_fault("kind=pg-lock,table=no_such_table")
+        assert not ok and why == "pg-lock: no table no_such_table on the target"
         spec = "kind=pg-lock,table=chaos_t,mode=EXCLUSIVE,s=1"
-        assert s.describe_fault(spec) == "LOCK TABLE chaos_t IN EXCLUSIVE MODE for 1 s"
+        assert s.describe_fault(spec) == (True, "LOCK TABLE chaos_t IN EXCLUSIVE MODE for 1 s")
         assert s.inject_fault(spec).startswith("#1 pg-lock: holding EXCLUSIVE on chaos_t")
         time.sleep(2.5)
     finally:

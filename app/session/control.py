@@ -96,9 +96,9 @@ class SessionControl(Protocol):
         """kind -> a spec to pre-fill, e.g. "kind=pg-terminate,app=demo-shop"."""
         ...
 
-    def describe_fault(self, spec: str) -> str:
-        """Exactly what `inject_fault(spec)` would hit (pod name, backend pids,
-        client ids, key), resolved now, or why it is refused. Blocks briefly."""
+    def describe_fault(self, spec: str) -> tuple[bool, str]:
+        """(True, exactly what `inject_fault(spec)` would hit: pod name, backend
+        pids, client ids, key), resolved now; (False, why not). Blocks briefly."""
         ...
 
     def inject_fault(self, spec: str, source: str = "key") -> str:

@@ -325,25 +325,30 @@ class Session:
         except Exception as e:
             return self.redactor(f"fault failed: {type(e).__name__}: {str(e)[:160]}")
 
-    def describe_fault(self, spec: str) -> str:
-        """What `inject_fault(spec)` would hit (pod name, pids, client ids, key),
-        resolved now; that exact match is what a following inject_fault hits."""
+    def describe_fault(self, spec: str) -> tuple[bool, str]:
+        """(True, what `inject_fault(spec)` would hit: pod name, pids, client
+        ids, key), resolved now; that exact match is what a following
+        inject_fault of the same spec hits. (False, why not) when refused."""
         why = self.fault_disabled()
         if why:
-            return why
+            return False, why
         try:
             parsed = parse_fault_spec(spec)
         except FaultError as e:
-            return str(e)
+            return False, str(e)
         faults = self.faults
-        assert faults is not None
+        if faults is None or self._loop is None:
+            return False, "session is not running"
+        self._described = None
 
         async def go() -> str:
             action, text = await faults.describe(parsed)
             self._described = (spec, action)
             return self.redactor(text)
 
-        return self._fault_call(go)
+        text = self._fault_call(go)
+        shown = self._described
+        return shown is not None and shown[0] == spec, text
 
     def inject_fault(self, spec: str, source: str = "key") -> str:
         why = self.fault_disabled()
