@@ -56,8 +56,13 @@ class WatchSession(Session):
             readings = await probes.poll_once()
         finally:
             await probes.stop()
-        failed = [r for r in readings.values() if not r.ok]
-        if len(failed) == len(readings):
+        # a full server is something to watch, not bad input: the probe waits for a
+        # slot and retries, and its readings say so (connection-saturation raises)
+        failed = [
+            r for r in readings.values()
+            if not r.ok and "waiting for a connection slot" not in r.error
+        ]  # fmt: skip
+        if failed and len(failed) == len(readings):
             r = failed[0]
             raise TargetError(self.redactor(f"cannot watch {r.probe}: {r.error}"))
 
