@@ -538,10 +538,20 @@ def test_session_control_describe_then_inject(pg: EmbeddedPostgres) -> None:
         assert s.describe_fault(spec) == (True, "LOCK TABLE chaos_t IN EXCLUSIVE MODE for 1 s")
         assert s.inject_fault(spec).startswith("#1 pg-lock: holding EXCLUSIVE on chaos_t")
         time.sleep(2.5)
+        # panic lifts a fault at once, long before its 60 s
+        assert s.inject_fault("kind=pg-lock,table=chaos_t,s=60").startswith("#2 pg-lock")
+        assert asyncio.run(_lock_holders(pg.dsn)) == ["AccessExclusiveLock"]
+        s.panic()
+        deadline = time.monotonic() + 5
+        while asyncio.run(_lock_holders(pg.dsn)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert asyncio.run(_lock_holders(pg.dsn)) == []
+        time.sleep(1.2)  # the heal's event reaches a tick
     finally:
         s.stop()
         assert s.wait(30)
-    kinds = [e.kind for t in s.ticks for e in t.events if e.kind.startswith("fault")]
-    assert kinds == ["fault", "fault-heal"]
+    ev = [(e.kind, e.note) for t in s.ticks for e in t.events if e.kind.startswith("fault")]
+    assert [k for k, _ in ev] == ["fault", "fault-heal", "fault", "fault-heal"], ev
+    assert ev[3][1].endswith("(panic)")
     assert asyncio.run(_lock_holders(pg.dsn)) == []
     assert any(a.kind == "fault" for t in s.ticks for a in (*t.anomalies, *t.cleared))
