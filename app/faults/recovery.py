@@ -3,7 +3,7 @@
 Per fault (a "fault" ControlEvent in a tick):
   - baseline: median ops/s and the p95 of the ticks of the 10 s before it;
   - impact: min ops/s, max p95, errors by class, from the injection until it
-    recovered;
+    recovered (or until the next fault, whose impact is its own);
   - time to recover: from the fault's end (its heal; the injection itself for
     a fault that heals on its own, like a killed pod) until ops/s is back to
     >= 90 % of baseline and the error rate and p95 are under the SLO, for 3
@@ -57,7 +57,11 @@ class _Fault:
     streak_start: float | None = None
     recovered_at: float | None = None
     recovered_tick: int | None = None
+    impact_closed: bool = False  # a later fault started: its impact is its own
     probes: dict[str, Any] = field(default_factory=dict)
+    # per scenario: a fault that hits one scenario of a mix is plain there
+    baseline_by: dict[str, float] = field(default_factory=dict)
+    min_by: dict[str, float] = field(default_factory=dict)
     _restarts0: int | None = None
 
 
@@ -73,6 +77,8 @@ class RecoveryTracker:
     def evaluate(self, tick: Tick) -> Tick:
         for e in tick.events:
             if e.kind == "fault" and e.before is not None:
+                for other in self.open.values():
+                    other.impact_closed = True
                 self._start(int(e.before), e, tick)
             elif e.kind == "fault-heal" and e.before is not None:
                 f = self.open.get(int(e.before))
@@ -111,6 +117,13 @@ class RecoveryTracker:
             baseline_err_pct=100.0 * sum(t.failed for t in before) / done if done else 0.0,
             t_end=e.t if not e.after else None,
         )  # fmt: skip
+        names = {s.name for t in before for s in t.scenarios}
+        self.open[n].baseline_by = {
+            name: statistics.median(
+                [s.completed / t.interval for t in before for s in t.scenarios if s.name == name]
+            )
+            for name in sorted(names)
+        }
 
     def _bars(self, f: _Fault) -> tuple[float, float, float]:
         ops = RECOVERED_OPS * f.baseline_ops if f.baseline_ops else 0.0
@@ -122,10 +135,14 @@ class RecoveryTracker:
         start = tick.t - tick.interval
         ops, p95 = tick.ops_per_s, tick.latency().p95
         err = 100.0 * tick.error_ratio
-        if f.recovered_at is None:
+        # the drain's window is a tail; a later fault's ticks are that fault's impact
+        if f.recovered_at is None and not tick.is_drain and not f.impact_closed:
             f.min_ops = ops if f.min_ops is None else min(f.min_ops, ops)
             f.max_p95 = max(f.max_p95, p95)
             f.failed += tick.failed
+            for sw in tick.scenarios:
+                v = sw.completed / tick.interval if tick.interval > 0 else 0.0
+                f.min_by[sw.name] = min(f.min_by.get(sw.name, v), v)
             for k, v in tick.errors().items():
                 f.errors[k] = f.errors.get(k, 0) + v
             self._probes(f, tick)
@@ -223,6 +240,9 @@ def evidence(f: _Fault, tick: Tick, bars: tuple[float, float, float]) -> dict[st
                      "error_pct": _r(f.baseline_err_pct, 3)},
         "impact": {"min_ops_per_s": _r(f.min_ops), "max_p95_ms": _r(f.max_p95),
                    "failed": f.failed, "errors": dict(f.errors)},
+        "by_scenario": {name: {"baseline_ops_per_s": _r(f.baseline_by.get(name)),
+                               "min_ops_per_s": _r(f.min_by.get(name))}
+                        for name in sorted({*f.baseline_by, *f.min_by})},
         "bar": {"ops_per_s": _r(bars[0]), "p95_ms": _r(bars[1]), "error_pct": _r(bars[2], 3)},
         "recovered": f.recovered_at is not None,
         "recovered_at": _r(f.recovered_at, 3),
@@ -297,7 +317,12 @@ def fault_markdown(rows: list[dict[str, Any]]) -> list[str]:
             ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in probes.items())
             or "no probe readings"
         )
-        L.append(f"- {r.get('note', '')}; the probes saw: {seen}")
+        per = ", ".join(
+            f"{name} {_f(v.get('baseline_ops_per_s'))} → {_f(v.get('min_ops_per_s'))} ops/s"
+            for name, v in (r.get("by_scenario") or {}).items()
+        )
+        L.append(f"- {r.get('note', '')}; per scenario (baseline → min): {per or '–'};"
+                 f" the probes saw: {seen}")  # fmt: skip
     L.append("")
     L.append("```json")
     import json
