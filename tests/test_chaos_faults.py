@@ -555,3 +555,54 @@ def test_session_control_describe_then_inject(pg: EmbeddedPostgres) -> None:
     assert ev[3][1].endswith("(panic)")
     assert asyncio.run(_lock_holders(pg.dsn)) == []
     assert any(a.kind == "fault" for t in s.ticks for a in (*t.anomalies, *t.cleared))
+
+
+def test_http_503_and_drop_through_the_proxy_then_healed() -> None:
+    import aiohttp
+    from aiohttp import web
+
+    from app.faults.proxy import FaultProxy
+
+    async def ok(_req: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/health", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        proxy = await FaultProxy(f"http://127.0.0.1:{port}").start()
+        ev = Events()
+        sch = FaultScheduler(FaultTargets(proxy=proxy), ev)
+
+        async def statuses(n: int) -> list[int | str]:
+            out: list[int | str] = []
+            async with aiohttp.ClientSession() as http:  # keep-alive, like the load's
+                for _ in range(n):
+                    try:
+                        async with http.get(f"{proxy.url}/health") as r:
+                            out.append(r.status)
+                    except aiohttp.ClientError as e:
+                        out.append(type(e).__name__)
+            return out
+
+        try:
+            assert await statuses(3) == [200, 200, 200]
+            await sch.inject(parse_fault_spec("kind=http-503,s=1"))
+            assert await statuses(3) == [503, 503, 503]
+            await asyncio.sleep(1.2)
+            assert await statuses(2) == [200, 200]
+            await sch.inject(parse_fault_spec("kind=http-drop,pct=100,s=30"))
+            dropped = await statuses(3)
+            assert all(isinstance(x, str) for x in dropped), dropped
+            await sch.heal_all("quit")
+            assert await statuses(2) == [200, 200]
+            assert ev.kinds() == ["fault", "fault-heal", "fault", "fault-heal"]
+        finally:
+            await proxy.aclose()
+            await runner.cleanup()
+
+    asyncio.run(go())
