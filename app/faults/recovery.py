@@ -254,30 +254,45 @@ def evidence(f: _Fault, tick: Tick, bars: tuple[float, float, float]) -> dict[st
     }  # fmt: skip
 
 
-def fault_rows(ticks: Iterable[Tick]) -> list[dict[str, Any]]:
-    """One row per fault, its last state in the ticks (the report's Faults
-    section and its JSON, chart-friendly: seconds since the run started)."""
-    last: dict[str, Anomaly] = {}
-    first_t = None
-    for t in ticks:
-        if first_t is None:
-            first_t = t.t - t.elapsed
+class FaultReport:
+    """The Faults section's rows, fed one tick at a time (the report streams):
+    holds the last state of each fault only."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Anomaly] = {}
+        self.first_t: float | None = None
+
+    def add(self, t: Tick) -> None:
+        if self.first_t is None:
+            self.first_t = t.t - t.elapsed
         for a in (*t.anomalies, *t.cleared):
             if a.kind == "fault":
-                last[a.key] = a
-    rows = []
-    for a in sorted(last.values(), key=lambda a: a.started_at):
-        ev = dict(a.evidence)
-        origin = first_t or 0.0
+                self.last[a.key] = a
 
-        def rel(v: Any, origin: float = origin) -> float | None:
+    def result(self) -> list[dict[str, Any]]:
+        """One row per fault (chart-friendly: seconds since the run started)."""
+        origin = self.first_t or 0.0
+
+        def rel(v: Any) -> float | None:
             return None if v is None else round(float(v) - origin, 1)
 
-        ev["at_s"] = rel(ev.get("injected_at"))
-        ev["ended_s"] = rel(ev.get("ended_at"))
-        ev["recovered_s"] = rel(ev.get("recovered_at"))
-        rows.append(ev)
-    return rows
+        rows = []
+        for a in sorted(self.last.values(), key=lambda a: a.started_at):
+            ev = dict(a.evidence)
+            ev["at_s"] = rel(ev.get("injected_at"))
+            ev["ended_s"] = rel(ev.get("ended_at"))
+            ev["recovered_s"] = rel(ev.get("recovered_at"))
+            rows.append(ev)
+        return rows
+
+
+def fault_rows(ticks: Iterable[Tick]) -> list[dict[str, Any]]:
+    """One row per fault, its last state in the ticks (the report's Faults
+    section and its JSON)."""
+    acc = FaultReport()
+    for t in ticks:
+        acc.add(t)
+    return acc.result()
 
 
 def _f(v: Any, unit: str = "") -> str:

@@ -514,8 +514,12 @@ def build_run_config(
         processes=procs, pg_sql_queues=sql_queues, faults=faults, allow_faults=allow_faults,
         http_via_proxy=via_proxy,
     )  # fmt: skip
-    if watch and not (cfg.pg_dsn or cfg.redis_url or cfg.k8s_namespace or cfg.prometheus_url):
-        fail("watch needs a target: give --pg, --redis, --k8s-namespace or --prometheus")
+    if watch and not (
+        cfg.pg_dsn or cfg.pg_monitor_dsn or cfg.redis_url or cfg.k8s_namespace or cfg.prometheus_url
+    ):
+        fail(
+            "watch needs a target: give --pg, --pg-monitor, --redis, --k8s-namespace or --prometheus"
+        )
     return cfg
 
 

@@ -50,7 +50,7 @@ class WatchSession(Session):
         password) is bad input at start, one line, like a run's."""
         probes = self.build_probe_set()
         if not probes.probes:
-            raise TargetError("watch needs a target: give --pg, --redis, --k8s-namespace"
+            raise TargetError("watch needs a target: give --pg, --pg-monitor, --redis, --k8s-namespace"
                               " or --prometheus")  # fmt: skip
         try:
             readings = await probes.poll_once()
