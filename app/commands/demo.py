@@ -23,6 +23,9 @@ DEMO_SCENARIOS = ("stock-reservation", "redis-lock", "redis-queue")
 HTTP_SCENARIOS = ("http-reserve", "http")  # the first one present is used
 DEMO_PLAN = [4, 8, 16, 32]
 DEMO_STEP_SECONDS = 15.0
+# what the console's fault menu pre-fills: the demo service's own connections and table
+DEMO_FAULT_HINTS = {"pg_app": "demo-shop", "redis_name": "demo-shop",
+                    "pg_table": "loadtop_demo_shop.products", "pg_row": "1"}  # fmt: skip
 
 
 class Demo:
@@ -34,6 +37,10 @@ class Demo:
         parser.add_argument("--duration", "-d", metavar="T")
         parser.add_argument("--record", metavar="F.jsonl")
         parser.add_argument("--export", metavar="F.md")
+        parser.add_argument("--allow-faults", action="store_true", default=None,
+                            help="the f menu and --fault may hit the demo's servers and service")  # fmt: skip
+        parser.add_argument("--fault", action="append", metavar="SPEC",
+                            help="e.g. 'at=40s,kind=pod-kill' (repeatable; needs --allow-faults)")  # fmt: skip
 
     def run(self, args: argparse.Namespace) -> int:
         return run_demo(args)
@@ -61,6 +68,8 @@ def demo_config(
     record: str | None = None,
     export: str | None = None,
     local_pids: dict[str, Any] | None = None,
+    allow_faults: bool | None = None,
+    faults: list[str] | None = None,
 ) -> RunConfig:
     """The demo's RunConfig, validated by `build_run_config` like any run's:
     the demo's plan and parameters are its profile; no loadtop.toml and no
@@ -75,6 +84,8 @@ def demo_config(
         duration=None if duration is None else str(duration),
         record=record,
         export=export,
+        allow_faults=True if allow_faults is None else allow_faults,  # all its own servers
+        fault=faults,
     )
     profile = {
         "scenario": [cls.name for cls, _ in mix],
@@ -147,6 +158,8 @@ def run_demo(args: Any) -> int:
         duration=getattr(args, "duration", None),
         record=getattr(args, "record", None),
         export=getattr(args, "export", None),
+        allow_faults=getattr(args, "allow_faults", None),
+        faults=getattr(args, "fault", None),
     )
     from app.commands.base import mark_run_started
 
@@ -190,6 +203,9 @@ def run_demo(args: Any) -> int:
         if "http" in {n for cls, _ in cfg.scenarios for n in cls.needs}:
             cfg.http_url = service.url
         cfg.local_pids = demo_processes(pg, redis)
+        service.supervise()  # a killed service comes back, as under a Deployment
+        cfg.fault_processes = {"demo-service": lambda: service.pid}
+        cfg.fault_hints = DEMO_FAULT_HINTS
         if headless:
             from app.frontends.headless import headless_printer, run_headless
 

@@ -93,13 +93,22 @@ def add_load(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-concurrency", metavar="N",
                    help=f"hard cap on workers (default 256; at most {MAX_WORKERS})")  # fmt: skip
     g.add_argument("--abort-on", action="append", metavar="EXPR",
-                   help="stop the load when it holds 3 ticks: p95>500ms, errors>1%%, ops<100/s")  # fmt: skip
+                   help="stop the load when it holds 3 ticks: p95>500ms, errors>1%%, ops<100/s,"
+                   " recovery>30s (a fault's recovery)")  # fmt: skip
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--processes", metavar="N",
                    help="run the workers in N processes when one core is not enough (default 1)")  # fmt: skip
     g.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="a scenario parameter (`loadtop scenarios` lists each one's)")  # fmt: skip
     g.add_argument("--interval", metavar="T", help="tick length (default 1s)")
+    f = p.add_argument_group("faults (chaos under load)")
+    f.add_argument("--fault", action="append", metavar="SPEC",
+                   help="inject a fault at a time: 'at=30s,kind=pod-kill',"
+                   " 'at=60s,kind=redis-pause,ms=5000' (repeatable; needs --allow-faults)")  # fmt: skip
+    f.add_argument("--allow-faults", action="store_true", default=None,
+                   help="let --fault and the console's f menu hit the targets for real")  # fmt: skip
+    f.add_argument("--http-via-proxy", action="store_true", default=None,
+                   help="send the HTTP load through a loopback proxy (http-latency/-drop/-503)")  # fmt: skip
 
 
 @contextlib.contextmanager

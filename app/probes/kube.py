@@ -406,6 +406,19 @@ class KubeClient(_Paged):
             resp = await self._http.get(path, params=params, headers=headers, extensions=extensions)
         return resp
 
+    async def delete(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        """DELETE with credentials (pod-kill, app/faults/actions.py: the one write)."""
+        headers, cred = await self._prepare()
+        assert self._http is not None
+        extensions = {"sni_hostname": self.cfg.tls_server_name} if self.cfg.tls_server_name else {}
+        resp = await self._http.delete(path, params=params, headers=headers, extensions=extensions)
+        if resp.status_code == 401 and self.cfg.exec:
+            headers, _ = await self._prepare(stale=cred)
+            resp = await self._http.delete(
+                path, params=params, headers=headers, extensions=extensions
+            )
+        return resp
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()

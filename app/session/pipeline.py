@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from app.detect import build_detectors, detect_flags
 from app.engine.engine import LoadEngine
 from app.engine.errors import classify, is_connection_error
 from app.engine.thresholds import ThresholdSet
+from app.faults.recovery import RecoveryTracker
 from app.scenario import Context, Scenario
 from app.session.recording import Recording
 from app.tick import ControlEvent, Tick
@@ -117,6 +118,22 @@ def with_anomalies(detectors: Analyzer) -> Enricher:
     return enrich
 
 
+def with_recovery(tracker: RecoveryTracker) -> Enricher:
+    """The `fault` anomalies: each fault's baseline, impact and recovery."""
+
+    def enrich(tick: Tick) -> Tick:
+        try:
+            return tracker.evaluate(tick)
+        except Exception as e:  # a bug here must not stop the run
+            note = f"recovery: {type(e).__name__}: {e}"
+            return dataclasses.replace(
+                tick,
+                events=(*tick.events, ControlEvent(tick.t, "detector-error", "system", note=note)),
+            )
+
+    return enrich
+
+
 def with_thresholds(thresholds: ThresholdSet) -> Enricher:
     def enrich(tick: Tick) -> Tick:
         statuses = thresholds.evaluate(tick)
@@ -125,13 +142,17 @@ def with_thresholds(thresholds: ThresholdSet) -> Enricher:
     return enrich
 
 
-def redetect(ticks: Iterable[Tick], detectors: Analyzer) -> Iterator[Tick]:
+def redetect(
+    ticks: Iterable[Tick], detectors: Analyzer, slo: dict[str, float] | None = None
+) -> Iterator[Tick]:
     """A recording's ticks with their anomalies found again by `detectors`
-    (a fresh DetectorSet, e.g. with other options): the detectors read the
-    ticks only, so this is what a live run with those options would have raised."""
+    (a fresh DetectorSet, e.g. with other options) and the faults' recoveries
+    measured again: both read the ticks only, so this is what a live run with
+    those options would have raised."""
     enrich = with_anomalies(detectors)
+    recovery = with_recovery(RecoveryTracker(slo))
     for t in ticks:
-        yield enrich(dataclasses.replace(t, anomalies=(), cleared=()))
+        yield recovery(enrich(dataclasses.replace(t, anomalies=(), cleared=())))
 
 
 def redetect_recording(rec: Recording, flags: Iterable[str] = ()) -> Recording:
@@ -142,7 +163,7 @@ def redetect_recording(rec: Recording, flags: Iterable[str] = ()) -> Recording:
     if rec.header.get("slo") and "slo" not in config:
         config["slo"] = rec.header["slo"]
     config = detect_flags(flags, config)
-    ticks = list(redetect(rec.ticks, build_detectors(config)))
+    ticks = list(redetect(rec.ticks, build_detectors(config), config.get("slo")))
     return dataclasses.replace(rec, ticks=ticks)
 
 
@@ -158,6 +179,7 @@ class Pipeline:
         detectors: Analyzer | None = None,
         thresholds: ThresholdSet | None = None,
         verifier: Verifier | None = None,
+        recovery: RecoveryTracker | None = None,
     ) -> None:
         self.engine = engine
         self.cfg = engine.cfg
@@ -168,8 +190,11 @@ class Pipeline:
             self.enrichers.append(with_invariants(verifier))
         if detectors is not None:
             self.enrichers.append(with_anomalies(detectors))
+        if recovery is not None:
+            self.enrichers.append(with_recovery(recovery))
         self.enrichers.append(with_thresholds(self.thresholds))
         self.outputs: list[Output] = []
+        self.before_last_tick: list[Callable[[], Awaitable[None]]] = []
         self.ticks_emitted = 0
         self.last_tick: Tick | None = None
 
@@ -228,6 +253,11 @@ class Pipeline:
             for t in bg:
                 t.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
+            for hook in self.before_last_tick:  # e.g. heal the faults, marked in that tick
+                try:
+                    await hook()
+                except Exception as e:
+                    eng.event("detector-error", "system", note=f"{type(e).__name__}: {e}")
             # the last (partial) window, so nothing recorded is lost
             self._emit(self.enrich(await eng.wind_down(loop.time)))
         return eng.stop_reason

@@ -26,6 +26,7 @@ from app.detect.pg_report import PgReportAcc
 from app.detect.report import AnomalyReport, render_anomaly_section
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
+from app.faults.recovery import FaultReport, fault_markdown
 from app.probes.summary import ProbeReport
 from app.session.recording import Recording
 from app.tick import (
@@ -304,8 +305,10 @@ def _report_pass(
     n = 0
     anomalies = _Section(AnomalyReport, slo=h.get("slo"))
     probe_sec = _Section(ProbeReport) if probes else None
+    faults = FaultReport()
     for t in rec.ticks:
         hists = window_hists(t)
+        faults.add(t)
         n += 1
         if first is None:
             first = t
@@ -401,6 +404,7 @@ def _report_pass(
         "slo": slo_verdict(total_fig, h.get("slo")),
         "events": events,
     }
+    summary["faults"] = faults.result()
     summary["anomalies"] = anomalies.result()
     return summary, probe_sec.result() if probe_sec is not None else None
 
@@ -576,6 +580,9 @@ def render_markdown(
         for name, n in s["never_connected"].items():
             L.append(f"- `{name}`: {n} worker(s) never got a connection")
     L.append("")
+    if s.get("faults"):
+        L += fault_markdown(s["faults"])
+        L.append("")
     L.append("## Invariants")
     L.append("")
     if s["invariants"]:

@@ -35,6 +35,11 @@ from app.engine.clients import Clients, close_clients, connect_clients
 from app.engine.engine import EngineConfig, LoadEngine, allocate
 from app.engine.errors import classify
 from app.engine.procs import HostSpec, ProcessWorkers
+from app.faults import FaultError, parse_fault_spec
+from app.faults.actions import FaultTargets
+from app.faults.proxy import FaultProxy
+from app.faults.recovery import RecoveryTracker
+from app.faults.scheduler import FaultScheduler
 from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
 from app.session.export import write_report
 from app.session.pipeline import Pipeline, Verifier
@@ -75,6 +80,13 @@ class RunConfig:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     embedded: list[str] = field(default_factory=list)  # which targets are embedded
     processes: int = 1  # worker processes (--processes); 1: workers on the session's loop
+    faults: list[Any] = field(default_factory=list)  # --fault (app.faults.FaultSpec)
+    allow_faults: bool = False  # --allow-faults: the console's fault menu may inject
+    http_via_proxy: bool = False  # --http-via-proxy: the load goes through app.faults.proxy
+    # processes loadtop started that pod-kill may SIGKILL (the demo service): name -> pid
+    fault_processes: dict[str, Callable[[], int | None]] = field(default_factory=dict)
+    kube_config: Any = None  # tests: a KubeConfig for a loopback fake API
+    fault_hints: dict[str, str] = field(default_factory=dict)  # app.faults.actions.FaultTargets
 
 
 @dataclass
@@ -130,6 +142,10 @@ class Session:
         self.procs: ProcessWorkers | None = None
         self.verifier: Verifier | None = None
         self.pipeline: Pipeline | None = None
+        self.faults: FaultScheduler | None = None
+        self.proxy: FaultProxy | None = None
+        self.http_upstream = cfg.http_url
+        self._described: tuple[str, Any] | None = None  # the fault the console was shown
 
     # ---- SessionControl: facts --------------------------------------------------
     @property
@@ -139,8 +155,10 @@ class Session:
             out["postgres"] = self.redactor(self.cfg.pg_dsn)
         if self.cfg.redis_url:
             out["redis"] = self.redactor(self.cfg.redis_url)
-        if self.cfg.http_url:
-            out["http"] = self.redactor(self.cfg.http_url)
+        if self.http_upstream:
+            out["http"] = self.redactor(self.http_upstream)
+            if self.cfg.http_via_proxy:
+                out["http"] += " (via loadtop's fault proxy)"
         if self.cfg.k8s_namespace:
             sel = f" ({self.cfg.k8s_selector})" if self.cfg.k8s_selector else ""
             out["pods"] = f"k8s {self.cfg.k8s_namespace}{sel}"
@@ -209,6 +227,9 @@ class Session:
 
     def panic(self, source: str = "key") -> None:
         self._engine_call("panic", source)
+        faults = self.faults
+        if faults is not None and faults.active:  # a panic lifts every fault too
+            self._call(lambda: asyncio.ensure_future(faults.heal_active("panic")))
 
     def start_plan(self, source: str = "key") -> None:
         self._engine_call("start_plan", source)
@@ -274,6 +295,80 @@ class Session:
     def terminate_backend(self, pid: int) -> str:
         return self._backend_call("pg_terminate_backend", pid)
 
+    # ---- SessionControl: faults (thread-safe; --allow-faults, never --readonly) ----
+    def fault_actions(self) -> dict[str, str | None]:
+        """kind -> None when the configured targets allow it, else why not; {}
+        when faults are disabled (`fault_disabled()` says why)."""
+        if self.fault_disabled() or self.faults is None:
+            return {}
+        return self.faults.available()
+
+    def fault_suggestions(self) -> dict[str, str]:
+        """kind -> a spec the console pre-fills (editable) for each allowed kind."""
+        if self.fault_disabled() or self.faults is None:
+            return {}
+        return self.faults.suggestions()
+
+    def fault_disabled(self) -> str | None:
+        if self.cfg.readonly:
+            return "read-only session: faults are disabled"
+        if not self.cfg.allow_faults:
+            return ("faults are off: start with --allow-faults (or allow_faults = true in"
+                    " loadtop.toml) to inject them from here")  # fmt: skip
+        return None
+
+    def _fault_call(self, coro_fn: Callable[[], Any], timeout: float = 20) -> str:
+        loop = self._loop
+        if loop is None or self.faults is None:
+            return "session is not running"
+        fut = asyncio.run_coroutine_threadsafe(coro_fn(), loop)
+        try:
+            return str(fut.result(timeout=timeout))
+        except FaultError as e:
+            return str(e)
+        except Exception as e:
+            return self.redactor(f"fault failed: {type(e).__name__}: {str(e)[:160]}")
+
+    def describe_fault(self, spec: str) -> tuple[bool, str]:
+        """(True, what `inject_fault(spec)` would hit: pod name, pids, client
+        ids, key), resolved now; that exact match is what a following
+        inject_fault of the same spec hits. (False, why not) when refused."""
+        why = self.fault_disabled()
+        if why:
+            return False, why
+        try:
+            parsed = parse_fault_spec(spec)
+        except FaultError as e:
+            return False, str(e)
+        faults = self.faults
+        if faults is None or self._loop is None:
+            return False, "session is not running"
+        self._described = None
+
+        async def go() -> str:
+            action, text = await faults.describe(parsed)
+            self._described = (spec, action)
+            return self.redactor(text)
+
+        text = self._fault_call(go)
+        shown = self._described
+        return shown is not None and shown[0] == spec, text
+
+    def inject_fault(self, spec: str, source: str = "key") -> str:
+        why = self.fault_disabled()
+        if why:
+            return why
+        try:
+            parsed = parse_fault_spec(spec)
+        except FaultError as e:
+            return str(e)
+        shown = self._described
+        self._described = None
+        action = shown[1] if shown is not None and shown[0] == spec else None
+        faults = self.faults
+        assert faults is not None
+        return self._fault_call(lambda: faults.inject(parsed, source, action))
+
     def _report_source(self) -> Recorder | None:
         """The recording file a report is streamed from: --record when it is
         a regular file, else the session's private spool."""
@@ -337,6 +432,9 @@ class Session:
             self._open_spool()
         reason = "error"
         try:
+            if cfg.http_via_proxy and cfg.http_url:
+                self.proxy = await FaultProxy(cfg.http_url).start()
+                self.clients.http_url = cfg.http_url = self.proxy.url
             await self._connect()
             await self._setup()
             self._start_observers()
@@ -356,8 +454,16 @@ class Session:
                 [inst for inst, _ in self.instances], self._admin_ctx, self.engine.event,
                 self.redactor,
             )  # fmt: skip
-            self.pipeline = Pipeline(self.engine, detectors=self.detectors, verifier=self.verifier)
+            self.pipeline = Pipeline(
+                self.engine, detectors=self.detectors, verifier=self.verifier,
+                recovery=RecoveryTracker(cfg.slo),
+            )  # fmt: skip
             self.pipeline.subscribe(self._on_tick)
+            if (cfg.faults or cfg.allow_faults) and not cfg.readonly:
+                self.faults = FaultScheduler(self._fault_targets(), self.engine.event, cfg.faults)
+                faults = self.faults
+                self.pipeline.before_last_tick.append(lambda: faults.heal_all("session ending"))
+                faults.start()
             if install_signals:
                 self._install_signals()
             if self._stop_requested:
@@ -372,6 +478,15 @@ class Session:
             await self._finish(reason)
         assert self.outcome is not None
         return self.outcome
+
+    def _fault_targets(self) -> FaultTargets:
+        cfg = self.cfg
+        return FaultTargets(
+            pg_dsn=cfg.pg_dsn, redis_url=cfg.redis_url, proxy=self.proxy,
+            k8s_namespace=cfg.k8s_namespace, k8s_selector=cfg.k8s_selector,
+            k8s_context=cfg.k8s_context, kube_config=cfg.kube_config,
+            processes=dict(cfg.fault_processes), hints=dict(cfg.fault_hints),
+        )  # fmt: skip
 
     def _open_spool(self) -> None:
         """Without --record (or with one that cannot be read back, a pipe),
@@ -596,6 +711,12 @@ class Session:
         """Teardown, cleanup, close: runs whatever happened before."""
         if self._stop_requested and reason in ("stop", "error"):
             reason = self._stop_requested
+        if self.faults is not None:  # after an error the pipeline's hook may not have run
+            try:
+                await asyncio.wait_for(self.faults.heal_all(f"session ending: {reason}"), 30)
+            except BaseException as e:
+                self.messages.append(f"healing the faults failed: {type(e).__name__}: {e}")
+            self.messages.extend(self.redactor(m) for m in self.faults.results)
         if self.procs is not None:  # gone before teardown; a no-op after an orderly stop
             await self.procs.aclose()
         for inst, _ in self.instances:
@@ -611,6 +732,8 @@ class Session:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.probe_set.stop(), 5)
         await self._close_clients()
+        if self.proxy is not None:
+            await self.proxy.aclose()
         eng = self.engine
         invariants = dict(self.verifier.violations) if self.verifier else {}
         thresholds = self.pipeline.thresholds if self.pipeline else None

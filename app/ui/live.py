@@ -81,9 +81,10 @@ class LiveConsole(Console):
         Binding("p", "pause", "pause"),
         Binding("x", "panic", "PANIC"),
         Binding("r", "plan", "plan"),
+        Binding("f", "faults", "fault"),
         *Console.SHARED_BINDINGS,
     ]
-    LOAD_ACTIONS = frozenset({"step", "step_size", "pause", "panic", "plan"})
+    LOAD_ACTIONS = frozenset({"step", "step_size", "pause", "panic", "plan", "faults"})
     HELP_TITLE = "loadtop keys"
     HELP_KEYS = LIVE_KEYS
     LIVE = True
@@ -134,6 +135,9 @@ class LiveConsole(Console):
         return int(outcome.exit_code) if outcome is not None else 0
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # --readonly: no fault menu at all (hidden, not just inert)
+        if action == "faults" and self.control.readonly:
+            return False
         # the load keys go once quitting has begun
         return not (action in self.LOAD_ACTIONS and self.stopping)
 
@@ -257,6 +261,13 @@ class LiveConsole(Console):
             self._status_now()
 
         self.push_screen(ConfirmScreen("The load was panic-stopped. Resume it?"), answered)
+
+    def action_faults(self) -> None:
+        """The fault menu (app/ui/faults.py); without --allow-faults it says how."""
+        from app.ui.faults import FaultScreen
+
+        if not isinstance(self.screen, FaultScreen):
+            self.push_screen(FaultScreen(self.control))
 
     def action_plan(self) -> None:
         control = self.control
