@@ -19,43 +19,18 @@ loadtop cannot leave a lock behind.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FaultError", "FaultSpec", "parse_fault_spec"]
+from app.faults.actions import ACTIONS
+from app.faults.spec import FaultError, FaultSpec, parse_seconds
 
-
-class FaultError(ValueError):
-    """A fault that cannot be injected as given: one line that says what to fix."""
-
-
-@dataclass(frozen=True)
-class FaultSpec:
-    kind: str
-    at: float | None = None  # seconds after the load started (None: now, from the console)
-    params: dict[str, str] = field(default_factory=dict)
-
-    def text(self) -> str:
-        parts = [f"kind={self.kind}"] + [f"{k}={v}" for k, v in self.params.items()]
-        if self.at is not None:
-            parts.insert(0, f"at={self.at:g}s")
-        return ",".join(parts)
-
-
-def parse_seconds(text: str, what: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", str(text))
-    if not m:
-        raise FaultError(f"{what} {text!r} is not a duration: use e.g. 30s, 500ms or 2m")
-    return float(m[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m[2]]
+__all__ = ["FaultError", "FaultSpec", "parse_fault_spec", "parse_seconds"]
 
 
 def parse_fault_spec(text: Any) -> FaultSpec:
     """`at=30s,kind=pod-kill` or `at=60s,kind=redis-pause,ms=5000`: checked
     against the action's declared parameters (names and values), so a bad
     spec fails before anything starts."""
-    from app.faults.actions import ACTIONS
-
     raw = str(text).strip()
     if not raw:
         raise FaultError("--fault is empty: give e.g. 'at=30s,kind=pod-kill'")

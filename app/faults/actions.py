@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from app.faults import FaultError, parse_seconds
+from app.faults.spec import FaultError, parse_seconds
 
 # loadtop's own connections carry these names; no action ever touches them
 OWN_PREFIX = "loadtop"

@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from app.faults import FaultError, FaultSpec
 from app.faults.actions import ACTIONS, Action, FaultTargets
+from app.faults.spec import FaultError, FaultSpec
 
 EventFn = Callable[..., None]
 

@@ -37,7 +37,7 @@ from app.session.runner import RunConfig, Session
 from app.tick import ControlEvent, ScenarioWindow, Tick, new_histogram
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
