@@ -69,7 +69,11 @@ def run_console(session: Any, cleanup: Callable[[], None] | None = None) -> int:
     from app.ui.main import run_session_console
 
     try:
-        return run_session_console(session, say=say_err, cleanup=cleanup)
+        code = run_session_console(session, say=say_err, cleanup=cleanup)
+        outcome = getattr(session, "outcome", None)
+        if outcome is not None and code == outcome.exit_code and getattr(outcome, "why", ""):
+            say_err(f"{outcome.verdict}: {outcome.why}")  # the verdict, as in the report
+        return code
     except OSError as e:
         outcome = getattr(session, "outcome", None)
         if not stdout_gone(e) or outcome is None:

@@ -139,6 +139,112 @@ def slo_verdict(fig: dict[str, Any], slo: dict[str, float] | None = None) -> dic
     return {"slo": slo, "checks": checks, "met": all(checks.values())}
 
 
+# ---- the verdict ---------------------------------------------------------------
+# One function judges a run from its summary: the report's headline (Markdown
+# and JSON), the closing lines and the process's exit code all come from it.
+
+# anomaly kinds whose presence at any moment fails a run (and a watch); other
+# branches add theirs (queue-stuck, lock-takeover, consumers-gone, ...)
+FAIL_ON_ANOMALY_KINDS: set[str] = set()
+# a watch loads nothing, so no SLO or capacity judges it: the systems do, and
+# an anomaly of one of these severities fails it
+WATCH_FAILS_ON_SEVERITY: set[str] = {"critical"}
+
+EXIT_CODES = {"PASS": 0, "FAIL": 1, "INCOMPLETE": 1, "ERROR": 2}
+
+
+def _reasons_run(s: dict[str, Any]) -> list[str]:
+    """Why a run (with load) fails, most telling first; [] when it passes."""
+    out: list[str] = []
+    t = s.get("total") or {}
+    done = t.get("ok", 0) + t.get("failed", 0)
+    if s.get("scenarios") and s.get("ticks") and not t.get("ok"):
+        if done:
+            top = next(iter(t.get("errors") or {}), "errors")
+            out.append(f"no operation succeeded ({t['failed']:,} failed, mostly {top})")
+        else:
+            out.append("no operation ran")
+    for name, vs in (s.get("invariants") or {}).items():
+        more = f" (and {len(vs) - 1} more)" if len(vs) > 1 else ""
+        out.append(f"invariant violated: {name}: {vs[0]}{more}" if vs else f"invariant: {name}")
+    tr = (s.get("thresholds") or {}).get("tripped")
+    if tr:
+        at = f" at {tr['elapsed_s']} s" if tr.get("elapsed_s") is not None else ""
+        out.append(f"--abort-on {tr.get('expr')} tripped{at}")
+    slo = s.get("slo") or {}
+    if done and slo.get("checks") and not slo.get("met"):
+        broken = [k for k, ok in slo["checks"].items() if not ok]
+        out.append(f"SLO broken: {', '.join(broken)} (p95 {t.get('p95_ms', 0):g} ms,"
+                   f" p99 {t.get('p99_ms', 0):g} ms, errors {t.get('error_pct', 0):.3g}%)")  # fmt: skip
+    return out
+
+
+def _reasons_common(s: dict[str, Any]) -> list[str]:
+    """Why a run or a watch fails whatever its load: a check that could not
+    run, what was left behind, an anomaly that never passes."""
+    out: list[str] = []
+    for name, why in (s.get("unverified") or {}).items():
+        out.append(f"final verify() of {name} could not run ({why})")
+    left = s.get("leftovers") or []
+    if left:
+        out.append("cleanup failed: left " + "; ".join(x["what"] for x in left)
+                   + " (commands to remove it in the report)")  # fmt: skip
+    kinds = s.get("anomaly_kinds") or {}
+    failing = sorted(k for k in kinds if k in FAIL_ON_ANOMALY_KINDS)
+    if failing:
+        out.append(f"raised: {', '.join(failing)}")
+    return out
+
+
+def verdict(s: dict[str, Any]) -> dict[str, Any]:
+    """PASS (exit 0): the run is complete and every threshold, SLO and
+    invariant held, cleanup removed everything and no failing anomaly was
+    raised. FAIL (1): any of those broke, or a final verify() could not run.
+    INCOMPLETE (1): the recording has no end record (a killed run), or the run
+    ended in an error. ERROR (2): the run never started on bad input. A watch
+    is judged by the systems it watched (anomalies), never by an SLO.
+    Returns {verdict, exit_code, why (one line), reasons}."""
+    end_error = s.get("error")
+    watching = (s.get("load") or {}).get("mode") == "watch"
+    reasons = [] if watching else _reasons_run(s)
+    reasons += _reasons_common(s)
+    if watching:
+        kinds = s.get("anomaly_kinds") or {}
+        bad = sorted(k for k, sev in kinds.items()
+                     if sev in WATCH_FAILS_ON_SEVERITY and k not in FAIL_ON_ANOMALY_KINDS)  # fmt: skip
+        if bad:
+            reasons.append(f"critical: {', '.join(bad)}")
+    if end_error and s.get("exit_code") == 2:
+        name, why = "ERROR", f"the run did not start: {end_error}"
+    elif not s.get("complete"):
+        name = "INCOMPLETE"
+        why = ("the recording has no end record (a killed run): judged up to tick"
+               f" {max(s.get('ticks', 0) - 1, 0)} only")  # fmt: skip
+        if reasons:
+            why += "; " + "; ".join(reasons)
+    elif end_error:
+        name, why = "INCOMPLETE", f"the run ended in an error: {end_error}"
+    elif reasons:
+        name = "FAIL"
+        why = "; ".join(reasons[:3]) + (
+            f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+        )
+    else:
+        name = "PASS"
+        if watching:
+            n = len(s.get("anomaly_kinds") or {})
+            why = f"a watch: nothing failing raised ({n} anomaly kinds seen)" if n else \
+                "a watch: no anomaly raised"  # fmt: skip
+        else:
+            why = "every threshold, SLO and invariant held; cleanup complete"
+    return {"verdict": name, "exit_code": EXIT_CODES[name], "why": why, "reasons": reasons}
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    """The one closing line: `FAIL: SLO broken: ...`."""
+    return f"{v['verdict']}: {v['why']}"
+
+
 def build_summary(rec: Recording) -> dict[str, Any]:
     h = rec.header
     ticks = rec.ticks
@@ -215,11 +321,28 @@ def build_summary(rec: Recording) -> dict[str, Any]:
         "thresholds": {"abort_on": thresholds, "tripped": tripped},
         "slo": slo_verdict(total, h.get("slo")),
         "events": events,
+        # what the verdict reads besides the figures (see verdict())
+        "anomaly_kinds": anomaly_kinds(ticks),
+        "unverified": dict(end.get("unverified") or {}),
+        "leftovers": list(end.get("leftovers") or []),
+        "error": end.get("error"),
     }
     summary["anomalies"] = _section_data(
         "app.detect.report", "anomaly_report_data", ticks, slo=h.get("slo")
     )
+    summary["verdict"] = verdict(summary)
     return summary
+
+
+def anomaly_kinds(ticks: Sequence[Tick]) -> dict[str, str]:
+    """Every anomaly kind raised during the run, with its worst severity."""
+    rank = {"info": 0, "warning": 1, "critical": 2}
+    out: dict[str, str] = {}
+    for t in ticks:
+        for a in t.anomalies:
+            if rank.get(a.severity, 0) >= rank.get(out.get(a.kind, ""), -1):
+                out[a.kind] = a.severity
+    return out
 
 
 def _section_data(module: str, fn: str, ticks: list[Tick], **kwargs: Any) -> Any:
@@ -269,15 +392,16 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     s = summary or build_summary(rec)
     ticks = rec.ticks
     L: list[str] = []
-    verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
-        "tripped"] else "FAIL"  # fmt: skip
+    v = s.get("verdict") or verdict(s)
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
     L.append(
-        f"**{verdict}** · {_ts(s['started'])} · {s['duration_s']:.0f} s · {s['ticks']} ticks"
+        f"**{v['verdict']}** · {_ts(s['started'])} · {s['duration_s']:.0f} s · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
+    L.append("")
+    L.append(f"Verdict: {v['why']}.")
     L.append("")
     t = s["total"]
     L.append(
@@ -379,9 +503,13 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         for name, vs in s["invariants"].items():
             for v in vs[:20]:
                 L.append(f"- **{name}**: {v}")
-    else:
+    if s.get("unverified"):
+        for name, why in s["unverified"].items():
+            L.append(f"- **{name}**: the final `verify()` could not run ({why}): not verified")
+    elif not s["invariants"]:
         L.append("Every scenario's `verify()` held.")
     L.append("")
+    L += cleanup_md(s.get("leftovers") or [])
     L.append("## Thresholds")
     L.append("")
     slo = s["slo"]
@@ -421,6 +549,21 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         L.append("No control events.")
     L.append("")
     return "\n".join(L)
+
+
+def cleanup_md(leftovers: list[dict[str, Any]]) -> list[str]:
+    """The `## Cleanup` section: only when something was left on a target."""
+    if not leftovers:
+        return []
+    L = ["## Cleanup", "", "**Cleanup failed.** What this run left, and how to remove it:", ""]
+    for x in leftovers:
+        L.append(f"- {x['target']}: {x['what']} ({x.get('error') or 'not removed'})")
+        L.append("")
+        L.append("  ```")
+        L += [f"  {c}" for c in x.get("commands", [])]
+        L.append("  ```")
+    L.append("")
+    return L
 
 
 def _num(v: Any) -> str:
