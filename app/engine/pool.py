@@ -128,6 +128,7 @@ class WorkerPool:
         self._shares = [0] * len(self.runs)
         self._rates: list[float] = []
         self._closing = False
+        self._reconcile_soon = False
         self._bg: list[asyncio.Task] = []
         self._events: list[tuple[float, str, str]] = []  # (wall time, kind, note)
 
@@ -242,9 +243,16 @@ class WorkerPool:
             del r.workers[w.index]
         if not w.connected_once and r.needs_pg:
             r.never_connected.add(w.index)
-        # a worker leaving frees capacity: a deferred step-up may proceed
+        # a worker leaving frees capacity: a deferred step-up may proceed; one
+        # reconcile for all the workers leaving together (each is O(workers))
+        if not self._closing and not self._reconcile_soon:
+            self._reconcile_soon = True
+            asyncio.get_running_loop().call_soon(self._deferred_reconcile)
+
+    def _deferred_reconcile(self) -> None:
+        self._reconcile_soon = False
         if not self._closing:
-            asyncio.get_running_loop().call_soon(self.reconcile)
+            self.reconcile()
 
     async def _connect(self, r: ScenarioRun, w: _Worker) -> bool:
         import asyncpg
@@ -282,14 +290,23 @@ class WorkerPool:
                     # a run() that never suspends (pure CPU, or failing before its
                     # first await) would otherwise starve the loop: no tick, no stop
                     await asyncio.sleep(0)
-                if backoff:
-                    await asyncio.sleep(backoff)
-                    if w.stopping:
-                        break
                 need_conn = r.needs_pg and (ctx.conn is None or ctx.conn.is_closed())
-                if need_conn and not await self._connect(r, w):
-                    backoff = min(max(backoff * 2, 0.05), 1.0)
-                    continue
+                if backoff or need_conn:
+                    # no operation in flight while backing off or connecting: a
+                    # stopping pool cancels such a worker at once, not after the
+                    # drain (10,000 workers connecting must not hold up shutdown)
+                    w.idle = True
+                    try:
+                        if backoff:
+                            await asyncio.sleep(backoff)
+                        if w.stopping:
+                            break
+                        connected = not need_conn or await self._connect(r, w)
+                    finally:
+                        w.idle = False
+                    if not connected:
+                        backoff = min(max(backoff * 2, 0.05), 1.0)
+                        continue
                 if r.queue is not None and self.mode == "rate":
                     w.idle = True
                     try:
