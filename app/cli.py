@@ -77,7 +77,8 @@ def _quiet_logging() -> None:
 
 def _value_options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
     """(options that take one value, every option string), over all commands."""
-    takes, every = set(), set()
+    takes: set[str] = set()
+    every: set[str] = set()
     for p in [parser, *_subparsers(parser)]:
         for a in p._actions:
             every.update(a.option_strings)

@@ -211,11 +211,13 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         if self.tmp is None:
             self._init()
-        opts = [f"-h {self.host}", f"-p {self.port}", f"-k {self.tmp}"]
+        tmp = self.tmp
+        assert tmp is not None  # _init made it
+        opts = [f"-h {self.host}", f"-p {self.port}", f"-k {tmp}"]
         opts += [f"-c {k}={v}" for k, v in self.settings.items()]
         self._run(
             [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
-             "-l", str(self.tmp / "postgres.log"), "-o", " ".join(opts), "start"]
+             "-l", str(tmp / "postgres.log"), "-o", " ".join(opts), "start"]
         )  # fmt: skip
         if not _wait_port(self.host, self.port, 20):
             raise EmbeddedError(f"embedded PostgreSQL did not listen on port {self.port}")
@@ -238,6 +240,10 @@ class EmbeddedPostgres:
             ensure_prefix_permissions(self.bin)
             ensure_folder_permissions(self.bin, 0o055)
             ensure_folder_permissions(self.bin.parent / "lib", 0o044)
+            if entry is None:
+                raise EmbeddedError(
+                    f"cannot create the system user {self.user!r} to run PostgreSQL"
+                )
             os.chown(self.tmp, entry.pw_uid, entry.pw_gid)
         self._run(
             [str(self.bin / "initdb"), "-D", str(self.pgdata), "--auth=trust",

@@ -54,7 +54,7 @@ def parse_headers(name: str, raw: str) -> dict[str, str]:
     if raw.startswith("{"):
         try:
             data = json.loads(raw)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             raise ScenarioError(f"{name}: -p headers is not valid JSON: {e.msg}") from None
         if not isinstance(data, dict):
             raise ScenarioError(f"{name}: -p headers must be a JSON object")
@@ -89,7 +89,7 @@ def _check_json(raw: str) -> str | None:
         return None
     try:
         json.loads(raw)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         return f"body is not valid JSON ({e.msg}): give a JSON document, e.g. -p body='{{}}'"
     return None
 
@@ -182,7 +182,7 @@ class HttpRequest(Scenario):
         if body_raw:
             try:
                 json.loads(body_raw)
-            except ValueError as e:
+            except json.JSONDecodeError as e:
                 raise ScenarioError(f"{self.name}: -p body is not valid JSON: {e.msg}") from None
             body = body_raw.encode()
             if not any(k.lower() == "content-type" for k in headers):

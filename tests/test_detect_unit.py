@@ -23,6 +23,8 @@ def test_every_issue_kind_is_registered() -> None:
         "idle-in-transaction-blocker", "long-transaction", "connection-saturation",
         "redis-lock", "queue-backlog", "redis-pressure", "pod", "capacity-knee",
         "invariant", "generator-saturated",
+        # issue 11: queues and locks you can trust
+        "queue-stuck", "consumers-gone", "queue-pending", "lock-takeover",
     }  # fmt: skip
     assert wanted == set(KINDS)
     assert set(build_detectors(None).kinds) == wanted
@@ -436,11 +438,33 @@ def test_queue_backlog_growth_and_drain() -> None:
                                     blocked_clients=0, connected_clients=7)))  # fmt: skip
         i += 1
     a = r.of("queue-backlog")[0]
+    # server-wide blocked clients are indirect evidence (issue 11: an unrelated client
+    # on another database must not make it critical)
+    assert a.evidence["consumers_gone"] and a.severity == "warning"
+    cons = {"kind": "blocked", "count": 3, "evidence": "direct"}
+    # evidence about THIS queue's database: blocked pops drop to none AND its clients
+    # disconnect (busy consumers are not blocked either, but they stay connected)
+    for n, conns in ((3, 10), (3, 10), (0, 7), (0, 7)):
+        depth += 40
+        q = {"name": "jobs", "depth": depth,
+             "consumers": {**cons, "count": n, "db_clients": conns}}  # fmt: skip
+        r.feed(tick(i, readings=_rd(i, queues=[q])))
+        i += 1
+    a = r.of("queue-backlog")[0]
     assert a.evidence["consumers_gone"] and a.severity == "critical"
-    for _ in range(10):
+    for _ in range(10):  # growth stopped, nobody consumes: the backlog stays raised
+        act = r.feed(tick(i, readings=_rd(i, queues=[{"name": "jobs", "depth": depth}])))
+        assert any(a.kind == "queue-backlog" for a in act), f"cleared at tick {i}"
+        i += 1
+    flat_end = i
+    while depth > 0:  # drained fast: then it clears
+        depth = max(0, depth - 300)
         r.feed(tick(i, readings=_rd(i, queues=[{"name": "jobs", "depth": depth}])))
         i += 1
-    assert r.first_cleared("queue-backlog") is not None
+    for _ in range(4):
+        r.feed(tick(i, readings=_rd(i, queues=[{"name": "jobs", "depth": 0}])))
+        i += 1
+    assert any(a.kind == "queue-backlog" for c in r.cleared[flat_end:] for a in c)
 
 
 def test_queue_noise_above_floor_is_not_a_backlog() -> None:

@@ -67,16 +67,18 @@ async def test_locks_with_and_without_ttl(r: aioredis.Redis, redis_url: str, run
             f"lock:orders:{run_id}", f"inventory:{run_id}:lock", f"lock:report:{run_id}",
             f"lock:big:{run_id}",
         }  # fmt: skip
-        assert locks[f"lock:big:{run_id}"]["holder"] == "x" * 15 + "…"
+        # holders are read whole up to 256 bytes (issue 11: host and pid must survive)
+        assert locks[f"lock:big:{run_id}"]["holder"] == "x" * 256
+        assert locks[f"lock:big:{run_id}"]["holder_truncated"] is True
         t1 = with_ttl.local.token.decode()
         a = locks[f"lock:orders:{run_id}"]
-        assert a["holder"] == t1[:15] + "…"
+        assert a["holder"] == t1 and "holder_truncated" not in a
         assert 25_000 < a["pttl_ms"] <= 30_000 and a["no_ttl"] is False
         b = locks[f"inventory:{run_id}:lock"]
         assert b["pttl_ms"] is None and b["no_ttl"] is True
         assert 0 <= a["token_age_s"] < 5  # read from redis-py's uuid1 token
         assert "token_age_s" not in locks[f"lock:report:{run_id}"]  # not a uuid1 token
-        assert locks[f"lock:report:{run_id}"]["holder"] == "Zm9vYmFyYmF6cXV…"
+        assert locks[f"lock:report:{run_id}"]["holder"] == "Zm9vYmFyYmF6cXV4MTIzNDU2"
 
         await asyncio.sleep(0.4)
         r2 = await run_poll(probe)
@@ -92,7 +94,7 @@ async def test_locks_with_and_without_ttl(r: aioredis.Redis, redis_url: str, run
         locks = by_key(r3.data, run_id)
         assert f"inventory:{run_id}:lock" not in locks
         a = locks[f"lock:orders:{run_id}"]
-        assert a["holder"] == other.local.token.decode()[:15] + "…"
+        assert a["holder"] == other.local.token.decode()
         assert a["age_s"] < 0.3
         await other.release()
     finally:
@@ -195,11 +197,12 @@ async def test_queue_layouts(r: aioredis.Redis, redis_url: str, run_id: str) -> 
 
         s = queue(d, "sidekiq", sq)
         assert (s["depth"], s["in_flight"]) == (5, 2)
-        assert s["failed"] >= 2
+        assert s["failed"] >= 1 and s["retry"] >= 1  # dead is failed; retry is its own figure
         assert 19 <= s["oldest_age_s"] <= 30
 
         b = queue(d, "bullmq", bq)
-        assert (b["depth"], b["in_flight"], b["failed"]) == (5, 1, 1)  # 3 wait + 1 prio + 1 delayed
+        # 3 wait + 1 prioritized; the job delayed a minute is scheduled, not backlog (issue 11)
+        assert (b["depth"], b["in_flight"], b["failed"], b["scheduled"]) == (4, 1, 1, 1)
         assert 11 <= b["oldest_age_s"] <= 25
         assert not any(x["name"] == f"bull:{bq}:events" for x in d["queues"])
         assert any(lk["key"] == f"bull:{bq}:6:lock" for lk in d["locks"])  # job lock
@@ -219,7 +222,7 @@ async def test_queue_layouts(r: aioredis.Redis, redis_url: str, run_id: str) -> 
         assert queue(d1, "rq", f"rq:{sq}")["depth"] == 1
         await r.srem("rq:queues", f"rq:queue:{sq}")
         await r.delete(f"rq:queue:{sq}")
-        probe._rq.discard(sq)
+        probe.queues.rq.discard(sq)
 
         # growth shows on the next poll
         await r.rpush(f"rq:queue:{rq}", f"{run_id}-5")

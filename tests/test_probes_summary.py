@@ -191,3 +191,20 @@ async def test_readings_use_only_the_schema_keys(pg_dsn: str, redis_url: str, ru
         await r.delete(f"lock:schema:{run_id}", f"stream:{run_id}", f"rq:queue:schema{run_id}")
         await r.srem("rq:queues", f"rq:queue:schema{run_id}")
         await r.aclose()
+
+
+def test_report_queue_table_has_age_and_consumption_and_holders_whole() -> None:
+    holder = "worker-host-42:pid-7731:6f1c0e4a9b2d4c3e8f7a6b5c4d3e2f1a"
+    ticks = []
+    for i in range(4):
+        r = rd(1000 + i, ops=10, depth=100 + 50 * i,
+               locks=[{"key": "lock:pay", "holder": holder, "age_s": float(i), "pttl_ms": 500}])  # fmt: skip
+        q = dict(r.data["queues"][0], oldest_age_s=30.0 + i, consumed_per_s=0.0 if i else None)
+        data = dict(r.data, queues=[q], hints=["1 key(s) look like queues or locks but ..."])
+        ticks.append(tick(i, 4, {"redis": Reading("redis", r.t, True, 2.0, data)}))
+    md = probe_report_section(ticks)
+    assert "oldest age (peak)" in md and "consumed /s (mean)" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| `emails`"))
+    assert row.rstrip().endswith("| 33.0 s | 0.0 |"), row
+    assert holder in md  # whole, not cut to 20 characters
+    assert "look like queues or locks" in md

@@ -4,11 +4,10 @@ output, and the target options `run` and `watch` both take."""
 from __future__ import annotations
 
 import argparse
-import errno
-import os
 import sys
 from typing import Protocol
 
+from app.frontends.streams import silence_stdout, stdout_gone
 from app.session.config import UsageError, fail
 
 __all__ = [
@@ -76,24 +75,3 @@ def add_targets(p: argparse.ArgumentParser) -> None:
                    " or disabled=KIND,KIND; also [detect] in loadtop.toml")  # fmt: skip
     d.add_argument("--slo", metavar="p95=500ms,p99=1s,errors=0.1%",
                    help="the SLO the report's verdict and the slo-breach detector use")  # fmt: skip
-
-
-def stdout_gone(e: BaseException) -> bool:
-    """A write failed because the reader of stdout left (a closed pipe, a
-    hung-up terminal)."""
-    return isinstance(e, BrokenPipeError) or (
-        isinstance(e, OSError) and e.errno in (errno.EPIPE, errno.EIO, errno.ENXIO)
-    )
-
-
-def silence_stdout(stderr: bool = False) -> None:
-    """Send the rest of stdout (and stderr too when asked), and the
-    interpreter's final flush, to /dev/null instead of a BrokenPipeError (or
-    exit status 120) at exit."""
-    for stream in (sys.stdout, sys.stderr) if stderr else (sys.stdout,):
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass

@@ -12,7 +12,8 @@ import contextlib
 import signal
 from collections.abc import Callable
 
-from app.commands.base import silence_stdout, stdout_gone
+from app.detect.news import AnomalyNews
+from app.frontends.streams import silence_stdout, stdout_gone
 from app.probes.summary import format_reading_line
 from app.session.runner import Outcome, RunConfig, Session, print_outcome, run_sync
 from app.targets import Redactor
@@ -26,7 +27,7 @@ def headless_printer(cfg: RunConfig) -> Callable[[Tick], None]:
     def fmt_ms(v: float) -> str:
         return f"{v:.1f}ms" if v < 100 else f"{v:.0f}ms"
 
-    shown: set[str] = set()
+    news = AnomalyNews()  # raised, escalated or materially changed: a line each
 
     def line(tick: Tick) -> None:
         lat = tick.latency()
@@ -66,11 +67,10 @@ def headless_printer(cfg: RunConfig) -> Callable[[Tick], None]:
             with contextlib.suppress(Exception):
                 parts.append(format_reading_line(tick.readings))
         for a in tick.anomalies:
-            if a.key not in shown:  # raised in this tick (it may have started earlier)
-                shown.add(a.key)
-                parts.append(f"! {a.kind}: {a.summary}")
+            if (msg := news.news(a)) is not None:
+                parts.append(msg)
         for a in tick.cleared:
-            shown.discard(a.key)
+            news.cleared(a)
             parts.append(f"✓ cleared {a.kind}")
         for e in tick.events:
             if e.kind not in ("start",):

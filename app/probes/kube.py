@@ -182,8 +182,8 @@ def load_kubeconfig(context: str | None = None, paths: list[Path] | None = None)
             f"context {name!r} is not in the kubeconfig: pick one of {sorted(contexts)}"
         )
     ctx = contexts[name]
-    cluster, cdir = clusters.get(ctx.get("cluster"), ({}, files[0].parent))
-    user, udir = users.get(ctx.get("user"), ({}, files[0].parent))
+    cluster, cdir = clusters.get(ctx.get("cluster") or "", ({}, files[0].parent))
+    user, udir = users.get(ctx.get("user") or "", ({}, files[0].parent))
     if not cluster.get("server"):
         raise ProbeError(f"cluster of context {name!r} has no server: fix the kubeconfig")
     unsupported = [k for k in ("auth-provider", "username", "password") if user.get(k)]
@@ -262,7 +262,33 @@ def _parse_time(s: str) -> float:
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-class KubeClient:
+class _Paged:
+    """Paging over a list endpoint, for any client with an authenticated `get`."""
+
+    async def get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        raise NotImplementedError
+
+    async def list_items(
+        self, path: str, params: dict[str, str] | None = None, *, page: int = 500, pages: int = 20
+    ) -> tuple[httpx.Response, list[dict[str, Any]]]:
+        """A list endpoint, page by page (`limit` / `continue`). Returns the last
+        response (a non-200 one as soon as it comes) and every item."""
+        items: list[dict[str, Any]] = []
+        q = {**(params or {}), "limit": str(page)}
+        for _ in range(pages):
+            resp = await self.get(path, q)
+            if resp.status_code != 200:
+                return resp, []
+            body = resp.json()
+            items += body.get("items") or []
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                break
+            q = {**q, "continue": token}
+        return resp, items
+
+
+class KubeClient(_Paged):
     """Authenticated GETs against one API server."""
 
     def __init__(self, cfg: KubeConfig, *, timeout: float = 5.0) -> None:
@@ -380,25 +406,6 @@ class KubeClient:
             resp = await self._http.get(path, params=params, headers=headers, extensions=extensions)
         return resp
 
-    async def list_items(
-        self, path: str, params: dict[str, str] | None = None, *, page: int = 500, pages: int = 20
-    ) -> tuple[httpx.Response, list[dict[str, Any]]]:
-        """A list endpoint, page by page (`limit` / `continue`). Returns the last
-        response (a non-200 one as soon as it comes) and every item."""
-        items: list[dict[str, Any]] = []
-        q = {**(params or {}), "limit": str(page)}
-        for _ in range(pages):
-            resp = await self.get(path, q)
-            if resp.status_code != 200:
-                return resp, []
-            body = resp.json()
-            items += body.get("items") or []
-            token = (body.get("metadata") or {}).get("continue")
-            if not token:
-                break
-            q = {**q, "continue": token}
-        return resp, items
-
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
@@ -408,7 +415,7 @@ class KubeClient:
             self._tmp = None
 
 
-class KubectlClient:
+class KubectlClient(_Paged):
     """The same GETs through `kubectl get --raw`, for credentials only kubectl
     understands. Slower (a process per request) but complete."""
 
@@ -449,8 +456,6 @@ class KubectlClient:
                 code = status
                 break
         return httpx.Response(code, content=text.encode())
-
-    list_items = KubeClient.list_items
 
     async def close(self) -> None:
         pass

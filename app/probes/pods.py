@@ -114,7 +114,9 @@ class KubernetesPodsProbe(Probe):
     async def _kube(self) -> KubeClient | KubectlClient:
         if self._client is None:
             try:
-                cfg = self._config or await asyncio.to_thread(auto_config, self.context)
+                cfg = self._config
+                if cfg is None:
+                    cfg = await asyncio.to_thread(auto_config, self.context)
             except KubectlNeeded as e:
                 kubectl = shutil.which("kubectl")
                 if kubectl is None:
@@ -130,6 +132,8 @@ class KubernetesPodsProbe(Probe):
         kube = await self._kube()
         ns = self.namespace or kube.cfg.namespace
         params = {"labelSelector": self.selector} if self.selector else None
+        pods_l: tuple[httpx.Response, list[dict[str, Any]]] | BaseException
+        metrics_l: tuple[httpx.Response, list[dict[str, Any]]] | BaseException
         pods_l, metrics_l = await asyncio.gather(
             kube.list_items(f"/api/v1/namespaces/{ns}/pods", params, page=self.page_size),
             kube.list_items(
@@ -142,27 +146,28 @@ class KubernetesPodsProbe(Probe):
         pods_r, pod_items = pods_l
         if pods_r.status_code != 200:
             raise ProbeError(_api_error(pods_r, "pods", ns))
-        metrics_r = metrics_l if isinstance(metrics_l, BaseException) else metrics_l[0]
         data: dict[str, Any] = {"source": "kubernetes", "namespace": ns}
         metrics = None
-        if isinstance(metrics_r, BaseException):
-            data["warning"] = f"pod metrics unavailable ({describe_exception('pods', metrics_r)})"
-        elif metrics_r.status_code == 200:
-            metrics = {"items": metrics_l[1]}  # type: ignore[index]
-        elif metrics_r.status_code in (404, 503):
-            data["warning"] = (
-                f"metrics.k8s.io is not available (HTTP {metrics_r.status_code}): install "
-                "metrics-server; CPU and memory are not shown"
-            )
-        elif metrics_r.status_code == 403:
-            data["warning"] = (
-                f"forbidden (HTTP 403) to read pod metrics in namespace {ns}: grant get,list on "
-                "pods in the metrics.k8s.io API group; CPU and memory are not shown"
-            )
+        if isinstance(metrics_l, BaseException):
+            data["warning"] = f"pod metrics unavailable ({describe_exception('pods', metrics_l)})"
         else:
-            data["warning"] = (
-                f"pod metrics: HTTP {metrics_r.status_code}; CPU and memory are not shown"
-            )
+            metrics_r, metric_items = metrics_l
+            if metrics_r.status_code == 200:
+                metrics = {"items": metric_items}
+            elif metrics_r.status_code in (404, 503):
+                data["warning"] = (
+                    f"metrics.k8s.io is not available (HTTP {metrics_r.status_code}): install "
+                    "metrics-server; CPU and memory are not shown"
+                )
+            elif metrics_r.status_code == 403:
+                data["warning"] = (
+                    f"forbidden (HTTP 403) to read pod metrics in namespace {ns}: grant get,list on "
+                    "pods in the metrics.k8s.io API group; CPU and memory are not shown"
+                )
+            else:
+                data["warning"] = (
+                    f"pod metrics: HTTP {metrics_r.status_code}; CPU and memory are not shown"
+                )
         data["containers"] = merge_pods({"items": pod_items}, metrics)
         if self.selector:
             data["selector"] = self.selector

@@ -7,14 +7,18 @@ LRU age), a handful of round trips per poll:
 - discovery: SCAN with COUNT 500 (never KEYS), a bounded number of calls per
   poll, resumed on the next poll, so a large keyspace costs the same per poll
   as a small one (a small one is swept completely every poll). One cursor
-  classifies key names (lock patterns, queue patterns, Celery/RQ/Sidekiq/BullMQ
-  layouts); a second one (`TYPE stream`) finds streams. Keys once found are
-  re-read every poll until they are gone.
-- INFO figures, SLOWLOG entries new since the last poll, LATENCY LATEST.
-- lock keys: value (the holder's token, shortened) and PTTL; the hold age is
-  the time since this (key, value) pair was first seen.
-- queues: depth, in flight, failed, oldest item's age where the layout stores
-  it, and for streams each consumer group's pending and lag.
+  classifies key names (lock patterns, queue patterns, library layouts); three
+  more (`TYPE list|zset|stream`) find queues by what their keys are
+  (app/probes/redis_queues.py). Keys once found are re-read every poll until
+  they are gone.
+- INFO figures, SLOWLOG entries new since the last poll, LATENCY LATEST,
+  CLIENT LIST (clients blocked in a pop on this database, client names).
+- lock keys: value (the holder, whole up to 256 bytes) and PTTL; the hold age
+  is the time since this (key, value) pair was first seen. Locks about to
+  expire are watched every 50 ms for a takeover (app/probes/redis_locks.py).
+- queues: depth (ready items), scheduled, in flight, failed, retry, the oldest
+  ready item's age where the layout stores a time, the consumption rate
+  measured between polls, and evidence about the queue's consumers.
 
 Figures leave the probe out: its connection, its commands and its slow-log
 entries. The data's shape is `RedisReading` in `app.probes.schema`.
@@ -24,12 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,31 +41,26 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from app.probes.base import PROBE_APP_NAME, Probe, describe_exception
-from app.probes.schema import RedisLock, RedisQueue
+from app.probes.redis_locks import LockWatch, keyspace_expired_on
+from app.probes.redis_queues import (
+    KOMBU_SEP,
+    KOMBU_SYSTEM_EXCHANGES,
+    MAX_QUEUES,
+    QueueFinder,
+    _Batch,
+    _s,
+    parse_client_list,
+)
+from app.probes.schema import RedisLock
 
-DEFAULT_LOCK_PATTERNS = ("lock:*", "*:lock", "*:lock:*", "locks:*")
+DEFAULT_LOCK_PATTERNS = ("lock:*", "*:lock", "*:lock:*", "locks:*", "redlock:*")
 SCAN_COUNT = 500
 SCAN_CALLS_PER_POLL = 8
 MAX_LOCK_KEYS = 200
-MAX_QUEUES = 100
-HOLDER_CHARS = 16
-TOKEN_BYTES = 128
+HOLDER_BYTES = 256  # a holder is read (and recorded) up to this many bytes
 UUID1_EPOCH = 0x01B21DD213814000  # 100-ns intervals from 1582-10-15 to 1970-01-01
 CONFIG_EVERY_S = 30.0
 IRRELEVANT_CACHE = 200_000  # key names known to match nothing (cleared when full)
-FORGET_EMPTY_S = 60.0  # a drained queue shows depth 0 this long, then is forgotten
-
-KOMBU_SEP = "\x06\x16"
-KOMBU_PRIORITIES = ("", "3", "6", "9")
-BULL_SUFFIXES = (
-    "wait", "paused", "active", "meta", "prioritized", "delayed", "failed", "completed",
-    "id", "events", "marker", "stalled", "stalled-check", "waiting-children", "limiter",
-    "repeat", "pc", "de",
-)  # fmt: skip
-_BULL_RE = re.compile(
-    rf"^(?P<prefix>[^:]+):(?P<q>.+):(?:{'|'.join(map(re.escape, BULL_SUFFIXES))})$"
-)
-_RQ_RE = re.compile(r"^rq:queue:(?P<q>.+)$")
 
 
 def glob_regex(patterns: Sequence[str]) -> re.Pattern[str]:
@@ -107,42 +104,20 @@ def redis_target(url: str) -> str:
         return "the configured server"
 
 
-def shorten(token: str, n: int = HOLDER_CHARS) -> str:
-    return token if len(token) <= n else token[: n - 1] + "…"
-
-
-def _s(b: Any) -> str:
-    if isinstance(b, bytes):
-        return b.decode("utf-8", "backslashreplace")
-    return "" if b is None else str(b)
-
-
-def _int(x: Any) -> int:
-    return x if isinstance(x, int) and not isinstance(x, bool) else 0
-
-
-class _Batch:
-    """A pipeline whose replies are read back by the index `add` returned."""
-
-    def __init__(self, r: aioredis.Redis) -> None:
-        self.pipe = r.pipeline(transaction=False)
-        self.n = 0
-        self.res: list[Any] = []
-
-    def add(self, *args: Any) -> int:
-        self.pipe.execute_command(*args)
-        self.n += 1
-        return self.n - 1
-
-    async def run(self) -> list[Any]:
-        self.res = await self.pipe.execute(raise_on_error=False) if self.n else []
-        return self.res
-
-    def get(self, i: int | None, default: Any = None) -> Any:
-        if i is None:
-            return default
-        v = self.res[i]
-        return default if isinstance(v, Exception) else v
+def redis_db(url: str) -> int:
+    """The database number in a redis:// URL (path or ?db=), 0 by default."""
+    try:
+        u = urlsplit(url)
+        path = (u.path or "/").strip("/")
+        if path.isdigit():
+            return int(path)
+        for part in (u.query or "").split("&"):
+            k, _, v = part.partition("=")
+            if k == "db" and v.isdigit():
+                return int(v)
+    except ValueError:
+        pass
+    return 0
 
 
 class RedisProbe(Probe):
@@ -170,25 +145,27 @@ class RedisProbe(Probe):
         self.bullmq_prefixes = tuple(bullmq_prefixes)
         self._lock_re = glob_regex(self.lock_patterns)
         self._queue_re = glob_regex(self.queue_patterns) if self.queue_patterns else None
-        self._bull_starts = tuple(f"{p}:" for p in self.bullmq_prefixes)
         self._irrelevant: set[bytes] = set()
         self._r: aioredis.Redis | None = None
-        self._cursor = 0
-        self._stream_cursor = 0
+        self._cursors = {"names": 0, "list": 0, "zset": 0, "stream": 0}
         self._lock_keys: set[bytes] = set()
-        self._generic: dict[bytes, str | None] = {}  # key -> TYPE (None until known)
-        self._streams: set[bytes] = set()
-        self._generic_alive: dict[bytes, float] = {}  # key -> last seen non-empty
-        self._celery_bindings: set[bytes] = {b"_kombu.binding.celery"}
-        self._rq: set[str] = set()
-        self._sidekiq: set[str] = set()
-        self._bull: set[tuple[str, str]] = set()
+        self._pattern_keys: dict[bytes, str | None] = {}  # user queue patterns -> TYPE
+        # a pattern with no glob character names one key: it is a queue even while empty
+        # (a well-served list has no key most of the time)
+        self._exact = {p.encode() for p in self.queue_patterns if not any(c in p for c in "*?[\\")}
+        for k in self._exact:
+            self._pattern_keys[k] = None
+        self.db = redis_db(url)
+        self.queues = QueueFinder(db=self.db, queue_patterns=self._queue_re,
+                                  bullmq_prefixes=self.bullmq_prefixes)  # fmt: skip
         self._first_seen: dict[bytes, tuple[bytes, float]] = {}  # key -> (token, first seen)
         self._prev: tuple[float, dict[str, int]] | None = None
         self._own_cmds = 0  # commands the probe sent since the last INFO
         self._slowlog_last: int | None = None
         self._config: dict[str, Any] = {}
         self._config_at = 0.0
+        self.watch = LockWatch(url, self.db, PROBE_APP_NAME, HOLDER_BYTES)
+        self._lock_raw: list[tuple[bytes, bytes, int | None]] = []
 
     # ---- connection -------------------------------------------------------------
     async def _client(self) -> aioredis.Redis:
@@ -221,6 +198,7 @@ class RedisProbe(Probe):
                 await asyncio.wait_for(r.aclose(), 2)
 
     async def close(self) -> None:
+        await self.watch.close()
         await self.reset()
 
     def describe(self, exc: BaseException) -> str:
@@ -236,7 +214,10 @@ class RedisProbe(Probe):
         b1 = _Batch(r)
         i_info = b1.add("INFO")
         refresh_config = now_mono - self._config_at > CONFIG_EVERY_S
-        i_cfg = [b1.add("CONFIG GET", k) for k in ("maxclients", "latency-monitor-threshold")]
+        i_cfg = [
+            b1.add("CONFIG GET", k)
+            for k in ("maxclients", "latency-monitor-threshold", "notify-keyspace-events")
+        ]
         if not refresh_config:
             i_cfg = []
         i_slow = b1.add("SLOWLOG GET", 128)
@@ -244,14 +225,16 @@ class RedisProbe(Probe):
         i_rqset = b1.add("SMEMBERS", "rq:queues")
         i_skset = b1.add("SMEMBERS", "queues")
         i_skproc = b1.add("SMEMBERS", "processes")
-        i_bind = {k: b1.add("SMEMBERS", k) for k in sorted(self._celery_bindings)}
-        untyped = [k for k, t in self._generic.items() if t is None][:MAX_QUEUES]
+        qf = self.queues
+        i_bind = {k: b1.add("SMEMBERS", k) for k in sorted(qf.celery_bindings)}
+        untyped = [k for k, t in self._pattern_keys.items() if t is None][:MAX_QUEUES]
+        i_clients = b1.add("CLIENT", "LIST")
         i_type = {k: b1.add("TYPE", k) for k in untyped}
         locks = sorted(self._lock_keys)
         truncated = len(locks) > self.max_lock_keys
         locks = locks[: self.max_lock_keys]
         # GETRANGE, not GET: a token is short, a big value under a lock pattern is not read
-        i_lock = {k: (b1.add("PTTL", k), b1.add("GETRANGE", k, 0, TOKEN_BYTES - 1)) for k in locks}
+        i_lock = {k: (b1.add("PTTL", k), b1.add("GETRANGE", k, 0, HOLDER_BYTES - 1)) for k in locks}
         await b1.run()
         cmds += b1.n
         seen_at = time.time()
@@ -270,98 +253,109 @@ class RedisProbe(Probe):
 
         data: dict[str, Any] = self._info_figures(info, now_mono)
         data["locks"], data["locks_truncated"] = self._locks(b1, i_lock, seen_at), truncated
+        keyspace = keyspace_expired_on(str(self._config.get("notify-keyspace-events", "")))
+        data["keyspace_events"] = keyspace
+        data["takeovers"] = self.watch.drain()
+        self.watch.feed(self._lock_raw, self.interval * 1000.0 + 500.0, keyspace)
+        cmds += self.watch.cmds
+        self.watch.cmds = 0
         data["slowlog"] = self._slowlog(b1.res[i_slow])
         data["latency"] = self._latency(b1.res[i_lat])
 
         # queue layouts
         for m in b1.get(i_rqset, set()) or ():
-            mm = _RQ_RE.match(_s(m))
-            if mm:
-                self._rq.add(mm["q"])
+            if _s(m).startswith("rq:queue:"):
+                qf.rq.add(_s(m)[len("rq:queue:") :])
         # capped: a `queues` or `processes` set of some other application must not
         # turn into thousands of reads per poll
-        self._sidekiq |= set(sorted(_s(m) for m in b1.get(i_skset, set()) or ())[:MAX_QUEUES])
+        qf.sidekiq |= set(sorted(_s(m) for m in b1.get(i_skset, set()) or ())[:MAX_QUEUES])
         processes = sorted(b1.get(i_skproc, set()) or ())[:MAX_QUEUES]
         celery: dict[str, str] = {}  # queue name -> key prefix
         for key, i in i_bind.items():
             members = b1.get(i, set()) or ()
             if not members and key != b"_kombu.binding.celery":
-                self._celery_bindings.discard(key)
-            prefix = _s(key)[: _s(key).index("_kombu.binding.")]
+                qf.celery_bindings.discard(key)
+            prefix, _, exchange = _s(key).partition("_kombu.binding.")
+            if exchange in KOMBU_SYSTEM_EXCHANGES:
+                continue  # pidbox, celeryev and reply queues are Celery's plumbing
             for m in members:
                 parts = _s(m).split(KOMBU_SEP)
-                if len(parts) == 3 and parts[2]:
-                    celery[parts[2]] = prefix
+                q = parts[2] if len(parts) == 3 else ""
+                if q and not q.endswith(".pidbox") and not q.startswith("celeryev."):
+                    celery[q] = prefix
         for k, i in i_type.items():
             t = _s(b1.get(i, b"none"))
             if t in ("list", "zset", "stream"):
-                self._generic[k] = t
+                self._pattern_keys[k] = t
+                qf.note_pattern(k, t)
+            elif k in self._exact:
+                qf.note_pattern(k, "list")  # absent for now: an empty list reads as depth 0
             else:
-                self._generic.pop(k, None)
-
-        queues, cmds2 = await self._queues(r, celery, processes, seen_at)
+                self._pattern_keys.pop(k, None)
+        raw_clients = b1.get(i_clients)
+        clients = (
+            parse_client_list(_s(raw_clients), self.db, PROBE_APP_NAME)
+            if isinstance(raw_clients, bytes | str)
+            else {}
+        )
+        queues, hints, cmds2 = await qf.read(
+            r, celery=celery, sidekiq_processes=processes, clients=clients, now=seen_at
+        )
         cmds += cmds2
         data["queues"] = queues
+        if hints:
+            data["hints"] = [
+                f"{len(hints)} key(s) look like queues or locks but match no known layout or "
+                f"pattern (e.g. {', '.join(hints[:3])}): name them with redis_queue_patterns "
+                f"or redis_lock_patterns in loadtop.toml"
+            ]
+            data["unmatched_keys"] = hints
         self._own_cmds = cmds
         return data
 
     async def _discover(self, r: aioredis.Redis) -> int:
-        """Advance both SCAN cursors (names, and TYPE stream) by at most
-        `scan_calls` steps, the two cursors sharing one round trip per step."""
+        """Advance the four SCAN cursors (all names; TYPE list, zset, stream) by
+        at most `scan_calls` steps, sharing one round trip per step."""
         calls = 0
-        names_done = streams_done = False
+        done = {k: False for k in self._cursors}
         for _ in range(self.scan_calls):
             b = _Batch(r)
-            i_names = None if names_done else b.add("SCAN", self._cursor, "COUNT", SCAN_COUNT)
-            i_streams = (
-                None
-                if streams_done
-                else b.add("SCAN", self._stream_cursor, "COUNT", SCAN_COUNT, "TYPE", "stream")
-            )
+            idx = {}
+            for kind, cur in self._cursors.items():
+                if done[kind]:
+                    continue
+                args = ["SCAN", cur, "COUNT", SCAN_COUNT]
+                if kind != "names":
+                    args += ["TYPE", kind]
+                idx[kind] = b.add(*args)
             res = await b.pipe.execute()  # a SCAN error fails the poll, as it should
-            b.res = res
             calls += b.n
-            if i_names is not None:
-                self._cursor, keys = int(res[i_names][0]), res[i_names][1]
+            for kind, i in idx.items():
+                cur, keys = int(res[i][0]), res[i][1]
+                self._cursors[kind] = cur
                 for k in keys:
-                    self._classify(k)
-                names_done = self._cursor == 0
-            if i_streams is not None:
-                self._stream_cursor, keys = int(res[i_streams][0]), res[i_streams][1]
-                for k in keys:
-                    if not self._bull_match(_s(k)):
-                        self._streams.add(k)
-                streams_done = self._stream_cursor == 0
-            if names_done and streams_done:
+                    if kind == "names":
+                        self._classify(k)
+                    else:
+                        self.queues.note_typed(k, kind)
+                done[kind] = cur == 0
+            if all(done.values()):
                 break
         return calls
-
-    def _bull_match(self, name: str) -> re.Match[str] | None:
-        m = _BULL_RE.match(name)
-        return m if m and m["prefix"] in self.bullmq_prefixes else None
 
     def _classify(self, key: bytes) -> None:
         if key in self._irrelevant:
             return
         name = _s(key)
-        if "_kombu.binding." in name:
-            self._celery_bindings.add(key)
-            return
-        if name.startswith(self._bull_starts):
-            m = self._bull_match(name)
-            if m and ":" not in m["q"]:
-                self._bull.add((m["prefix"], m["q"]))
-                return
-            # BullMQ job locks (bull:<q>:<id>:lock) go on to the lock patterns
-        if name.startswith("rq:queue:"):
-            self._rq.add(name[len("rq:queue:") :])
+        if self.queues.note_name(key):
             return
         if self._lock_re.match(name):
             self._lock_keys.add(key)
             return
         if self._queue_re is not None and self._queue_re.match(name):
-            self._generic.setdefault(key, None)
+            self._pattern_keys.setdefault(key, None)
             return
+        self.queues.note_unmatched(key)
         # a name that matches nothing never will: skip it on the next sweeps
         if len(self._irrelevant) > IRRELEVANT_CACHE:
             self._irrelevant.clear()
@@ -420,6 +414,7 @@ class RedisProbe(Probe):
     # ---- locks ------------------------------------------------------------------
     def _locks(self, b: _Batch, idx: dict[bytes, tuple[int, int]], now: float) -> list[RedisLock]:
         out: list[RedisLock] = []
+        self._lock_raw = []
         for key, (ip, ig) in idx.items():
             pttl, val = b.res[ip], b.res[ig]
             if isinstance(pttl, int) and pttl == -2:  # gone
@@ -434,13 +429,16 @@ class RedisProbe(Probe):
             if prev is None or prev[0] != val:
                 prev = self._first_seen[key] = (val, now)
             p = pttl if isinstance(pttl, int) else None
+            self._lock_raw.append((key, val, p))
             lock: RedisLock = {
                 "key": _s(key),
-                "holder": shorten(_s(val)),
+                "holder": _s(val),  # whole, up to HOLDER_BYTES; screens elide the middle
                 "pttl_ms": None if p is None or p < 0 else p,
                 "age_s": round(now - prev[1], 3),
                 "no_ttl": p == -1,
             }
+            if len(val) >= HOLDER_BYTES:
+                lock["holder_truncated"] = True
             t = uuid1_time(val)
             if t is not None and 0 <= now - t < 7 * 86400:
                 lock["token_age_s"] = round(now - t, 3)
@@ -503,197 +501,6 @@ class RedisProbe(Probe):
                 )
         return out
 
-    # ---- queues -----------------------------------------------------------------
-    async def _queues(
-        self, r: aioredis.Redis, celery: dict[str, str], processes: list[Any], now: float
-    ) -> tuple[list[RedisQueue], int]:
-        b = _Batch(r)
-        plans: list[tuple[RedisQueue, dict[str, Any]]] = []
-        claimed: set[str] = set()
-
-        if celery:
-            prefixes = sorted(set(celery.values()))
-            i_unacked = {p: b.add("HLEN", f"{p}unacked") for p in prefixes}
-            for q, p in sorted(celery.items()):
-                keys = [f"{p}{q}{KOMBU_SEP + pri if pri else ''}" for pri in KOMBU_PRIORITIES]
-                claimed |= set(keys)
-                plans.append(
-                    (
-                        {"name": q, "layout": "celery", "key": f"{p}{q}",
-                         "note": "in flight (unacked) is shared by all Celery queues"},
-                        {"depth": [b.add("LLEN", k) for k in keys], "in_flight": [i_unacked[p]]},
-                    )
-                )  # fmt: skip
-        for q in sorted(self._rq):
-            key = f"rq:queue:{q}"
-            claimed.add(key)
-            plans.append(
-                (
-                    {"name": q, "layout": "rq", "key": key},
-                    {
-                        "depth": [b.add("LLEN", key)],
-                        "in_flight": [b.add("ZCARD", f"rq:wip:{q}")],
-                        "failed": [b.add("ZCARD", f"rq:failed:{q}")],
-                        "head": b.add("LINDEX", key, 0),
-                    },
-                )
-            )
-        if self._sidekiq:
-            i_retry, i_dead = b.add("ZCARD", "retry"), b.add("ZCARD", "dead")
-            for q in sorted(self._sidekiq):
-                key = f"queue:{q}"
-                claimed.add(key)
-                plans.append(
-                    (
-                        {"name": q, "layout": "sidekiq", "key": key,
-                         "note": "in flight (busy) and failed (retry + dead) are shared by all "
-                                 "Sidekiq queues"},
-                        {"depth": [b.add("LLEN", key)], "failed": [i_retry, i_dead],
-                         "head": b.add("LINDEX", key, -1)},
-                    )
-                )  # fmt: skip
-        for prefix, q in sorted(self._bull):
-            base = f"{prefix}:{q}"
-            claimed |= {f"{base}:wait", f"{base}:active", f"{base}:events"}
-            plans.append(
-                (
-                    {"name": q, "layout": "bullmq", "key": base},
-                    {
-                        "depth": [
-                            b.add("LLEN", f"{base}:wait"),
-                            b.add("LLEN", f"{base}:paused"),
-                            b.add("ZCARD", f"{base}:prioritized"),
-                            b.add("ZCARD", f"{base}:delayed"),
-                            b.add("ZCARD", f"{base}:waiting-children"),
-                        ],
-                        "in_flight": [b.add("LLEN", f"{base}:active")],
-                        "failed": [b.add("ZCARD", f"{base}:failed")],
-                        "head": b.add("LINDEX", f"{base}:wait", -1),
-                        "exists": b.add("EXISTS", f"{base}:meta", f"{base}:wait", f"{base}:id"),
-                    },
-                )
-            )
-        streams = set(self._streams)
-        for k, t in self._generic.items():
-            if _s(k) in claimed or t is None:
-                continue
-            if t == "stream":
-                streams.add(k)
-            else:
-                cmd = "LLEN" if t == "list" else "ZCARD"
-                plans.append(
-                    ({"name": _s(k), "layout": t, "key": _s(k)}, {"depth": [b.add(cmd, k)]})
-                )
-        for k in sorted(streams)[:MAX_QUEUES]:
-            plans.append(
-                (
-                    {"name": _s(k), "layout": "stream", "key": _s(k)},
-                    {"length": b.add("XLEN", k), "groups": b.add("XINFO GROUPS", k)},
-                )
-            )
-        if self._sidekiq:
-            i_busy = [b.add("HGET", p, "busy") for p in processes]
-        await b.run()
-        cmds = b.n
-
-        out: list[RedisQueue] = []
-        heads: list[tuple[RedisQueue, str, bytes]] = []
-        busy = sum(int(b.get(i, 0) or 0) for i in i_busy) if self._sidekiq else 0
-        for q, idx in plans:
-            if "exists" in idx and not b.get(idx["exists"], 0):
-                self._bull.discard((q["key"].split(":", 1)[0], q["name"]))
-                continue
-            if "length" in idx:  # stream
-                length = b.get(idx["length"], 0)
-                groups_raw = b.get(idx["groups"], [])
-                if isinstance(b.res[idx["length"]], Exception) or (
-                    length == 0 and isinstance(b.res[idx["groups"]], Exception)
-                ):
-                    self._streams.discard(q["key"].encode())
-                    continue
-                groups = []
-                for g in groups_raw or []:
-                    groups.append(
-                        {
-                            "name": _s(g.get("name")),
-                            "consumers": _int(g.get("consumers")),
-                            "pending": _int(g.get("pending")),
-                            "lag": g.get("lag") if isinstance(g.get("lag"), int) else None,
-                            "last_delivered_id": _s(g.get("last-delivered-id")),
-                        }
-                    )
-                q["length"] = length
-                q["groups"] = groups
-                lags = [g["lag"] for g in groups]
-                q["depth"] = max(lags) if groups and all(x is not None for x in lags) else length
-                q["in_flight"] = sum(g["pending"] for g in groups) if groups else None
-                q["failed"] = None
-                q["oldest_age_s"] = None
-                out.append(q)
-                continue
-            q["depth"] = sum(_int(b.get(i, 0)) for i in idx["depth"])
-            q["in_flight"] = (
-                sum(_int(b.get(i, 0)) for i in idx["in_flight"]) if "in_flight" in idx else None
-            )
-            if q["layout"] == "sidekiq":
-                q["in_flight"] = busy
-            q["failed"] = sum(_int(b.get(i, 0)) for i in idx["failed"]) if "failed" in idx else None
-            q["oldest_age_s"] = None
-            if q["layout"] in ("list", "zset"):
-                k = q["key"].encode()
-                if q["depth"]:
-                    self._generic_alive[k] = now
-                elif now - self._generic_alive.setdefault(k, now) > FORGET_EMPTY_S:
-                    # an empty list or zset no longer exists: forget it after a while
-                    self._generic.pop(k, None)
-                    self._generic_alive.pop(k, None)
-                    continue
-            head = b.get(idx.get("head"))
-            if head:
-                heads.append((q, q["layout"], head))
-            out.append(q)
-
-        cmds += await self._oldest(r, heads, now)
-        # names are what detectors and panes key on: make them unique across layouts
-        count: dict[str, int] = {}
-        for q in out:
-            count[q["name"]] = count.get(q["name"], 0) + 1
-        for q in out:
-            if count[q["name"]] > 1:
-                q["name"] = f"{q['layout']}:{q['name']}"
-        out.sort(key=lambda q: (-(q.get("depth") or 0), q["name"]))
-        return out[:MAX_QUEUES], cmds
-
-    async def _oldest(
-        self, r: aioredis.Redis, heads: list[tuple[RedisQueue, str, bytes]], now: float
-    ) -> int:
-        """Age of each queue's oldest item, where the layout stores an enqueue time."""
-        b = _Batch(r)
-        lookups: list[tuple[RedisQueue, str, int]] = []
-        for q, layout, head in heads:
-            if layout == "sidekiq":
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    ts = float(json.loads(head)["enqueued_at"])
-                    q["oldest_age_s"] = round(max(0.0, now - (ts / 1000 if ts > 1e11 else ts)), 3)
-            elif layout == "rq":
-                lookups.append((q, "rq", b.add("HGET", f"rq:job:{_s(head)}", "enqueued_at")))
-            elif layout == "bullmq":
-                lookups.append((q, "bullmq", b.add("HGET", f"{q['key']}:{_s(head)}", "timestamp")))
-        if not lookups:
-            return 0
-        await b.run()
-        for q, layout, i in lookups:
-            v = b.get(i)
-            if v is None:
-                continue
-            with contextlib.suppress(ValueError, TypeError):
-                if layout == "rq":
-                    ts = datetime.fromisoformat(_s(v).replace("Z", "+00:00")).timestamp()
-                else:
-                    ts = int(v) / 1000.0
-                q["oldest_age_s"] = round(max(0.0, now - ts), 3)
-        return b.n
-
 
 def uuid1_time(token: bytes) -> float | None:
     """The Unix time inside a redis-py Lock token (`uuid1().hex`): when its
@@ -715,8 +522,10 @@ def describe_redis_error(exc: BaseException, target: str) -> str:
         return f"{msg}: check the user and password in the Redis URL for {target}"
     if isinstance(exc, rexc.NoPermissionError) or msg.startswith("NOPERM"):
         return (
-            f"{msg}: allow the probe's ACL user +info +scan +type +get +pttl +llen +zcard +xlen "
-            "+xinfo +smembers +hlen +hget +lindex +slowlog|get +latency|latest +client|setname"
+            f"{msg}: allow the probe's ACL user +info +scan +type +getrange +pttl +llen +lindex "
+            "+lpos +zcard +zcount +zrange +xlen +xinfo +xrange +smembers +scard +hlen +hget "
+            "+hmget +exists +slowlog|get +latency|latest +client|setname +client|list "
+            "+client|no-touch +config|get (and +subscribe on __keyevent@*__:expired)"
         )
     if isinstance(exc, rexc.BusyLoadingError):
         return f"{msg}: {target} is loading its dataset; the probe will retry"

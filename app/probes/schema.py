@@ -72,27 +72,74 @@ class PgReading(TypedDict, total=False):
 
 class RedisLock(TypedDict, total=False):
     key: str
-    holder: str  # the value (token), shortened
+    holder: str  # the value (token), whole up to 256 bytes (changed: was cut to 16
+    #              characters); screens elide it in the middle so host and pid survive
     pttl_ms: int | None  # None = no expiry (PTTL -1)
     age_s: float  # since this (key, holder) pair was first seen
     no_ttl: bool
     # added: for redis-py Lock tokens (uuid1 hex), the time since the acquire attempt
     # began, read from the token itself: an upper bound on the hold, known at first sight
     token_age_s: float
+    holder_truncated: bool  # added: the value is longer than the 256 bytes read
+
+
+class LockTakeover(TypedDict, total=False):
+    """added: a lock key whose holder changed right after its PTTL ran out, seen
+    by the probe's fast watch of locks about to expire (or a keyspace event)."""
+
+    key: str
+    old_holder: str
+    new_holder: str
+    last_pttl_ms: int  # the old holder's PTTL when last seen
+    ttl_ms: int | None  # the new holder's PTTL when first seen (about its lease length)
+    gap_ms: float  # from the old lease's end to the new holder's first sighting
+    at: float  # epoch seconds the new holder was first seen
+    proof: str  # "keyspace-expired" (the server reported the expiry) | "pttl"
+
+
+class QueueConsumers(TypedDict, total=False):
+    """added: evidence about THIS queue's consumers (never server-wide counts)."""
+
+    kind: str  # blocked (a pop waiting on the key's db; a busy consumer is not blocked) |
+    #            named (clients named for the queue, BullMQ) | stream (XINFO CONSUMERS) |
+    #            registry (RQ workers, Sidekiq processes) | polling (arq, dramatiq,
+    #            sorted-set pollers) | unknown
+    count: int | None  # consumers alive now; None = cannot be counted
+    evidence: str  # direct (about this queue) | indirect (about its database or layout)
+    via: str  # where it came from, e.g. "heartbeats", "client name"
+    db: int
+    db_clients: int  # blocked: clients connected to that database (busy ones included)
+    registered: int  # streams: consumers in the groups; RQ: workers registered
+    idle_after_ms: int  # streams: a consumer idle longer than this is not counted
+    note: str
 
 
 class RedisQueue(TypedDict, total=False):
+    """One queue. Postgres queue probes fill the same keys (source="postgres");
+    the queue detectors read the `queues` list of ANY probe's reading."""
+
     name: str  # the key, or the queue's logical name for known layouts
-    layout: str  # list | stream | zset | celery | rq | sidekiq | bullmq
-    depth: int
+    layout: str  # list | stream | zset | celery | rq | sidekiq | bullmq | arq | dramatiq |
+    #              huey (arq, dramatiq, huey added; Postgres layouts use the library's name)
+    depth: int  # ready items only (due, not scheduled for later)
     in_flight: int | None
     failed: int | None
-    groups: list[dict]  # streams: [{name, consumers, pending, lag, last_delivered_id}]
-    oldest_age_s: float | None  # rq, sidekiq, bullmq (from the job's enqueue time)
+    groups: list[dict]  # streams: [{name, consumers, pending, lag, last_delivered_id,
+    #                      entries_read, consumer_list: [{name, pending, idle_ms, inactive_ms}]}]
+    oldest_age_s: float | None  # the oldest READY item's age, for every layout that stores
+    #                             a time (job hashes, message timestamps, stream ids,
+    #                             sorted-set due times); None where none is stored
     # added:
     key: str  # the Redis key (or BullMQ's "<prefix>:<queue>")
-    length: int  # streams: XLEN (depth is the largest group lag, XLEN without groups)
+    length: int  # streams: XLEN (depth is the largest group lag)
     note: str  # e.g. Celery's unacked and Sidekiq's busy/retry/dead are shared by all queues
+    scheduled: int | None  # added: delayed / future items, not backlog (BullMQ delayed,
+    #                        huey schedule, RQ scheduled, dramatiq .DQ, zset scores > now)
+    retry: int | None  # added: waiting to be retried (Sidekiq retry, arq retry)
+    consumed_per_s: float | None  # added: measured consumption rate between two polls
+    #                               (None on the first poll or when it cannot be told)
+    source: str  # added: "redis" (the default when absent) | "postgres"
+    consumers: QueueConsumers  # added
 
 
 class RedisReading(TypedDict, total=False):
@@ -119,6 +166,10 @@ class RedisReading(TypedDict, total=False):
     server: str  # "redis" | "valkey"
     mem_fragmentation_ratio: float | None
     master_link_status: str  # replicas only
+    takeovers: list[LockTakeover]  # added: seen since the previous poll
+    hints: list[str]  # added: keys that look like queues or locks but match nothing
+    unmatched_keys: list[str]  # added: up to 10 of those key names
+    keyspace_events: bool  # added: notify-keyspace-events has Ex, expiries are proof
 
 
 # ---- postgres-native queues (Reading.probe == "pg_queues", app.probes.pg_queues) ----

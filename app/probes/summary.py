@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.probes.redis_locks import elide_middle
 from app.tick import Reading, Tick
 
 SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods", "pg_queues": "pgq"}
@@ -218,7 +219,8 @@ def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
         for key, h in rows[:10]:
             ttl = "**none**" if h["no_ttl"] else "set"
             lines.append(
-                f"| `{_md(key, 60)}` | `{_md(h['holder'], 20)}` | {_secs(h['age'])} | "
+                f"| `{_md(key, 60)}` | `{_md(elide_middle(h['holder'], 80), 80)}` | "
+                f"{_secs(h['age'])} | "
                 f"{len(h['holders'])} | {ttl} |"
             )
         if len(rows) > 10:
@@ -240,8 +242,11 @@ def _queue_lines(rs: list[Reading], before: Reading | None, title: str = "Queues
         lines.append("")
         lines.append(f"{title} (growth from the step's start):")
         lines.append("")
-        lines.append("| queue | layout | peak depth | growth | peak in flight | failed |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(
+            "| queue | layout | peak depth | growth | peak in flight | failed | oldest age "
+            "(peak) | consumed /s (mean) |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
         rows_q = sorted(in_step.items(), key=lambda kv: -max(q.get("depth") or 0 for _, q in kv[1]))
         for (layout, name), samples in rows_q[:10]:
             peak = max(q.get("depth") or 0 for _, q in samples)
@@ -250,12 +255,21 @@ def _queue_lines(rs: list[Reading], before: Reading | None, title: str = "Queues
             rate = f" ({growth / (t1 - t0):+.1f}/s)" if t1 > t0 else ""
             fl = max((q.get("in_flight") or 0) for _, q in samples)
             failed = q1.get("failed")
+            ages = [q["oldest_age_s"] for _, q in samples if q.get("oldest_age_s") is not None]
+            rates = [q["consumed_per_s"] for _, q in samples if q.get("consumed_per_s") is not None]
+            age_txt = _secs(max(ages)) if ages else "n/a"
+            rate_txt = f"{sum(rates) / len(rates):.1f}" if rates else "n/a"
             lines.append(
-                f"| `{_md(name, 50)}` | {layout} | {peak} | {growth:+d}{rate} | {fl} | "
-                f"{'n/a' if failed is None else failed} |"
+                f"| `{_md(elide_middle(str(name), 50), 50)}` | {layout} | {peak} | "
+                f"{growth:+d}{rate} | {fl} | {'n/a' if failed is None else failed} | "
+                f"{age_txt} | {rate_txt} |"
             )
         if len(rows_q) > 10:
-            lines.append(f"| … {len(rows_q) - 10} more | | | | | |")
+            lines.append(f"| … {len(rows_q) - 10} more | | | | | | | |")
+    hints = next((r.data.get("hints") for r in reversed(rs) if r.data.get("hints")), None)
+    if hints:
+        lines.append("")
+        lines += [f"- {_md(h, 300)}" for h in hints]
     return lines
 
 

@@ -145,7 +145,7 @@ def slo_verdict(fig: dict[str, Any], slo: dict[str, float] | None = None) -> dic
 
 # anomaly kinds whose presence at any moment fails a run (and a watch); other
 # branches add theirs (queue-stuck, lock-takeover, consumers-gone, ...)
-FAIL_ON_ANOMALY_KINDS: set[str] = set()
+FAIL_ON_ANOMALY_KINDS: set[str] = {"queue-stuck", "lock-takeover", "consumers-gone"}
 # a watch loads nothing, so no SLO or capacity judges it: the systems do, and
 # an anomaly of one of these severities fails it
 WATCH_FAILS_ON_SEVERITY: set[str] = {"critical"}
@@ -339,7 +339,7 @@ def anomaly_kinds(ticks: Sequence[Tick]) -> dict[str, str]:
     rank = {"info": 0, "warning": 1, "critical": 2}
     out: dict[str, str] = {}
     for t in ticks:
-        for a in t.anomalies:
+        for a in (*t.anomalies, *t.cleared):
             if rank.get(a.severity, 0) >= rank.get(out.get(a.kind, ""), -1):
                 out[a.kind] = a.severity
     return out
@@ -393,6 +393,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     ticks = rec.ticks
     L: list[str] = []
     v = s.get("verdict") or verdict(s)
+    # a stuck queue, a lock taken over after expiry or consumers gone is never a pass
+    failing = sorted(k for k in s.get("anomaly_kinds") or {} if k in FAIL_ON_ANOMALY_KINDS)
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
@@ -400,6 +402,9 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         f"**{v['verdict']}** · {_ts(s['started'])} · {s['duration_s']:.0f} s · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
+    if failing:
+        L.append("")
+        L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
     L.append("")
     L.append(f"Verdict: {v['why']}.")
     L.append("")

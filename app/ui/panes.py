@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from app.probes.redis_locks import elide_middle
 from app.tick import Anomaly, Tick
 from app.ui.timeline import (
     CHANGE_KINDS,
@@ -382,7 +383,19 @@ def short_key(key: str) -> str:
 
 
 class RedisPane(Pane):
-    """Lock holders, queues and an INFO line."""
+    """Lock holders, queues and an INFO line. Fits 100-140 columns: names and
+    holders elide in the middle (elide_middle), so host, pid and the queue's
+    distinguishing tail survive."""
+
+    QUEUE_MAX_W = 34  # queue name (+ layout when it fits)
+    # the columns besides the queue's name: depth 5, trend 8, age 5, in flight 4, failed 4,
+    # and 2 cells of padding each; scheduled and out/s come last and scroll off first
+    QUEUE_FIXED_W = 5 + 8 + 5 + 4 + 4 + 6 * 2
+    LOCK_FIXED_W = 6 + 7 + 4 * 2  # age, pttl (NO TTL when none), padding
+
+    def _avail(self) -> int:
+        w = self.size.width - 2 if self.size.width else 0
+        return w if w >= 40 else 62  # not laid out yet: a 120-column screen's half
 
     def __init__(self) -> None:
         super().__init__("redis", id="redis")
@@ -393,10 +406,10 @@ class RedisPane(Pane):
     def compose(self) -> ComposeResult:
         yield Static("", id="redis-info")
         locks: DataTable = DataTable(id="redis-locks", cursor_type="row")
-        locks.add_columns("lock", "holder", "age", "pttl", "ttl")
+        locks.add_columns("lock", "holder", "age", "pttl")
         yield locks
         q: DataTable = DataTable(id="redis-queues", cursor_type="row")
-        q.add_columns("queue", "depth", "trend", "in flight", "failed")
+        q.add_columns("queue", "depth", "trend", "age", "infl", "fail", "sched", "out/s")
         yield q
 
     def show(self, tick: Tick, tl: Timeline) -> None:
@@ -423,46 +436,75 @@ class RedisPane(Pane):
         rej = d.get("rejected_connections_delta") or 0
         if rej:
             line.append(f"rejected {rej}", style="bold red")
+        unmatched = d.get("unmatched_keys") or []
+        if unmatched:
+            shown = ", ".join(elide_middle(k, 24) for k in unmatched[:2])
+            line.append(
+                f"\n{len(unmatched)} key(s) look like queues/locks but match nothing ({shown}): "
+                "redis_queue_patterns / redis_lock_patterns in loadtop.toml",
+                style="yellow",
+            )
         info.update(line)
         lrows: dict[str, Row] = {}
-        for lk in (d.get("locks") or [])[:30]:
+        shown_locks = (d.get("locks") or [])[:30]
+        room = max(16, self._avail() - self.LOCK_FIXED_W)
+        kl = max((len(short_key(str(lk.get("key")))) for lk in shown_locks), default=0)
+        hl = max((len(str(lk.get("holder") or "")) for lk in shown_locks), default=0)
+        # the holder (host, pid) matters most; short holders leave the key room
+        key_w = max(8, min(kl, max(12, room // 3), room - min(hl, room)))
+        key_w = max(key_w, min(kl, 12))
+        holder_w = max(8, room - key_w)
+        for lk in shown_locks:
             pttl = lk.get("pttl_ms")
             no_ttl = bool(lk.get("no_ttl")) or pttl is None
             lrows[str(lk.get("key"))] = (
-                short_key(str(lk.get("key")))[-40:],
-                str(lk.get("holder") or "")[:24],
+                elide_middle(short_key(str(lk.get("key"))), key_w),
+                elide_middle(str(lk.get("holder") or ""), holder_w),
                 fmt_age(lk.get("age_s")),
-                "-" if pttl is None else f"{pttl}ms",
-                Text("NO TTL", style="bold red") if no_ttl else "ok",
+                Text("NO TTL", style="bold red") if no_ttl else f"{pttl}ms",
             )
         locks = self.query_one("#redis-locks", DataTable)
         sync_table(locks, lrows, self._locks)
         locks.display = bool(lrows)
         qrows: dict[str, Row] = {}
+        name_w = min(self.QUEUE_MAX_W, max(10, self._avail() - self.QUEUE_FIXED_W))
         for q in (d.get("queues") or [])[:30]:
             name = str(q.get("name"))
             depth = int(q.get("depth") or 0)
             hist = self._depths.setdefault(name, deque(maxlen=20))
             hist.append(depth)
-            trend = sparkline([float(x) for x in hist], 10)
+            trend = sparkline([float(x) for x in hist], 6)
             if len(hist) > 1 and hist[-1] > hist[0]:
                 trend_t = Text(f"{trend} ↑", style="yellow")
             elif len(hist) > 1 and hist[-1] < hist[0]:
                 trend_t = Text(f"{trend} ↓", style="green")
             else:
                 trend_t = Text(trend)
-            infl = q.get("in_flight")
-            failed = q.get("failed")
+            layout = str(q.get("layout", ""))
+            short = short_key(name)
+            if len(short) + len(layout) + 3 <= name_w:
+                label = f"{short} ({layout})"
+            else:  # the name matters more than its layout
+                label = elide_middle(short, name_w)
+            age = q.get("oldest_age_s")
+            consumed = q.get("consumed_per_s")
             qrows[name] = (
-                f"{short_key(name)[-30:]} ({q.get('layout', '')})",
+                label,
                 str(depth),
                 trend_t,
-                "-" if infl is None else str(infl),
-                "-" if failed is None else str(failed),
+                "-" if age is None else fmt_age(age),
+                _opt(q.get("in_flight")),
+                _opt(q.get("failed")),
+                _opt(q.get("scheduled")),
+                "-" if consumed is None else fmt_rate(float(consumed)),
             )
         queues = self.query_one("#redis-queues", DataTable)
         sync_table(queues, qrows, self._queues)
         queues.display = bool(qrows)
+
+
+def _opt(v: object) -> str:
+    return "-" if v is None else str(v)
 
 
 class PodsPane(Pane):

@@ -16,7 +16,11 @@ from app.detect.detectors.postgres import (
     LongTransactionDetector,
 )
 from app.detect.detectors.redis import (
+    ConsumersGoneDetector,
+    LockTakeoverDetector,
     QueueBacklogDetector,
+    QueuePendingDetector,
+    QueueStuckDetector,
     RedisLockDetector,
     RedisPressureDetector,
 )
@@ -24,15 +28,19 @@ from app.detect.detectors.redis import (
 __all__ = [
     "CapacityKneeDetector",
     "ConnectionSaturationDetector",
+    "ConsumersGoneDetector",
     "ErrorBurstDetector",
     "GeneratorSaturatedDetector",
     "IdleInTransactionBlockerDetector",
     "InvariantDetector",
     "LatencySpikeDetector",
+    "LockTakeoverDetector",
     "LockWaitChainDetector",
     "LongTransactionDetector",
     "PodDetector",
     "QueueBacklogDetector",
+    "QueuePendingDetector",
+    "QueueStuckDetector",
     "RedisLockDetector",
     "RedisPressureDetector",
     "SloBreachDetector",

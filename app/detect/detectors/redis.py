@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.detect.base import Detector, Finding, Options, TickView, register
 from app.detect.stats import median, slope
@@ -231,7 +232,123 @@ class RedisLockDetector(Detector):
         return out
 
 
-# ---- queue-backlog ---------------------------------------------------------------
+# ---- queues: readings of ANY probe with a `queues` list (Redis, Postgres) ---------
+
+
+def queue_readings(view: TickView) -> Iterable[tuple[str, float, Mapping[str, Any]]]:
+    """(reading name, poll time, data) of every fresh ok reading with a `queues`
+    list: the Redis probe's and the Postgres queue probe's alike."""
+    stale = getattr(view, "_stale", 0.0)
+    for name, r in view.tick.readings.items():
+        if not r.ok or not isinstance(r.data.get("queues"), list):
+            continue
+        if stale > 0 and view.tick.t - r.t > stale:
+            continue
+        yield name, r.t, r.data
+
+
+@dataclass
+class _QSample:
+    t: float
+    depth: int
+    consumed: float | None  # consumed_per_s measured by the probe
+    oldest: float | None
+    in_flight: int | None
+    count: int | None  # consumers alive (evidence about this queue)
+
+
+@dataclass
+class _QHist:
+    samples: deque[_QSample] = field(default_factory=lambda: deque(maxlen=600))
+    last_t: float = -1.0
+    peak: int = 0  # most consumers seen (about this queue)
+    peak_t: float = 0.0
+    peak_clients: int | None = None  # clients on the queue's database at that peak
+    clients: int | None = None  # ... and now
+    consumed_seen_t: float | None = None  # last time anything was consumed
+
+    def add(self, t: float, q: Mapping[str, Any], keep_s: float) -> bool:
+        """Append a fresh sample; False when this reading was seen already."""
+        if t <= self.last_t:
+            return False
+        self.last_t = t
+        cons = q.get("consumers")
+        count = cons.get("count") if isinstance(cons, Mapping) else None
+        count = count if isinstance(count, int) and not isinstance(count, bool) else None
+        consumed = q.get("consumed_per_s")
+        consumed = float(consumed) if isinstance(consumed, int | float) else None
+        oldest = q.get("oldest_age_s")
+        inf = q.get("in_flight")
+        self.samples.append(
+            _QSample(
+                t,
+                int(q.get("depth") or 0),
+                consumed,
+                float(oldest) if isinstance(oldest, int | float) else None,
+                inf if isinstance(inf, int) else None,
+                count,
+            )
+        )
+        dbc = cons.get("db_clients") if isinstance(cons, Mapping) else None
+        self.clients = dbc if isinstance(dbc, int) else None
+        if count is not None and count >= self.peak:
+            self.peak, self.peak_t, self.peak_clients = count, t, self.clients
+        if consumed:
+            self.consumed_seen_t = t
+        while self.samples and t - self.samples[0].t > keep_s:
+            self.samples.popleft()
+        if self.peak and t - self.peak_t > keep_s * 4:  # a peak long ago is forgotten
+            self.peak = max((s.count or 0) for s in self.samples)
+            self.peak_t = t
+        return True
+
+    def gone(self, cons: Any, n: int = 2) -> bool:
+        """Evidence about this queue says its consumers are gone. For blocked-pop
+        evidence a count of 0 is not enough (a busy consumer is not blocked): the
+        database must also have lost clients since the peak, or the last `n`
+        polls must have measured no consumption."""
+        if not isinstance(cons, Mapping) or cons.get("count") != 0:
+            return False
+        if cons.get("kind") != "blocked":
+            return True
+        if self.peak <= 0:
+            return False
+        if (
+            self.clients is not None
+            and self.peak_clients is not None
+            and self.clients <= self.peak_clients - max(1, (self.peak + 1) // 2)
+        ):
+            return True
+        tail = list(self.samples)[-n:]
+        return len(tail) >= n and all(s.consumed == 0 for s in tail)
+
+    def recent(self, t: float, window_s: float) -> list[_QSample]:
+        return [s for s in self.samples if t - s.t <= window_s + 1e-6]
+
+
+def _queues_of(data: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    for q in data.get("queues") or ():
+        if not isinstance(q, Mapping):
+            continue
+        qname = str(q.get("name", ""))
+        if qname and isinstance(q.get("depth"), int):
+            yield qname, q
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "?"
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}min"
+
+
+def _consumers_txt(cons: Any) -> str:
+    if not isinstance(cons, Mapping):
+        return "consumers unknown"
+    kind, count, ev = cons.get("kind"), cons.get("count"), cons.get("evidence")
+    if count is None:
+        return f"consumers: {kind} ({ev} evidence)"
+    via = f" via {cons['via']}" if cons.get("via") else ""
+    return f"{count} consumer(s) {kind}{via} ({ev} evidence)"
 
 
 @dataclass
@@ -240,6 +357,7 @@ class QueueBacklogOptions(Options):
     floor: int = 100  # depth below this is never a backlog
     min_growth_per_s: float = 1.0  # slope above this (items per second)
     min_samples: int = 3
+    max_drain_s: float = 60.0  # a raised backlog stays while it would take longer to drain
 
 
 @dataclass
@@ -249,11 +367,13 @@ class _Queue:
     layout: str = ""
     growth: float = 0.0  # least-squares slope over the window
     short: float = 0.0  # slope of the last few samples
+    hist: _QHist = field(default_factory=_QHist)
 
 
 @register
 class QueueBacklogDetector(Detector):
-    """Depth growing (arrivals above service), and consumers gone."""
+    """Depth growing (arrivals above service); stays raised while the backlog is
+    still high and drains too slowly; says when the consumers are gone."""
 
     kind = "queue-backlog"
     Options = QueueBacklogOptions
@@ -268,43 +388,45 @@ class QueueBacklogDetector(Detector):
         self._blocked: dict[str, deque[tuple[float, int, int | None]]] = {}
         self._last_t: dict[str, float] = {}
 
+    def _legacy_gone(self, name: str, t: float, fresh: bool, data: Mapping[str, Any]) -> bool:
+        """Recordings without per-queue consumer evidence: server-wide blocked
+        clients dropping to 0 and disconnecting (indirect, so a warning only)."""
+        o = self.opt
+        blocked = data.get("blocked_clients")
+        connected = data.get("connected_clients")
+        bl = self._blocked.setdefault(name, deque(maxlen=600))
+        if fresh and isinstance(blocked, int):
+            bl.append((t, blocked, connected if isinstance(connected, int) else None))
+        while bl and t - bl[0][0] > o.window_s:
+            bl.popleft()
+        _, peak, peak_conn = max(bl, key=lambda x: (x[1], x[0]), default=(0, 0, None))
+        return (
+            isinstance(blocked, int)
+            and blocked == 0
+            and peak > 0
+            and (
+                not isinstance(connected, int)
+                or peak_conn is None
+                or connected <= peak_conn - max(1, (peak + 1) // 2)
+            )
+        )
+
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
         o = self.opt
         out = []
-        for name, t, data in view.readings("redis"):
+        for name, t, data in queue_readings(view):
             fresh = t > self._last_t.get(name, -1.0)
             self._last_t[name] = t
-            blocked = data.get("blocked_clients")
-            connected = data.get("connected_clients")
-            bl = self._blocked.setdefault(name, deque(maxlen=600))
-            if fresh and isinstance(blocked, int):
-                bl.append((t, blocked, connected if isinstance(connected, int) else None))
-            while bl and t - bl[0][0] > o.window_s:
-                bl.popleft()
-            # consumers gone: the clients that sat blocked (BRPOP, XREADGROUP) are
-            # not blocked any more AND have disconnected. Busy consumers of a growing
-            # backlog are not blocked either, but they stay connected.
-            _, peak, peak_conn = max(bl, key=lambda x: (x[1], x[0]), default=(0, 0, None))
-            gone = (
-                isinstance(blocked, int)
-                and blocked == 0
-                and peak > 0
-                and (
-                    not isinstance(connected, int)
-                    or peak_conn is None
-                    or connected <= peak_conn - max(1, (peak + 1) // 2)
-                )
-            )
-            for q in data.get("queues") or ():
-                qname, depth = str(q.get("name", "")), q.get("depth")
-                if not qname or not isinstance(depth, int):
-                    continue
+            legacy = self._legacy_gone(name, t, fresh, data)
+            for qname, q in _queues_of(data):
+                depth = int(q["depth"])
                 st = self._q.get((name, qname))
                 if st is None:
                     if len(self._q) >= self.MAX_QUEUES:
                         continue
                     st = self._q[(name, qname)] = _Queue()
                 st.layout = str(q.get("layout", ""))
+                st.hist.add(t, q, o.window_s)
                 if fresh:
                     st.samples.append((t, depth))
                 while st.samples and t - st.samples[0][0] > o.window_s:
@@ -319,42 +441,68 @@ class QueueBacklogDetector(Detector):
                         st.drain_per_s = max(st.drain_per_s, -st.short)
                     st.growth = slope(list(st.samples)) if depth >= o.floor / 2 else 0.0
                 growth, short = st.growth, st.short
-                # a plateau is not growth: the last few samples must still rise
-                if depth < o.floor / 2 or growth <= 0 or short <= 0:
-                    continue
-                growing = depth >= o.floor and growth >= o.min_growth_per_s
-                drain = depth / st.drain_per_s if st.drain_per_s > 0 else None
+                cons = q.get("consumers")
+                if isinstance(cons, Mapping) and isinstance(cons.get("count"), int):
+                    gone = st.hist.gone(cons)
+                    direct = cons.get("evidence") == "direct"
+                else:
+                    gone, direct = legacy, False
+                # measured consumption over the window (None when the probe cannot tell)
+                rates = [s.consumed for s in st.hist.samples if s.consumed is not None]
+                consumed = sum(rates) / len(rates) if rates else None
+                service = consumed if consumed else (st.drain_per_s or None)
+                drain = depth / service if service else None
                 drain_txt = (
-                    f"~{drain:.0f}s to drain if arrivals stopped"
+                    f"~{drain:.0f}s to drain at {service:.1f}/s consumed if arrivals stopped"
                     if drain is not None
+                    else "nothing consumed: it will not drain"
+                    if consumed == 0
                     else "time to drain unknown (never seen draining)"
                 )
+                rising = depth >= o.floor / 2 and growth > 0 and short > 0
+                growing = rising and depth >= o.floor and growth >= o.min_growth_per_s
+                # still high and draining too slowly (net drain from the depth's slope)
+                net_drain = -growth
+                slow = depth >= o.floor and (
+                    net_drain <= 0 or depth / net_drain > o.max_drain_s or consumed == 0
+                )
+                if not rising and not slow:
+                    continue
+                now_rate = max(growth, short)
                 if gone:
                     summary = (
-                        f"queue {qname}: consumers gone (blocked clients {peak} -> 0) while "
-                        f"depth grows +{growth:.1f}/s to {depth}; restart the workers"
+                        f"queue {qname}: consumers gone ({_consumers_txt(cons)}; peak "
+                        f"{st.hist.peak if cons else 'n/a'}) with {depth} waiting; restart the workers"
+                    )
+                elif rising:
+                    summary = (
+                        f"queue {qname} backlog grows +{now_rate:.1f}/s, depth {depth}: arrivals "
+                        f"exceed service; {drain_txt}; add consumers or slow the producers"
                     )
                 else:
                     summary = (
-                        f"queue {qname} backlog grows +{growth:.1f}/s, depth {depth}: arrivals "
-                        f"exceed service; {drain_txt}; add consumers or slow the producers"
+                        f"queue {qname} backlog of {depth} drains too slowly "
+                        f"({net_drain:+.1f}/s net); {drain_txt}"
                     )
                 out.append(
                     Finding(
                         subject=f"{name}:queue:{qname}",
-                        severity="critical" if gone else "warning",
+                        severity="critical" if gone and direct else "warning",
                         summary=summary,
                         evidence={
                             "queue": qname,
                             "layout": st.layout,
+                            "source": q.get("source", "redis"),
                             "depth": depth,
-                            "growth_per_s": round(growth, 2),
+                            # the recent slope when it is steeper: a window that began
+                            # before the surge understates it
+                            "growth_per_s": round(now_rate if rising else growth, 2),
                             "window_s": round(st.samples[-1][0] - st.samples[0][0], 1),
                             "time_to_drain_s": None if drain is None else round(drain, 1),
                             "drain_per_s": round(st.drain_per_s, 2) or None,
-                            "blocked_clients": blocked,
-                            "blocked_clients_peak": peak,
-                            "connected_clients": connected,
+                            "consumed_per_s": None if consumed is None else round(consumed, 2),
+                            "blocked_clients": data.get("blocked_clients"),
+                            "consumers": dict(cons) if isinstance(cons, Mapping) else None,
                             "consumers_gone": gone,
                             "in_flight": q.get("in_flight"),
                             "oldest_age_s": q.get("oldest_age_s"),
@@ -362,6 +510,366 @@ class QueueBacklogDetector(Detector):
                         sustain=not growing,
                     )
                 )
+        return out
+
+
+# ---- queue-stuck -----------------------------------------------------------------
+
+
+@dataclass
+class QueueStuckOptions(Options):
+    floor: int = 10  # ready items at least this many ...
+    window_s: float = 5.0  # ... and nothing consumed for this long
+    min_samples: int = 4
+    age_min_s: float = 10.0  # or the oldest ready item this old and aging with the clock
+    busy_factor: float = 2.0  # consumers busy (in flight > 0): wait this many windows
+
+
+@register
+class QueueStuckDetector(Detector):
+    """A queue with ready items and no consumption, or whose oldest ready item ages
+    with the wall clock; also a queue already stuck when the watch starts."""
+
+    kind = "queue-stuck"
+    Options = QueueStuckOptions
+    raise_ticks = 1
+    clear_ticks = 3
+    opt: QueueStuckOptions
+    MAX_QUEUES = 500
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        self._q: dict[tuple[str, str], _QHist] = {}
+
+    def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+        o = self.opt
+        out = []
+        keep = o.window_s * max(1.0, o.busy_factor) + 1.0
+        for name, t, data in queue_readings(view):
+            for qname, q in _queues_of(data):
+                h = self._q.get((name, qname))
+                if h is None:
+                    if len(self._q) >= self.MAX_QUEUES:
+                        continue
+                    h = self._q[(name, qname)] = _QHist()
+                h.add(t, q, keep)
+                busy = any((s.in_flight or 0) > 0 for s in h.recent(t, o.window_s))
+                window = o.window_s * (o.busy_factor if busy else 1.0)
+                rec = h.recent(t, window)
+                if len(rec) < o.min_samples or rec[-1].t - rec[0].t < window * 0.8 - 0.3:
+                    continue
+                last = rec[-1]
+                idle = all(s.consumed == 0 for s in rec[1:]) and all(
+                    s.depth >= o.floor for s in rec
+                )
+                ages = [s.oldest for s in rec]
+                aging = (
+                    all(a is not None for a in ages)
+                    and last.depth >= 1
+                    and ages[-1] >= o.age_min_s  # type: ignore[operator]
+                    and ages[-1] - ages[0] >= 0.8 * (rec[-1].t - rec[0].t)  # type: ignore[operator]
+                )
+                if not (idle or aging):
+                    continue
+                span = rec[-1].t - rec[0].t
+                why = (
+                    f"nothing consumed for {span:.0f}s"
+                    if idle
+                    else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"  # type: ignore[operator]
+                )
+                old = f", oldest {_fmt_s(last.oldest)}" if last.oldest is not None else ""
+                busy_txt = f", {last.in_flight} in flight" if last.in_flight else ""
+                out.append(
+                    Finding(
+                        subject=f"{name}:queue:{qname}",
+                        severity="critical",
+                        summary=(
+                            f"queue {qname} stuck: {last.depth} ready{old}{busy_txt}, {why}; "
+                            f"{_consumers_txt(q.get('consumers'))}; restart or scale the workers"
+                        ),
+                        evidence={
+                            "queue": qname,
+                            "layout": q.get("layout"),
+                            "source": q.get("source", "redis"),
+                            "depth": last.depth,
+                            "oldest_age_s": last.oldest,
+                            "in_flight": last.in_flight,
+                            "consumed_per_s": last.consumed,
+                            "no_consumption_s": round(span, 1) if idle else None,
+                            "aging": aging,
+                            "consumers": dict(q["consumers"])
+                            if isinstance(q.get("consumers"), Mapping)
+                            else None,
+                        },
+                    )
+                )
+        return out
+
+
+# ---- consumers-gone --------------------------------------------------------------
+
+
+@dataclass
+class ConsumersGoneOptions(Options):
+    window_s: float = 5.0  # polling consumers: nothing consumed this long while items wait
+    min_samples: int = 2
+
+
+@register
+class ConsumersGoneDetector(Detector):
+    """The consumers of THIS queue are gone while items wait: stream consumers
+    idle, no worker registered or heartbeating, no client blocked on the queue's
+    database (indirect: a warning), polling consumers that stopped consuming."""
+
+    kind = "consumers-gone"
+    Options = ConsumersGoneOptions
+    raise_ticks = 1
+    clear_ticks = 3
+    opt: ConsumersGoneOptions
+    MAX_QUEUES = 500
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        self._q: dict[tuple[str, str], _QHist] = {}
+
+    def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+        o = self.opt
+        out = []
+        for name, t, data in queue_readings(view):
+            for qname, q in _queues_of(data):
+                h = self._q.get((name, qname))
+                if h is None:
+                    if len(self._q) >= self.MAX_QUEUES:
+                        continue
+                    h = self._q[(name, qname)] = _QHist()
+                h.add(t, q, 120.0)
+                cons = q.get("consumers")
+                if not isinstance(cons, Mapping):
+                    continue
+                rec = h.recent(t, o.window_s)
+                last = rec[-1]
+                if last.depth <= 0:
+                    continue
+                tail = rec[-o.min_samples :]
+                not_consuming = len(tail) >= o.min_samples and all(not s.consumed for s in tail)
+                count, direct = cons.get("count"), cons.get("evidence") == "direct"
+                severity = None
+                # a busy consumer is not blocked: zero blocked clients means gone only
+                # after some were seen blocked and the database lost clients or nothing
+                # is consumed (_QHist.gone)
+                if isinstance(count, int) and not_consuming and h.gone(cons):
+                    if direct:
+                        severity = "critical"
+                        why = f"no consumer left ({_consumers_txt(cons)}; {h.peak} seen before)"
+                    elif h.peak > 0:
+                        severity = "warning"
+                        why = (
+                            f"clients blocked in a pop on its database went {h.peak} -> 0 "
+                            f"(indirect: the server does not say which key they waited on)"
+                        )
+                if severity is None and cons.get("kind") == "polling":
+                    # heartbeats lag (dramatiq's count stays up to 10 s after a kill):
+                    # consumption that stops while items wait says it sooner
+                    span = rec[-1].t - rec[0].t
+                    if (
+                        h.consumed_seen_t is not None
+                        and not last.in_flight  # busy on long jobs is not gone
+                        and len(rec) >= o.min_samples
+                        and span >= o.window_s * 0.8 - 0.3
+                        and all(s.consumed == 0 for s in rec[1:])
+                    ):
+                        severity = "warning"
+                        why = (
+                            f"polling consumers stopped: nothing consumed for {span:.0f}s "
+                            f"(they consumed {t - h.consumed_seen_t:.0f}s ago)"
+                        )
+                if severity is None:
+                    continue
+                out.append(
+                    Finding(
+                        subject=f"{name}:queue:{qname}",
+                        severity=severity,
+                        summary=f"queue {qname}: consumers gone, {last.depth} waiting: {why}; "
+                        f"restart the workers",
+                        evidence={
+                            "queue": qname,
+                            "layout": q.get("layout"),
+                            "source": q.get("source", "redis"),
+                            "depth": last.depth,
+                            "consumers": dict(cons),
+                            "peak_consumers": h.peak,
+                            "consumed_per_s": last.consumed,
+                            "oldest_age_s": last.oldest,
+                        },
+                    )
+                )
+        return out
+
+
+# ---- queue-pending: stream groups that read but do not acknowledge -----------------
+
+
+@dataclass
+class QueuePendingOptions(Options):
+    floor: int = 100  # pending entries at least this many ...
+    min_growth_per_s: float = 1.0  # ... growing this fast over the window
+    window_s: float = 10.0
+    min_samples: int = 4
+    idle_s: float = 30.0  # pending owned by a consumer idle this long
+
+
+@register
+class QueuePendingDetector(Detector):
+    """Stream consumer groups whose pending entries grow (read, never acknowledged)
+    or are owned by consumers idle past a threshold; names group and consumers."""
+
+    kind = "queue-pending"
+    Options = QueuePendingOptions
+    raise_ticks = 1
+    clear_ticks = 3
+    opt: QueuePendingOptions
+    MAX_GROUPS = 500
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        self._g: dict[tuple[str, str, str], deque[tuple[float, int]]] = {}
+
+    def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+        o = self.opt
+        out = []
+        for name, t, data in queue_readings(view):
+            for qname, q in _queues_of(data):
+                for g in q.get("groups") or ():
+                    if not isinstance(g, Mapping):
+                        continue
+                    gname, pending = str(g.get("name", "")), g.get("pending")
+                    if not isinstance(pending, int):
+                        continue
+                    k = (name, qname, gname)
+                    d = self._g.get(k)
+                    if d is None:
+                        if len(self._g) >= self.MAX_GROUPS:
+                            continue
+                        d = self._g[k] = deque(maxlen=600)
+                    if not d or t > d[-1][0]:
+                        d.append((t, pending))
+                    while d and t - d[0][0] > o.window_s:
+                        d.popleft()
+                    problems = []
+                    growth = slope(list(d)) if len(d) >= o.min_samples else 0.0
+                    if pending >= o.floor and growth >= o.min_growth_per_s and d[-1][1] > d[-2][1]:
+                        problems.append(
+                            f"pending entries grow +{growth:.0f}/s to {pending}: consumers read "
+                            f"but do not acknowledge (XACK)"
+                        )
+                    idle_owners = [
+                        c
+                        for c in g.get("consumer_list") or ()
+                        if isinstance(c, Mapping)
+                        and (c.get("pending") or 0) > 0
+                        and (c.get("idle_ms") or 0) >= o.idle_s * 1000
+                    ]
+                    if idle_owners:
+                        names = ", ".join(
+                            f"{c.get('name')} ({c.get('pending')} pending, idle "
+                            f"{(c.get('idle_ms') or 0) / 1000:.0f}s)"
+                            for c in idle_owners[:5]
+                        )
+                        problems.append(
+                            f"{sum(c.get('pending') or 0 for c in idle_owners)} pending owned by "
+                            f"consumers idle > {o.idle_s:.0f}s: {names}; claim them (XAUTOCLAIM)"
+                        )
+                    if not problems:
+                        continue
+                    out.append(
+                        Finding(
+                            subject=f"{name}:queue:{qname}:group:{gname}",
+                            severity="warning",
+                            summary=f"stream {qname} group {gname}: {'; '.join(problems)}",
+                            evidence={
+                                "queue": qname,
+                                "group": gname,
+                                "pending": pending,
+                                "growth_per_s": round(growth, 2),
+                                "idle_consumers": [dict(c) for c in idle_owners[:10]],
+                                "problems": problems,
+                            },
+                        )
+                    )
+        return out
+
+
+# ---- lock-takeover ---------------------------------------------------------------
+
+
+@dataclass
+class LockTakeoverOptions(Options):
+    hold_ticks: int = 10  # a takeover stays raised this many ticks after it was seen
+
+
+@register
+class LockTakeoverDetector(Detector):
+    """A lock whose holder changed right after its PTTL ran out (seen by the
+    probe's fast watch of expiring locks, or proven by a keyspace event): the old
+    holder's lease ended while it may still have been working."""
+
+    kind = "lock-takeover"
+    Options = LockTakeoverOptions
+    raise_ticks = 1
+    clear_ticks = 1
+    opt: LockTakeoverOptions
+    MAX_EVENTS = 256
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        self._events: dict[tuple[str, str], tuple[Mapping[str, Any], int]] = {}
+        self._seen: deque[tuple[str, str, float]] = deque(maxlen=1024)
+
+    def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+        o = self.opt
+        for name, _t, data in view.readings("redis"):
+            for tk in data.get("takeovers") or ():
+                if not isinstance(tk, Mapping) or not tk.get("key"):
+                    continue
+                ident = (name, str(tk["key"]), float(tk.get("at") or 0.0))
+                if ident in self._seen:
+                    continue
+                self._seen.append(ident)
+                self._events[(name, str(tk["key"]))] = (tk, tick.index)
+        for k in [k for k, (_, i) in self._events.items() if tick.index - i >= o.hold_ticks]:
+            del self._events[k]
+        while len(self._events) > self.MAX_EVENTS:
+            del self._events[next(iter(self._events))]
+        out = []
+        for (name, key), (tk, _) in self._events.items():
+            ttl = tk.get("ttl_ms")
+            proof = (
+                "the server reported the expiry"
+                if tk.get("proof") == "keyspace-expired"
+                else f"its last PTTL was {tk.get('last_pttl_ms')} ms"
+            )
+            out.append(
+                Finding(
+                    subject=f"{name}:lock:{key}",
+                    severity="critical",
+                    summary=(
+                        f"lock {key} expired under {tk.get('old_holder')} and was taken by "
+                        f"{tk.get('new_holder')} {max(0.0, float(tk.get('gap_ms') or 0)):.0f} ms "
+                        f"later ({proof}; new TTL {ttl} ms): two holders at once if the old one "
+                        f"still worked; lengthen the TTL, renew it, or fence the writes"
+                    ),
+                    evidence={
+                        "key": key,
+                        "old_holder": tk.get("old_holder"),
+                        "new_holder": tk.get("new_holder"),
+                        "ttl_ms": ttl,
+                        "last_pttl_ms": tk.get("last_pttl_ms"),
+                        "gap_ms": tk.get("gap_ms"),
+                        "proof": tk.get("proof"),
+                        "at": tk.get("at"),
+                    },
+                )
+            )
         return out
 
 
