@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +150,10 @@ FAIL_ON_ANOMALY_KINDS: set[str] = {"queue-stuck", "lock-takeover", "consumers-go
 # an anomaly of one of these severities fails it
 WATCH_FAILS_ON_SEVERITY: set[str] = {"critical"}
 
+# more rules, for a run and a watch alike: each reads the summary and returns
+# the reasons it fails the run ([] when it does not), e.g. server-side errors
+VERDICT_CHECKS: list[Callable[[dict[str, Any]], list[str]]] = []
+
 EXIT_CODES = {"PASS": 0, "FAIL": 1, "INCOMPLETE": 1, "ERROR": 2}
 
 
@@ -173,9 +177,11 @@ def _reasons_run(s: dict[str, Any]) -> list[str]:
         out.append(f"--abort-on {tr.get('expr')} tripped{at}")
     slo = s.get("slo") or {}
     if done and slo.get("checks") and not slo.get("met"):
-        broken = [k for k, ok in slo["checks"].items() if not ok]
-        out.append(f"SLO broken: {', '.join(broken)} (p95 {t.get('p95_ms', 0):g} ms,"
-                   f" p99 {t.get('p99_ms', 0):g} ms, errors {t.get('error_pct', 0):.3g}%)")  # fmt: skip
+        seen = {"p95": f"{t.get('p95_ms', 0):.4g} ms", "p99": f"{t.get('p99_ms', 0):.4g} ms",
+                "errors": f"{t.get('error_pct', 0):.3g}%"}  # fmt: skip
+        broken = [f"{k} (was {seen.get(k.split()[0], '?')})"
+                  for k, ok in slo["checks"].items() if not ok]  # fmt: skip
+        out.append(f"SLO broken: {', '.join(broken)}")
     return out
 
 
@@ -193,6 +199,11 @@ def _reasons_common(s: dict[str, Any]) -> list[str]:
     failing = sorted(k for k in kinds if k in FAIL_ON_ANOMALY_KINDS)
     if failing:
         out.append(f"raised: {', '.join(failing)}")
+    for check in VERDICT_CHECKS:
+        try:
+            out += check(s)
+        except Exception as e:  # a check that breaks fails closed, and says so
+            out.append(f"verdict check {getattr(check, '__name__', check)} failed: {e}")
     return out
 
 
