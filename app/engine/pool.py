@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ class _Worker:
     idle: bool = False  # open model: waiting for an intended start
 
 
+CONNECTS_AT_ONCE = 64  # a pool's connection attempts in flight at one time
 SLICE_S = 0.001  # the rate scheduler's batch: starts closer than this are laid per slice
 
 
@@ -66,6 +68,8 @@ class ScenarioRun:
         self.scheduler: asyncio.Task | None = None
         self.never_connected: set[int] = set()
         self.ever_connected: set[int] = set()
+        self.high = 0  # worker indexes below this were handed out ...
+        self.free: list[int] = []  # ... and these of them are free again (a heap)
         self.redact = redact  # the session's Redactor
 
     def active(self) -> int:
@@ -129,6 +133,7 @@ class WorkerPool:
         self._rates: list[float] = []
         self._closing = False
         self._reconcile_soon = False
+        self._connect_slots: asyncio.Semaphore | None = None
         self._bg: list[asyncio.Task] = []
         self._events: list[tuple[float, str, str]] = []  # (wall time, kind, note)
 
@@ -202,13 +207,20 @@ class WorkerPool:
                     # a rate-mode worker waiting for a start must not wait forever
                     w.task.cancel()
         for i, (r, share) in enumerate(zip(self.runs, shares, strict=True)):
+            # counted once, then kept up to date: r.active() is O(workers), and
+            # calling it per spawn made 10,000 workers take seconds to start
+            active = r.active()
             for w in sorted(r.workers.values(), key=lambda w: w.index):
-                if r.active() >= share:
+                if active >= share:
                     break
                 if w.stopping and not (w.task is not None and w.task.cancelling()):
                     w.stopping = False  # revive a worker that is still finishing
-            while r.active() < share and self.live_total < self.cap:
+                    active += 1
+            live = self.live_total
+            while active < share and live < self.cap:
                 self._spawn(r)
+                active += 1
+                live += 1
             if self.mode == "rate":
                 r.rate = rates[i] if rates else 0.0
                 if share and r.rate > 0 and not self.paused:
@@ -217,9 +229,16 @@ class WorkerPool:
                     self._stop_scheduler(r)
 
     def _spawn(self, r: ScenarioRun) -> None:
-        idx = self.worker_offset
-        while idx in r.workers:
-            idx += 1
+        # the lowest free worker index, without scanning the workers (O(1) per
+        # spawn: the scan made 10,000 workers take seconds to start)
+        r.high = max(r.high, self.worker_offset)
+        while r.free and r.free[0] in r.workers:
+            heapq.heappop(r.free)
+        if r.free:
+            idx = heapq.heappop(r.free)
+        else:
+            idx = r.high
+            r.high += 1
         ctx = Context(
             worker=idx,
             params=r.params,
@@ -241,6 +260,7 @@ class WorkerPool:
     def _worker_done(self, r: ScenarioRun, w: _Worker) -> None:
         if r.workers.get(w.index) is w:
             del r.workers[w.index]
+            heapq.heappush(r.free, w.index)
         if not w.connected_once and r.needs_pg:
             r.never_connected.add(w.index)
         # a worker leaving frees capacity: a deferred step-up may proceed; one
@@ -257,15 +277,23 @@ class WorkerPool:
     async def _connect(self, r: ScenarioRun, w: _Worker) -> bool:
         import asyncpg
 
+        if self._connect_slots is None:
+            self._connect_slots = asyncio.Semaphore(CONNECTS_AT_ONCE)
         try:
-            w.ctx.conn = await asyncpg.connect(
-                self.clients.pg_dsn,
-                timeout=10,
-                server_settings={
-                    "application_name": f"loadtop:{r.name}:w{w.index}"[:63],
-                    **self.clients.pg_settings,
-                },
-            )
+            # at most CONNECTS_AT_ONCE connection attempts in flight: 10,000
+            # workers starting at once would otherwise storm the server (each
+            # attempt forks a backend, refused or not) and starve this loop:
+            # no tick, and a stop that waits for them
+            async with self._connect_slots:
+                conn = await asyncpg.connect(
+                    self.clients.pg_dsn,
+                    timeout=10,
+                    server_settings={
+                        "application_name": f"loadtop:{r.name}:w{w.index}"[:63],
+                        **self.clients.pg_settings,
+                    },
+                )
+            w.ctx.conn = conn
             w.connected_once = True
             r.ever_connected.add(w.index)
             r.never_connected.discard(w.index)
