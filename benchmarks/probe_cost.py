@@ -48,7 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 
 from app.probes.base import run_poll
-from app.probes.postgres import ACTIVITY_SQL, SERVER_SQL, PostgresProbe
+from app.probes.pg_locks import LOCKS_SQL
+from app.probes.postgres import (
+    ACTIVITY_SQL,
+    LOCK_COUNTS_SQL,
+    SERVER_SQL,
+    PostgresProbe,
+    _lock_pids,
+)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -112,16 +119,21 @@ async def pg_poll_cost(dsn: str, backends: int, waiting: int, polls: int) -> dic
             await asyncio.sleep(0.02)
         # where the time goes: the two queries on their own, and the data work
         conn = probe._conn
-        q_act, q_srv, q_py = [], [], []
+        q_act, q_locks, q_srv, q_py = [], [], [], []
         for _ in range(polls):
             t = time.perf_counter()
             rows = await conn.fetch(ACTIVITY_SQL)
             q_act.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            srv = await conn.fetchrow(SERVER_SQL)
+            lock_rows = await conn.fetch(LOCKS_SQL, _lock_pids(rows))
+            q_locks.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            srv = dict(await conn.fetchrow(SERVER_SQL))
+            srv["stats"] = srv
+            srv["locks"] = await conn.fetchval(LOCK_COUNTS_SQL)  # every 5 s in the probe
             q_srv.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            probe._reading(rows, srv, time.monotonic())
+            probe._reading(rows, srv, time.monotonic(), lock_rows)
             q_py.append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(0.02)  # the same spacing as the polls above
         return {
@@ -133,6 +145,7 @@ async def pg_poll_cost(dsn: str, backends: int, waiting: int, polls: int) -> dic
             "connect_s": connect_s,
             "poll_ms": durations,
             "activity_ms": q_act,
+            "locks_ms": q_locks,
             "server_ms": q_srv,
             "python_ms": q_py,
         }
@@ -340,9 +353,10 @@ async def main() -> None:
               f"{res['waiting']} waiting on locks in {res['trees']} trees (deepest chain "
               f"{res['deepest']}); pg_stat_activity rows {res['rows']}; "
               f"connecting took {res['connect_s']:.1f} s")  # fmt: skip
-        print(show("postgres probe poll (2 queries)", res["poll_ms"]))
+        print(show("postgres probe poll (3 queries)", res["poll_ms"]))
         print(show("  pg_stat_activity + blocking pids", res["activity_ms"]))
-        print(show("  pg_stat_database + pg_locks", res["server_ms"]))
+        print(show("  pg_locks of waiters and blockers", res["locks_ms"]))
+        print(show("  settings + pg_stat_database, lock counts", res["server_ms"]))
         print(show("  summary and lock tree (Python)", res["python_ms"]))
         p95 = pct(res["poll_ms"], 95)
         print(f"target: poll under 20 ms -> {'met' if p95 < 20 else 'NOT met'} (p95 {p95:.2f} ms)")

@@ -84,3 +84,15 @@ def test_the_demo_config_is_validated_and_ignores_the_environment(
     assert cfg.engine.duration == 90.0 and cfg.engine.plan == DEMO_PLAN
     with pytest.raises(UsageError, match="--duration must be positive"):
         demo_config(None, None, None, duration="0s")
+
+
+def test_watch_takes_pg_monitor_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A pg_monitor role is all a watch needs: the probe reads through it."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("LOADTOP_PG_DSN", "LOADTOP_PG_MONITOR_DSN", "LOADTOP_REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    args = build_parser().parse_args(["watch", "--pg-monitor", "postgresql://mon@127.0.0.1:5/db"])
+    cfg = build_run_config(args, watch=True)
+    assert cfg.pg_monitor_dsn == "postgresql://mon@127.0.0.1:5/db" and cfg.pg_dsn is None
+    with pytest.raises(UsageError, match="watch needs a target: give --pg, --pg-monitor"):
+        build_run_config(build_parser().parse_args(["watch"]), watch=True)

@@ -26,6 +26,10 @@ def test_every_issue_kind_is_registered() -> None:
         # issue 11: queues and locks you can trust
         "queue-stuck", "consumers-gone", "queue-pending", "lock-takeover",
     }  # fmt: skip
+
+    # issue 12: server-side errors, contention, cycles, blind probes
+    wanted |= {"probe-blind", "pg-deadlocks", "pg-rollbacks", "pg-conflicts", "pg-temp-files",
+               "lock-contention", "deadlock-cycle"}  # fmt: skip
     assert wanted == set(KINDS)
     assert set(build_detectors(None).kinds) == wanted
 
@@ -597,6 +601,46 @@ def test_invariant_raised_next_tick_and_cleared_when_gone() -> None:
     assert [a.summary for a in r.of("invariant")] == ["item 9: oversold by 2"]
     r.feed(replace(_steady(4), invariants={"stock": ()}))
     assert r.of("invariant") == []
+
+
+def test_invariant_keeps_its_anomaly_with_the_newest_figures() -> None:
+    """Issue 12: a check that finds the same violation with new figures does not
+    clear and re-raise it; the anomaly shows the latest numbers and the first."""
+    from tests.pg_watch_support import with_verify
+
+    ds = only(None, "invariant")
+    r = Run(ds)
+    r.feed(
+        with_verify(
+            ds, _steady(0), {"stock": ["product 3: oversold by 1645 units (1745 reserved)"]}
+        )
+    )
+    (a,) = r.of("invariant")
+    later = ["product 3: oversold by 7395 units (7495 reserved)",
+             "product 4: oversold by 1 units (101 reserved)"]  # fmt: skip
+    r.feed(with_verify(ds, _steady(1), {"stock": later}))
+    for i in range(2, 4):  # no check completed in these windows: the last result holds
+        r.feed(_steady(i))
+    now = {x.summary: x for x in r.of("invariant")}
+    b = now["product 3: oversold by 7395 units (7495 reserved)"]
+    assert b.key == a.key and b.started_tick == 0  # the same anomaly, never cleared
+    assert b.evidence["first"] == "product 3: oversold by 1645 units (1745 reserved)"
+    assert b.evidence["checks"] == 2
+    assert "first" not in now["product 4: oversold by 1 units (101 reserved)"].evidence
+    assert r.first_cleared("invariant") is None
+    r.feed(
+        with_verify(ds, _steady(4), {"stock": ["product 4: oversold by 1 units (101 reserved)"]})
+    )
+    assert [x.summary for x in r.of("invariant")] == [
+        "product 4: oversold by 1 units (101 reserved)"
+    ]
+    # beyond the cap: one more anomaly that counts and lists the rest
+    ds2 = only({"invariant": {"max_per_scenario": 2}}, "invariant")
+    r2 = Run(ds2)
+    r2.feed(with_verify(ds2, _steady(0), {"s": [f"row {i}: lost" for i in range(5)]}))
+    more = [x for x in r2.of("invariant") if x.key.endswith(":more")]
+    assert more[0].summary == "and 3 more invariant violations"
+    assert more[0].evidence["violations"] == ["row 2: lost", "row 3: lost", "row 4: lost"]
 
 
 def test_generator_saturated() -> None:

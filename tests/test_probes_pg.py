@@ -238,7 +238,9 @@ async def test_rates_from_rollbacks_and_a_real_deadlock(pg_dsn: str, table: str)
         probe, lambda d: d["totals"]["deadlocks"] >= before["deadlocks"] + 1, timeout=12
     )
     assert data["totals"]["rollbacks"] >= before["rollbacks"] + 6
-    assert set(data["rates"]) == {"commits", "rollbacks", "deadlocks", "conflicts", "temp_files"}
+    assert set(data["rates"]) == {
+        "commits", "rollbacks", "deadlocks", "conflicts", "temp_files", "temp_bytes"
+    }  # fmt: skip
     assert all(v >= 0 for v in data["rates"].values())
     await probe.close()
 

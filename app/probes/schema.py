@@ -30,6 +30,31 @@ class PgBackend(TypedDict, total=False):
     query: str  # first 200 characters
     blocked_by: list[int]  # pg_blocking_pids(), only for backends waiting on a lock
     backend_type: str  # added: only for non-client backends (e.g. "autovacuum worker")
+    waits_for: PgWait  # added: waiters only, what they wait for (from pg_locks)
+    depth: int  # added: in PgBlockNode.tree only, 0 = the root
+    parent: int  # added: in PgBlockNode.tree only, the pid it is shown under
+
+
+class PgWait(TypedDict, total=False):
+    """What a waiter waits for, from its ungranted pg_locks row (added)."""
+
+    locktype: str  # relation | tuple | transactionid | advisory | virtualxid | ...
+    object: str  # in words: "relation public.t", "row (0,5) of public.t", "advisory key 0/42"
+    mode: str  # the mode requested, e.g. "AccessExclusiveLock"
+    holders: list[dict]  # [{pid, mode, granted}]: blockers' locks on the same object
+    #                     (granted False = queued ahead of it with a conflicting request)
+    relation: str  # schema.table (for a transaction id: a table the waiter holds)
+    advisory: list[int]  # [classid, objid, objsubid]
+    tuple: list[int]  # [page, tuple]
+    xid: str
+
+
+class PgBlind(TypedDict):
+    """Something the probe's role may not see, and the grant that fixes it (added)."""
+
+    what: str  # "sessions of other roles" | "pg_locks" | "pg_blocking_pids" | ...
+    hidden: str  # what is missing from the readings, in words
+    grant: str  # the exact statement, e.g. "GRANT pg_monitor TO monitor"
 
 
 class PgBlockNode(TypedDict, total=False):
@@ -40,6 +65,11 @@ class PgBlockNode(TypedDict, total=False):
     #                           (longest waiting first, capped at 25; see waiting_count)
     depth: int  # longest chain length (root -> ... -> deepest waiter), 1 = direct
     waiting_count: int
+    # added: the tree depth-first, root first, each backend with `depth` (0 = root)
+    # and `parent` (capped at 40 rows); `cycle`: the pids of a wait cycle (a deadlock
+    # the server has not broken yet) when the root is one of them
+    tree: list[PgBackend]
+    cycle: list[int]
 
 
 class PgReading(TypedDict, total=False):
@@ -56,8 +86,10 @@ class PgReading(TypedDict, total=False):
     idle_in_tx_count: int  # added: all of them (idle_in_tx is capped)
     rates: dict[str, float]  # per second over the measured interval ({} on the first
     #                          poll; commits leave out the probe's own): commits,
-    #                          rollbacks, deadlocks, conflicts, temp_files
+    #                          rollbacks, deadlocks, conflicts, temp_files, temp_bytes
+    #                          (the target database only: datname = current_database())
     totals: dict[str, int]  # the cumulative counters the rates came from
+    deltas: dict[str, int]  # added: the counters' increase since the previous poll
     locks_by_mode: dict[str, int]  # "RowExclusiveLock": 40, ... (read every 5 s: pg_locks
     #                                 is costly under contention)
     locks_age_s: float | None  # added: how old locks_by_mode is
@@ -65,6 +97,19 @@ class PgReading(TypedDict, total=False):
     # they are counted (by_state["hidden"]) and `warning` says what to grant
     hidden_queries: int
     warning: str
+    # added:
+    database: str  # current_database(): the counters are this database's
+    blind: list[PgBlind]  # everything the role may not see, with the grant for each
+    reserved_connections: int  # superuser_reserved_connections + reserved_connections
+    usable_connections: int  # max_connections - reserved: what applications can use
+    connections_total: int  # connections + the probe's own: what takes slots
+    holders: list[dict]  # top connection holders: {application_name, usename, state,
+    #                      connections}, most first (hidden sessions: state "hidden")
+    active: int  # client backends in state active
+    cycles: list[dict]  # wait cycles: {pids, backends}
+    amplifiers: list[dict]  # exclusive requests others queue behind: {pid, query, mode,
+    #                         relation, behind (pids), held, queued (count behind it)}
+    lock_hot: dict  # the relation most waiters wait on: {relation, waiters, query, mode}
 
 
 # ---- redis (Reading.probe == "redis") -------------------------------------------

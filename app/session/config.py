@@ -508,8 +508,12 @@ def build_run_config(
         redis_queue_patterns=_str_list(raw("redis_queue_patterns")), detect=detect, slo=slo,
         processes=procs, pg_sql_queues=sql_queues,
     )  # fmt: skip
-    if watch and not (cfg.pg_dsn or cfg.redis_url or cfg.k8s_namespace or cfg.prometheus_url):
-        fail("watch needs a target: give --pg, --redis, --k8s-namespace or --prometheus")
+    if watch and not (
+        cfg.pg_dsn or cfg.pg_monitor_dsn or cfg.redis_url or cfg.k8s_namespace or cfg.prometheus_url
+    ):
+        fail(
+            "watch needs a target: give --pg, --pg-monitor, --redis, --k8s-namespace or --prometheus"
+        )
     return cfg
 
 

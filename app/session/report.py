@@ -268,12 +268,13 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     )
     total = _figures(ticks)
     invariants: dict[str, list[str]] = dict(end.get("invariants") or {})
-    for t in ticks:
-        for a in t.anomalies:
-            if a.kind == "invariant":
-                lst = invariants.setdefault(a.subject, [])
-                if a.summary not in lst and len(lst) < 100:
-                    lst.append(a.summary)
+    # the anomalies carry each violation's latest figures (and the first's)
+    latest = _section_data("app.detect.pg_report", "invariant_data", ticks)
+    if isinstance(latest, dict) and "error" not in latest:
+        invariants.update(latest)
+    # issue 12: what the probes could not see; the target database's own error counts
+    probe_blind = _section_data("app.detect.pg_report", "blind_data", ticks) or []
+    server_errors = _section_data("app.detect.pg_report", "server_error_data", ticks)
     thresholds = h.get("thresholds", [])
     tripped = end.get("threshold_tripped")
     if tripped is None:
@@ -298,6 +299,8 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     ]
     summary: dict[str, Any] = {
         "loadtop_recording_version": h.get("version"),
+        "probe_blind": probe_blind,
+        "server_errors": server_errors,
         "run_id": h.get("run_id"),
         "started": started,
         "ended": ended,
@@ -420,6 +423,9 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append(f"Verdict: {v['why']}.")
     L.append("")
     t = s["total"]
+    from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
+
+    L += pg_report.headline_notes(s, ticks, L)
     L.append(
         f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
         f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
@@ -499,7 +505,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
             L.append(f"Open model: {t['dropped']:,} intended starts dropped (no free worker),"
                      f" worst schedule lag {_ms(t['max_lag_ms'])}.")  # fmt: skip
     else:
-        L.append("None.")
+        L.append("None from loadtop's own operations.")
+    L += pg_report.server_errors_md(s.get("server_errors"))
     if s["outages"]:
         L.append("")
         L.append("Connection outages (operations failing for lack of a connection):")
@@ -517,7 +524,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append("")
     if s["invariants"]:
         for name, vs in s["invariants"].items():
-            for v in vs[:20]:
+            for v in pg_report.first_and_more(vs, 20):
                 L.append(f"- **{name}**: {v}")
     if s.get("unverified"):
         for name, why in s["unverified"].items():
@@ -564,7 +571,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     else:
         L.append("No control events.")
     L.append("")
-    return "\n".join(L)
+    return pg_report.watch_sections("\n".join(L), s)
 
 
 def cleanup_md(leftovers: list[dict[str, Any]]) -> list[str]:

@@ -50,14 +50,19 @@ class WatchSession(Session):
         password) is bad input at start, one line, like a run's."""
         probes = self.build_probe_set()
         if not probes.probes:
-            raise TargetError("watch needs a target: give --pg, --redis, --k8s-namespace"
+            raise TargetError("watch needs a target: give --pg, --pg-monitor, --redis, --k8s-namespace"
                               " or --prometheus")  # fmt: skip
         try:
             readings = await probes.poll_once()
         finally:
             await probes.stop()
-        failed = [r for r in readings.values() if not r.ok]
-        if len(failed) == len(readings):
+        # a full server is something to watch, not bad input: the probe waits for a
+        # slot and retries, and its readings say so (connection-saturation raises)
+        failed = [
+            r for r in readings.values()
+            if not r.ok and "waiting for a connection slot" not in r.error
+        ]  # fmt: skip
+        if failed and len(failed) == len(readings):
             r = failed[0]
             raise TargetError(self.redactor(f"cannot watch {r.probe}: {r.error}"))
 

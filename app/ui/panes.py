@@ -273,95 +273,221 @@ class Chart(Static):
             pane.redraw_chart(pane.timeline)
 
 
-def _backend_row(b: Mapping[str, Any], indent: str) -> Row:
-    wait = b.get("wait_event_type")
-    wait_s = f"{wait}:{b.get('wait_event')}" if wait else ""
+PG_APP_CHARS = 10
+PG_MIN_QUERY = 40
+
+
+def _backend_row(b: Mapping[str, Any], indent: str, query_chars: int = 120) -> Row:
+    """pid (indented by depth), state with its age, application, and the query;
+    a waiter's query cell starts with what it waits for (mode and object)."""
     state = str(b.get("state") or "")
-    state = state.replace("idle in transaction", "idle in tx")
-    state_t = Text(state, style="bold yellow") if state.startswith("idle in") else state
-    app_name = str(b.get("application_name") or "")
-    app_name = app_name.removeprefix("loadtop:")
-    return (
-        f"{indent}{b.get('pid')}",
-        state_t,
-        fmt_age(b.get("xact_age_s")),
-        wait_s,
-        app_name[:24],
-        str(b.get("query") or "").replace("\n", " ")[:120],
-    )
+    state = state.replace("idle in transaction", "idle tx")
+    wait = b.get("wait_event_type")
+    if wait == "Lock" and state == "active":
+        state = "waits"
+    age = b.get("state_age_s") if state == "waits" else b.get("xact_age_s")
+    if age is None:
+        age = b.get("state_age_s")
+    label = f"{state} {_age(age)}" if age is not None else state
+    if state.startswith("idle tx"):
+        state_t = Text(label, style="bold yellow")
+    elif state == "waits":
+        state_t = Text(label, style="red")
+    else:
+        state_t = Text(label)
+    app_name = str(b.get("application_name") or "").removeprefix("loadtop:")
+    q = " ".join(str(b.get("query") or "").split())
+    cell = Text()
+    wf = b.get("waits_for") or {}
+    if wf:
+        # a row lock's wait on the holder's transaction is always ShareLock: say only what
+        mode = str(wf.get("mode") or "").removesuffix("Lock")
+        mode = "" if wf.get("locktype") in ("transactionid", "tuple") else f"{mode} "
+        cell.append(f"{mode}{_short_object(wf)} ", style="bold magenta")
+    elif wait and wait not in ("Lock", "Client") and state == "active":
+        cell.append(f"{wait}:{b.get('wait_event')} ", style="dim")
+    cell.append(q[:query_chars])
+    return (f"{indent}{b.get('pid')}", state_t, app_name[:PG_APP_CHARS], cell)
+
+
+def _age(s: float) -> str:
+    """Ages in the tree, short: 850ms, 2.5s, 95s, 12m, 3.1h."""
+    return f"{s:.0f}s" if 10 <= s < 120 else fmt_age(s)
+
+
+def _fit(row: Row, room: int) -> Row:
+    """The row with its last cell (waits for · query) cut to `room` characters."""
+    cell = row[-1]
+    if not isinstance(cell, Text) or cell.cell_len <= room:
+        return row
+    cut = cell.copy()
+    cut.truncate(room - 1)
+    cut.append("…")
+    return (*row[:-1], cut)
+
+
+def _short_object(wf: Mapping[str, Any]) -> str:
+    t = wf.get("locktype")
+    rel = str(wf.get("relation") or "").removeprefix("public.")
+    if t == "transactionid":
+        return f"⏳{rel or 'xid ' + str(wf.get('xid'))}"
+    if t == "tuple":
+        page, tup = (wf.get("tuple") or [None, None])[:2]
+        return f"⏳{rel}({page},{tup})"
+    if t == "advisory":
+        c, o, *_ = (wf.get("advisory") or [None, None, None]) + [None]
+        return f"advisory {c}/{o}"
+    if t == "relation":
+        return rel or "relation"
+    return str(wf.get("object") or t or "?")
+
+
+def _indent(depth: int) -> str:
+    return "" if depth <= 0 else " " * min(depth - 1, 8) + "└ "
 
 
 class PostgresPane(Pane):
-    """Sessions by state, waiting count, and the blocking tree (root first)."""
+    """Connections, idle in transaction, deadlocks and rollbacks per second on
+    the header line; what the probe cannot see; the lock trees (root first,
+    waiters indented by depth), cycles and amplifiers. While it has a tree it
+    asks for the wider share of the screen (the `pg-tree` class)."""
 
     def __init__(self) -> None:
         super().__init__("postgres", id="postgres")
         self._cache: dict[str, Row] = {}
         self.backends: dict[str, dict[str, Any]] = {}  # row key -> backend (for details)
+        self._last: tuple[Tick, Timeline] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="pg-summary")
         t: DataTable = DataTable(id="blockers", cursor_type="row")
-        t.add_columns("pid", "state", "xact", "wait", "application", "query")
+        t.add_columns("pid", "state", "app", "waits for · query")
         yield t
+
+    def _fit_rows(self, rows: dict[str, Row]) -> dict[str, Row]:
+        """Cut the last cells so the table fits the pane (no sideways scrolling),
+        never below PG_MIN_QUERY characters."""
+        if not rows:
+            return rows
+        inner = (self.content_region.width or 0) - 1  # the vertical scrollbar
+        if inner <= 0:  # not laid out yet: the narrowest; cells widen on the next tick
+            return {k: _fit(r, PG_MIN_QUERY) for k, r in rows.items()}
+        widths = [max(Text(str(r[i])).cell_len for r in rows.values()) for i in range(3)]
+        widths = [max(w, len(h)) for w, h in zip(widths, ("pid", "state", "app"), strict=True)]
+        room = max(PG_MIN_QUERY, inner - sum(w + 2 for w in widths) - 2)
+        return {k: _fit(r, room) for k, r in rows.items()}
+
+    def on_resize(self) -> None:
+        # columns only grow in place: rebuild the table for the new width
+        if self._last is not None:
+            self.query_one("#blockers", DataTable).clear()
+            self._cache.clear()
+            self.show(*self._last)
 
     def show(self, tick: Tick, tl: Timeline) -> None:
         r = tick.readings.get("postgres")
         if r is None:
             return
+        self._last = (tick, tl)
         self.reveal(True)
         summary = self.query_one("#pg-summary", Static)
         if not r.ok:
             summary.update(Text(f"probe: {r.error}", style="bold red"))
+            self.app.set_class(False, "pg-tree")
             return
         d = r.data
-        parts = Text()
-        waiting = d.get("waiting") or 0
-        parts.append("waiting ")
-        parts.append(str(waiting), style="bold red" if waiting else "")
-        conns = d.get("connections")
-        if conns is not None:
-            parts.append(f"  conns {conns}/{d.get('max_connections', '?')}")
-        by_state = d.get("by_state") or {}
-        states = sorted(by_state.items(), key=lambda kv: -kv[1])
-        parts.append("".join(f"  {k.replace('idle in transaction', 'idle in tx')} {v}"
-                             for k, v in states if v))  # fmt: skip
-        rates = d.get("rates") or {}
-        if rates:
-            parts.append(
-                f"\ncommit {fmt_rate(rates.get('commits', 0))}/s"
-                f"  rollback {fmt_rate(rates.get('rollbacks', 0))}/s"
-            )
-            dl = rates.get("deadlocks", 0)
-            if dl:
-                parts.append(f"  deadlocks {dl:.1f}/s", style="bold red")
-        oldest = d.get("oldest_xact_s")
-        if oldest is not None:
-            parts.append(f"  oldest xact {fmt_age(oldest)}")
-        summary.update(parts)
+        summary.update(pg_summary(d))
         rows: dict[str, Row] = {}
         backends: dict[str, dict[str, Any]] = {}
+        qc = 200
         for node in (d.get("blocking_tree") or [])[:20]:
             root = node.get("root") or {}
             rk = f"r{root.get('pid')}"
             n = node.get("waiting_count", len(node.get("waiters") or []))
-            row = list(_backend_row(root, "▶ "))
-            row[0] = f"▶ {root.get('pid')} ({n}⏳)"
+            row = list(_backend_row(root, "▶ ", qc))
+            mark = "↻" if node.get("cycle") else "⏳"
+            row[0] = f"▶ {root.get('pid')} ({n}{mark})"
             rows[rk] = tuple(row)
             backends[rk] = dict(root, waiters=node.get("waiters") or [], root=True)
-            for w in (node.get("waiters") or [])[:8]:
+            tree = node.get("tree")
+            if tree:
+                below = [(int(b.get("depth") or 1), b) for b in tree[1:]]
+            else:
+                below = [(1, w) for w in node.get("waiters") or []]
+            for depth, w in below[:12]:
                 wk = f"{rk}/{w.get('pid')}"
                 if wk in rows:
                     continue
-                rows[wk] = _backend_row(w, "  └ ")
+                rows[wk] = _backend_row(w, _indent(depth), qc)
                 backends[wk] = dict(w)
         self.backends = backends
+        rows = self._fit_rows(rows)
         table = self.query_one("#blockers", DataTable)
         if sync_table(table, rows, self._cache):
             # keep tree order: roots first with their waiters under them
             order = {k: i for i, k in enumerate(rows)}
             _reorder(table, order)
         table.display = bool(rows)
+        self.app.set_class(bool(rows), "pg-tree")
+        self._update_details(backends)
+
+    def _update_details(self, backends: Mapping[str, dict[str, Any]]) -> None:
+        """An open blocker details screen follows its backend, tick by tick."""
+        from app.ui.screens import BlockerScreen
+
+        for screen in self.app.screen_stack:
+            if isinstance(screen, BlockerScreen):
+                pid = screen.backend.get("pid")
+                root = screen.backend.get("root")
+                found = [b for b in backends.values() if b.get("pid") == pid]
+                found.sort(key=lambda b: bool(b.get("root")) != bool(root))  # same role first
+                screen.update_backend(found[0] if found else None)
+
+
+def pg_summary(d: Mapping[str, Any]) -> Text:
+    """The pane's header: connections (of the usable slots), idle in
+    transaction, waiting, deadlocks/s, rollbacks/s, commits/s; then what the
+    probe cannot see, cycles and amplifiers, one line each."""
+    parts = Text()
+    conns = d.get("connections_total", d.get("connections"))
+    if conns is not None:
+        cap = d.get("usable_connections") or d.get("max_connections", "?")
+        full = isinstance(cap, int) and conns >= cap
+        parts.append(f"conns {conns}/{cap}", style="bold red" if full else "")
+    iit = d.get("idle_in_tx_count")
+    if iit is None:
+        iit = (d.get("by_state") or {}).get("idle in transaction", 0)
+    parts.append("  idle in tx ")
+    parts.append(str(iit), style="bold yellow" if iit else "")
+    waiting = d.get("waiting") or 0
+    parts.append("  waiting ")
+    parts.append(str(waiting), style="bold red" if waiting else "")
+    rates = d.get("rates") or {}
+    if rates:
+        dl = rates.get("deadlocks", 0) or 0
+        parts.append("  deadlocks ")
+        parts.append(f"{dl:.1f}/s", style="bold red" if dl else "")
+        rb, cm = rates.get("rollbacks", 0) or 0, rates.get("commits", 0) or 0
+        high = rb >= 1 and rb / max(rb + cm, 1e-9) >= 0.1
+        parts.append("  rollbacks ")
+        parts.append(f"{fmt_rate(rb)}/s", style="bold red" if high else "")
+        parts.append(f"  commits {fmt_rate(cm)}/s")
+    oldest = d.get("oldest_xact_s")
+    if oldest is not None:
+        parts.append(f"  oldest xact {fmt_age(oldest)}")
+    for b in d.get("blind") or ():
+        parts.append(f"\nblind: {b.get('hidden')}: {b.get('grant')}", style="bold yellow")
+    for c in d.get("cycles") or ():
+        parts.append(
+            "\ndeadlock cycle: " + " ↔ ".join(map(str, c.get("pids") or ())), style="bold red"
+        )
+    for a in (d.get("amplifiers") or ())[:1]:
+        parts.append(
+            f"\namplifier: pid {a.get('pid')} wants {a.get('mode')} on {a.get('relation')} "
+            f"behind {', '.join(map(str, a.get('behind') or ()))}; {a.get('queued')} queue behind it",
+            style="bold magenta",
+        )
+    return parts
 
 
 def _reorder(table: DataTable, order: dict[str, int]) -> None:

@@ -103,17 +103,20 @@ class BlockerScreen(ModalScreen[None]):
         super().__init__()
         self.backend = backend
         self.act = act  # None: read-only or replay
+        self.gone = False
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # without an action (read-only, replay) c / k are hidden and inert
         return not (action == "act" and self.act is None)
 
-    def compose(self) -> ComposeResult:
+    def detail_text(self) -> Text:
         b = self.backend
         t = Text()
         t.append(f"backend {b.get('pid')}", "bold")
         if b.get("root"):
             t.append("  root blocker", "bold red")
+        if self.gone:
+            t.append("  no longer in the lock tree", "bold green")
         t.append("\n\n")
         for label, key in (
             ("application", "application_name"),
@@ -133,6 +136,11 @@ class BlockerScreen(ModalScreen[None]):
         if b.get("blocked_by"):
             t.append(f"{'blocked by':>12}  ", "bold cyan")
             t.append(", ".join(str(p) for p in b["blocked_by"]) + "\n")
+        if b.get("waits_for"):
+            from app.probes.pg_locks import describe_wait
+
+            t.append(f"{'waits for':>12}  ", "bold cyan")
+            t.append(describe_wait(b["waits_for"]) + "\n", "magenta")
         t.append(f"{'query':>12}  ", "bold cyan")
         t.append(f"{b.get('query') or ''}\n")
         waiters = b.get("waiters") or []
@@ -141,6 +149,19 @@ class BlockerScreen(ModalScreen[None]):
             for w in waiters[:10]:
                 t.append(f"  {w.get('pid')}  {w.get('application_name', '')}  ")
                 t.append(f"{w.get('wait_event_type')}:{w.get('wait_event')}\n", "dim")
+        return t
+
+    def update_backend(self, backend: dict[str, Any] | None) -> None:
+        """The latest reading of this backend while the screen is open (None:
+        it left the lock tree: the last figures stay, marked as such)."""
+        self.gone = backend is None
+        if backend is not None:
+            self.backend = backend
+        if self.is_mounted:
+            self.query_one("#blocker-detail", Static).update(self.detail_text())
+
+    def compose(self) -> ComposeResult:
+        t = self.detail_text()
         hint = (
             "c cancel · k terminate · escape close"
             if self.act is not None

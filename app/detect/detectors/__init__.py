@@ -8,6 +8,15 @@ from app.detect.detectors.load import (
     LatencySpikeDetector,
     SloBreachDetector,
 )
+from app.detect.detectors.pg_server import (
+    DeadlockCycleDetector,
+    LockContentionDetector,
+    PgConflictsDetector,
+    PgDeadlocksDetector,
+    PgRollbacksDetector,
+    PgTempFilesDetector,
+    ProbeBlindDetector,
+)
 from app.detect.detectors.pods import PodDetector
 from app.detect.detectors.postgres import (
     ConnectionSaturationDetector,
@@ -44,4 +53,15 @@ __all__ = [
     "RedisLockDetector",
     "RedisPressureDetector",
     "SloBreachDetector",
+]
+
+# issue 12: server-side errors, contention, cycles, blind probes
+__all__ += [
+    "DeadlockCycleDetector",
+    "LockContentionDetector",
+    "PgConflictsDetector",
+    "PgDeadlocksDetector",
+    "PgRollbacksDetector",
+    "PgTempFilesDetector",
+    "ProbeBlindDetector",
 ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.detect.base import Detector, Finding, Options, TickView, register
 from app.detect.stats import MAD_TO_SIGMA, fit_usl, mad, median, slope
@@ -498,15 +500,23 @@ class InvariantDetector(Detector):
         out = []
         cap = max(1, self.opt.max_per_scenario)
         for scn, vs in self._violations.items():
+            firsts = self._latest_truth(scn, vs)
             for v in vs[:cap]:
-                digest = hashlib.sha1(v.encode()).hexdigest()[:10]
+                ident = violation_identity(v)
+                digest = hashlib.sha1(ident.encode()).hexdigest()[:10]
+                first, checks = firsts.get(ident, (v, 1))
+                ev: dict[str, Any] = {
+                    "scenario": scn, "violation": v[:1000], "total": len(vs), "checks": checks,
+                }  # fmt: skip
+                if first != v:
+                    ev["first"] = first[:1000]
                 out.append(
                     Finding(
                         subject=scn,
                         ident=f"{scn}:{digest}",
                         severity="critical",
                         summary=v[:300],
-                        evidence={"scenario": scn, "violation": v[:1000], "total": len(vs)},
+                        evidence=ev,
                     )
                 )
             if len(vs) > cap:
@@ -515,11 +525,49 @@ class InvariantDetector(Detector):
                         subject=scn,
                         ident=f"{scn}:more",
                         severity="critical",
-                        summary=f"{len(vs) - cap} more invariant violations",
-                        evidence={"scenario": scn, "more": len(vs) - cap, "total": len(vs)},
-                    )
+                        summary=f"and {len(vs) - cap} more invariant violations",
+                        evidence={
+                            "scenario": scn,
+                            "more": len(vs) - cap,
+                            "total": len(vs),
+                            "violations": [v[:300] for v in vs[cap : cap + 200]],
+                        },
+                    )  # fmt: skip
                 )
         return out
+
+    def _latest_truth(self, scn: str, vs: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+        """identity -> (first text, checks that returned it) for a scenario. A
+        new verify() result (a new tuple) counts once: an identity it no longer
+        returns is forgotten (it cleared; a return is a new violation), the
+        others keep their first text, so an anomaly stays raised across checks
+        with the newest figures (see `violation_identity`)."""
+        track: dict[str, tuple[tuple[str, ...] | None, dict[str, tuple[str, int]]]]
+        track = self.__dict__.setdefault("_truth", {})
+        last, firsts = track.get(scn, (None, {}))
+        if vs is not last:
+            now = {violation_identity(v) for v in vs}
+            firsts = {i: f for i, f in firsts.items() if i in now}
+            for v in vs:
+                ident = violation_identity(v)
+                first, n = firsts.get(ident, (v, 0))
+                firsts[ident] = (first, n + 1)
+            track[scn] = (vs, firsts)
+        return firsts
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def violation_identity(v: str) -> str:
+    """What a violation is about, without its figures: what names it (the text
+    before the first ": ", e.g. "product 3") stays, numbers after it are
+    masked. "product 3: oversold by 1645 units" and "... by 7395 units" are the
+    same violation with new figures; "product 4: ..." is another."""
+    head, sep, rest = v.partition(": ")
+    if not sep:
+        return _NUMBER.sub("#", v)
+    return head + sep + _NUMBER.sub("#", rest)
 
 
 # ---- generator-saturated ---------------------------------------------------------

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.detect.base import Detector, Finding, Options, TickView, register
+from app.probes.pg_locks import describe_wait
 from app.tick import Tick
 
 
@@ -91,26 +92,58 @@ class LockWaitChainDetector(Detector):
             depth = max(int(n.get("depth") or 1) for n in trees)
             idle = str(root.get("state", "")).startswith("idle in transaction")
             crit = waiting >= o.critical_waiters or depth >= o.critical_depth or idle
+            first = next((w for w in top.get("waiters") or () if w.get("waits_for")), None)
+            wf = (first or {}).get("waits_for")
+            amps = list(data.get("amplifiers") or ())
+            cycle = top.get("cycle")
+            if cycle:
+                head = (
+                    f"deadlock cycle: {' ↔ '.join(map(str, cycle))}; {waiting} backends wait in "
+                    f"it or behind it: {_q(root)}"
+                )
+            else:
+                head = (
+                    f"{waiting} backends wait on locks behind {_who(root)}, "
+                    f"{root.get('state', '?')}, {_in_tx(root)}, chain depth {depth}: {_q(root)}"
+                )
+            if wf:
+                head += f"; {_who(first)} {describe_wait(wf)}"
+            if amps:
+                a = amps[0]
+                head += (
+                    f"; amplifier: pid {a['pid']} ({_q(a, 40)}) requests {a['mode']} on "
+                    f"{a['relation']} behind pid {', '.join(map(str, a['behind']))} and "
+                    f"{a['queued']} sessions queue behind it"
+                )
             out.append(
                 Finding(
                     subject=name,
-                    severity="critical" if crit else "warning",
-                    summary=(
-                        f"{waiting} backends wait on locks behind {_who(root)}, "
-                        f"{root.get('state', '?')}, in transaction {_age(root.get('xact_age_s'))}"
-                        f", chain depth {depth}: {_q(root)}"
-                    ),
+                    severity="critical" if crit or amps or cycle else "warning",
+                    summary=head,
                     evidence={
                         "root": _backend(root),
                         "waiting": waiting,
                         "depth": depth,
                         "trees": len(trees),
-                        "waiters": [_backend(w) for w in (top.get("waiters") or [])[:5]],
+                        "waiters": [
+                            {**_backend(w), "waits_for": w.get("waits_for")}
+                            for w in (top.get("waiters") or [])[:5]
+                        ],
                         "pg_waiting": data.get("waiting"),
+                        **({"amplifier": amps[0]} if amps else {}),
+                        **({"cycle": cycle} if cycle else {}),
                     },
                 )
             )
         return out
+
+
+def _in_tx(b: Mapping[str, Any]) -> str:
+    """'in transaction 12s', or what a holder outside any transaction is."""
+    x = b.get("xact_age_s")
+    if isinstance(x, int | float):
+        return f"in transaction {_age(x)}"
+    return f"in no transaction (a session-level lock, e.g. advisory), {_age(b.get('state_age_s'))} in this state"
 
 
 # ---- idle-in-transaction-blocker -------------------------------------------------
@@ -220,7 +253,8 @@ class ConnectionSaturationOptions(Options):
 
 @register
 class ConnectionSaturationDetector(Detector):
-    """Connections at >= 90% of max_connections, or pool acquire timeouts."""
+    """Connections at >= 90% of the usable slots (max_connections minus the
+    reserved ones), the probe finding no slot, or pool acquire timeouts."""
 
     kind = "connection-saturation"
     Options = ConnectionSaturationOptions
@@ -232,33 +266,64 @@ class ConnectionSaturationDetector(Detector):
         o = self.opt
         out = []
         for name, _t, data in view.readings("postgres"):
-            conns, cap = data.get("connections"), data.get("max_connections")
-            if not isinstance(conns, int) or not isinstance(cap, int) or cap <= 0:
+            conns, top = data.get("connections"), data.get("max_connections")
+            if not isinstance(conns, int) or not isinstance(top, int) or top <= 0:
                 continue
+            cap = data.get("usable_connections")
+            if not isinstance(cap, int) or cap <= 0:
+                cap = top
+            total = data.get("connections_total")
+            if isinstance(total, int) and total >= conns:
+                conns = total  # the probe's own session takes a slot as well
             ratio = conns / cap
             if ratio < o.clear_ratio:
                 continue
-            by_app: dict[str, int] = {}
-            for b in data.get("idle_in_tx") or ():
-                app = b.get("application_name") or "?"
-                by_app[app] = by_app.get(app, 0) + 1
+            reserved = top - cap
+            holders = list(data.get("holders") or ())[:5]
+            who = ", ".join(
+                f"{h.get('application_name') or '?'}/{h.get('usename') or '?'} "
+                f"{h.get('state')} x{h.get('connections')}"
+                for h in holders[:3]
+            )
+            full = conns >= cap
             out.append(
                 Finding(
                     subject=name,
-                    severity="critical" if ratio >= 0.97 else "warning",
+                    severity="critical" if full or ratio >= 0.97 else "warning",
                     summary=(
-                        f"{conns} of {cap} Postgres connections in use ({ratio * 100:.0f}%): new "
-                        f"clients will get 53300; lower concurrency or pool sizes, or use a pooler"
-                    ),
+                        f"{conns} of {cap} usable Postgres connections in use "
+                        f"({ratio * 100:.0f}%; max_connections {top}, {reserved} reserved for "
+                        "superusers): "
+                        + (
+                            "new clients are refused with 53300"
+                            if full
+                            else "new clients will get 53300 soon"
+                        )
+                        + (f"; top holders {who}" if who else "")
+                        + "; lower concurrency or pool sizes, or use a pooler"
+                    ),  # fmt: skip
                     evidence={
                         "connections": conns,
-                        "max_connections": cap,
+                        "max_connections": top,
+                        "usable_connections": cap,
+                        "reserved_connections": reserved,
                         "ratio": round(ratio, 3),
                         "by_state": dict(data.get("by_state") or {}),
+                        "holders": holders,
                     },
                     sustain=ratio < o.ratio,
                 )
             )
+        for name, r in tick.readings.items():  # the probe itself finds no free slot
+            if r.probe == "postgres" and not r.ok and "waiting for a connection slot" in r.error:
+                out.append(
+                    Finding(
+                        subject=name,
+                        severity="critical",
+                        summary=f"{r.error}",
+                        evidence={"probe_error": r.error, "failures": r.data.get("failures")},
+                    )
+                )
         for s in tick.scenarios:
             hits = {
                 c: n for c, n in s.errors.items() if n and c.lower().startswith(o.error_classes)
