@@ -5,7 +5,7 @@ database beside loadtop's own."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from app.tick import Tick
@@ -72,10 +72,16 @@ def server_error_data(ticks: Sequence[Tick]) -> dict[str, Any] | None:
 
 def server_errors_bad(data: dict[str, Any] | None, ticks: Sequence[Tick]) -> list[str]:
     """Why the server-side figures fail the verdict (empty: they do not)."""
+    kinds = {a.kind for tk in ticks for a in (*tk.anomalies, *tk.cleared)}
+    return server_errors_reasons(data, kinds)
+
+
+def server_errors_reasons(data: dict[str, Any] | None, kinds: Collection[str]) -> list[str]:
+    """server_errors_bad over the anomaly kinds raised (the summary's
+    `anomaly_kinds`): what app.session.report.verdict reads."""
     out = []
     if data and data.get("deadlocks"):
         out.append(f"{data['deadlocks']} deadlocks")
-    kinds = {a.kind for tk in ticks for a in (*tk.anomalies, *tk.cleared)}
     if "pg-rollbacks" in kinds:
         out.append(f"rollback ratio {data['rollback_pct'] if data else '?'}%")
     if "pg-conflicts" in kinds:
@@ -142,9 +148,7 @@ def headline_notes(s: dict[str, Any], ticks: Sequence[Tick], lines: list[str]) -
     a PASS headline, `lines[2]`, into FAIL) and what the probes could not see."""
     out: list[str] = []
     bad = server_errors_bad(s.get("server_errors"), ticks)
-    if bad:
-        if len(lines) > 2 and lines[2].startswith("**PASS**"):
-            lines[2] = "**FAIL**" + lines[2][len("**PASS**") :]
+    if bad:  # the headline already says FAIL: verdict() reads server_errors_reasons
         out += [f"Server side: {', '.join(bad)} (see Errors).", ""]
     return out + blind_md(s.get("probe_blind") or [])
 

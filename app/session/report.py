@@ -154,6 +154,18 @@ WATCH_FAILS_ON_SEVERITY: set[str] = {"critical"}
 # the reasons it fails the run ([] when it does not), e.g. server-side errors
 VERDICT_CHECKS: list[Callable[[dict[str, Any]], list[str]]] = []
 
+
+def _server_side(s: dict[str, Any]) -> list[str]:
+    """Issue 12: the target database's own errors (deadlocks, a rollback ratio,
+    recovery conflicts) fail a run and a watch alike."""
+    from app.detect.pg_report import server_errors_reasons
+
+    bad = server_errors_reasons(s.get("server_errors"), s.get("anomaly_kinds") or {})
+    return [f"server side: {', '.join(bad)}"] if bad else []
+
+
+VERDICT_CHECKS.append(_server_side)
+
 EXIT_CODES = {"PASS": 0, "FAIL": 1, "INCOMPLETE": 1, "ERROR": 2}
 
 
