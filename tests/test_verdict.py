@@ -360,3 +360,66 @@ async def test_ten_thousand_workers_shut_down_in_bounded_time(scenario: type[Sce
     assert max(t.concurrency for t in session.ticks) == 10_000
     assert session.engine is not None and session.engine.live_workers == 0
     assert took < 2.0 + 15, f"{took:.1f} s to run 2 s and shut down 10,000 workers"
+
+
+# ---- the rule, over recordings (no server) --------------------------------------------
+
+
+def _with_anomaly(rec, kind: str, severity: str = "warning"):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from app.tick import Anomaly
+
+    a = Anomaly(f"{kind}:x", kind, severity, "x", 5, rec.ticks[5].t, f"{kind} on x", {})
+    t = rec.ticks[5]
+    rec.ticks[5] = dataclasses.replace(t, anomalies=(*t.anomalies, a))
+    return rec
+
+
+def test_the_verdict_rule_is_data_and_others_extend_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.session import report
+    from tests.test_ui_replay import make_recording
+
+    def judge(rec) -> dict:  # type: ignore[no-untyped-def]
+        return build_summary(rec)["verdict"]
+
+    assert judge(make_recording())["verdict"] == "PASS"
+    # an anomaly kind fails the run once it is in the set, not before
+    rec = _with_anomaly(make_recording(), "made-up-kind")
+    assert judge(rec)["verdict"] == "PASS"
+    monkeypatch.setattr(report, "FAIL_ON_ANOMALY_KINDS", {*report.FAIL_ON_ANOMALY_KINDS,
+                                                          "made-up-kind"})  # fmt: skip
+    v = judge(rec)
+    assert v["verdict"] == "FAIL" and v["exit_code"] == 1 and "made-up-kind" in v["why"]
+    # a check another branch registers reads the summary and names its reason
+    monkeypatch.setattr(report, "VERDICT_CHECKS", [lambda s: ["the moon is full"]])
+    v = judge(make_recording())
+    assert v["verdict"] == "FAIL" and v["why"] == "the moon is full"
+    # a check that breaks fails the run closed, and says which
+    monkeypatch.setattr(report, "VERDICT_CHECKS", [lambda s: 1 / 0])
+    assert judge(make_recording())["verdict"] == "FAIL"
+
+
+def test_no_end_record_is_incomplete_and_says_what_it_saw() -> None:
+    from tests.test_ui_replay import make_recording
+
+    rec = make_recording()
+    rec.end = None
+    v = build_summary(rec)["verdict"]
+    assert v["verdict"] == "INCOMPLETE" and v["exit_code"] == 1
+    assert "no end record" in v["why"]
+    assert _headline(render_markdown(rec)) == "INCOMPLETE"
+
+
+def test_a_watch_is_judged_by_the_systems_not_an_slo() -> None:
+    from tests.test_ui_replay import make_recording
+
+    rec = make_recording()
+    rec.header["slo"] = {"p95_ms": 0.001}  # a run would FAIL this SLO ...
+    assert build_summary(rec)["verdict"]["verdict"] == "FAIL"
+    rec.header["load"] = {"mode": "watch", "interval_s": 1.0}
+    assert build_summary(rec)["verdict"]["verdict"] == "PASS"  # ... a watch loads nothing
+    v = build_summary(_with_anomaly(rec, "lock-wait-chain", "warning"))["verdict"]
+    assert v["verdict"] == "PASS"  # a warning is seen, not a failure
+    v = build_summary(_with_anomaly(rec, "connection-saturation", "critical"))["verdict"]
+    assert v["verdict"] == "FAIL" and "connection-saturation" in v["why"]

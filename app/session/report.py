@@ -149,6 +149,8 @@ FAIL_ON_ANOMALY_KINDS: set[str] = {"queue-stuck", "lock-takeover", "consumers-go
 # a watch loads nothing, so no SLO or capacity judges it: the systems do, and
 # an anomaly of one of these severities fails it
 WATCH_FAILS_ON_SEVERITY: set[str] = {"critical"}
+# ... except these, which judge load (a watch applies none)
+LOAD_ONLY_KINDS: set[str] = {"slo-breach", "capacity-knee", "generator-saturated"}
 
 # more rules, for a run and a watch alike: each reads the summary and returns
 # the reasons it fails the run ([] when it does not), e.g. server-side errors
@@ -233,8 +235,8 @@ def verdict(s: dict[str, Any]) -> dict[str, Any]:
     reasons += _reasons_common(s)
     if watching:
         kinds = s.get("anomaly_kinds") or {}
-        bad = sorted(k for k, sev in kinds.items()
-                     if sev in WATCH_FAILS_ON_SEVERITY and k not in FAIL_ON_ANOMALY_KINDS)  # fmt: skip
+        bad = sorted(k for k, sev in kinds.items() if sev in WATCH_FAILS_ON_SEVERITY
+                     and k not in FAIL_ON_ANOMALY_KINDS and k not in LOAD_ONLY_KINDS)  # fmt: skip
         if bad:
             reasons.append(f"critical: {', '.join(bad)}")
     if end_error and s.get("exit_code") == 2:
