@@ -84,7 +84,8 @@ async def what_is_left(pg_dsn: str, redis_url: str, run_id: str) -> dict:
         for _ in range(20):
             sessions = [x[0] for x in await conn.fetch(
                 "SELECT application_name FROM pg_stat_activity"
-                " WHERE application_name LIKE 'loadtop%'")]  # fmt: skip
+                " WHERE application_name LIKE 'loadtop%'"
+                " AND datname = current_database()")]  # fmt: skip
             if not sessions:
                 break
             await asyncio.sleep(0.1)
