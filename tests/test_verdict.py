@@ -217,7 +217,9 @@ class Stock(Scenario):
 
 @pytest.mark.integration
 @pytest.mark.slow
-async def test_postgres_down_at_the_end_fails_and_names_what_is_left(own_pg, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_postgres_down_at_the_end_fails_and_names_what_is_left(
+    own_pg, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
     """PostgreSQL stops before the run ends: the final verify() cannot run
     (retried, then said so), the schema cannot be dropped (retried, then
     named with the command that drops it): FAIL, exit 1, in the report and
@@ -247,6 +249,14 @@ async def test_postgres_down_at_the_end_fails_and_names_what_is_left(own_pg, tmp
     [cmd] = left["commands"]
     assert f'DROP SCHEMA IF EXISTS "{schema}" CASCADE;' in cmd
     assert took < 60, f"the retries are bounded: {took:.0f} s"
+    # the closing lines (headless): the command, then the verdict last
+    from app.session.runner import print_outcome
+
+    capsys.readouterr()
+    print_outcome(session, out)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert f"  remove with: {cmd}" in printed
+    assert printed[-1] == f"FAIL: {out.why}"
     md = (tmp_path / "r.md").read_text()
     assert _headline(md) == "FAIL"
     assert "Every scenario's `verify()` held." not in md
