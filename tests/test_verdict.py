@@ -195,6 +195,65 @@ async def test_redis_restart_mid_run_leaves_no_key(own_redis) -> None:  # type: 
     assert out.verdict == "PASS" and out.exit_code == 0, (out.why, session.messages)
 
 
+async def _run_with_redis_down_at_the_end(r, retry_s: float, back_after: float | None):  # type: ignore[no-untyped-def]
+    """ManyKeys against `r`; Valkey stops 1 s before the run ends and starts
+    again `back_after` s later (None: after the run)."""
+    cfg = RunConfig(
+        scenarios=[(ManyKeys, 1.0)], redis_url=r.url, probes=False, retry_s=retry_s,
+        slo={"error_pct": 100.0, "p95_ms": 60_000, "p99_ms": 60_000},
+        engine=EngineConfig(concurrency=4, duration=3.0, interval=0.5),
+    )  # fmt: skip
+    session = Session(cfg)
+    run = asyncio.create_task(session.run())
+    while session.engine is None or session.engine.ticks_emitted < 4:
+        assert not run.done()
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(r.stop)
+    if back_after is not None:
+        await asyncio.sleep(back_after)
+        await asyncio.to_thread(r.start)
+    out = await asyncio.wait_for(run, 120)
+    if back_after is None:
+        await asyncio.to_thread(r.start)
+    return session, out
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_redis_down_as_the_run_ends_is_cleaned_once_back() -> None:
+    """The keys survive the restart (append-only file); cleanup finds Valkey
+    down, retries on fresh connections, and removes them once it is back."""
+    from app.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(appendonly="yes", appendfsync="always") as r:
+        session, out = await _run_with_redis_down_at_the_end(r, retry_s=30.0, back_after=3.0)
+        assert await _keys(r.url, f"loadtop_{session.cfg.run_id}_*") == []
+        assert out.leftovers == [] and out.verdict == "PASS", (out.why, session.messages)
+        assert any("cleanup of redis done on attempt" in m for m in session.messages)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_redis_down_past_the_retries_fails_and_its_command_removes_the_keys() -> None:
+    import shutil
+
+    from app.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(appendonly="yes", appendfsync="always") as r:
+        session, out = await _run_with_redis_down_at_the_end(r, retry_s=1.0, back_after=None)
+        pattern = f"loadtop_{session.cfg.run_id}_*"
+        assert out.verdict == "FAIL" and out.exit_code == 1 and "cleanup failed" in out.why
+        [left] = out.leftovers
+        assert left["target"] == "redis" and left["pattern"] == pattern
+        [cmd] = left["commands"]
+        assert await _keys(r.url, pattern), "the keys did not survive: the test proves nothing"
+        if shutil.which("redis-cli") is None:
+            pytest.skip("no redis-cli to run the printed command")
+        p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert await _keys(r.url, pattern) == []
+
+
 class Stock(Scenario):
     """Creates a table in its schema; verify() reads it back."""
 
