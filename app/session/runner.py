@@ -704,6 +704,8 @@ class Session:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.retry_s
         todo: dict[str, Callable[[], Any]] = {}
+        if self.cfg.readonly:  # nothing was created (the server refused writes)
+            return []
         if self.clients.pg is not None and self.cfg.pg_dsn:
             todo["postgres"] = lambda: self._cleanup_pg(pattern)
         if self.clients.redis is not None and self.cfg.redis_url:
