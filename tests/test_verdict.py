@@ -447,7 +447,7 @@ def _with_anomaly(rec, kind: str, severity: str = "warning"):  # type: ignore[no
 
 def test_the_verdict_rule_is_data_and_others_extend_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.session import report
-    from tests.test_ui_replay import make_recording
+    from tests.unit.ticks import make_recording
 
     def judge(rec) -> dict:  # type: ignore[no-untyped-def]
         return build_summary(rec)["verdict"]
@@ -470,7 +470,7 @@ def test_the_verdict_rule_is_data_and_others_extend_it(monkeypatch: pytest.Monke
 
 
 def test_no_end_record_is_incomplete_and_says_what_it_saw() -> None:
-    from tests.test_ui_replay import make_recording
+    from tests.unit.ticks import make_recording
 
     rec = make_recording()
     rec.end = None
@@ -481,7 +481,7 @@ def test_no_end_record_is_incomplete_and_says_what_it_saw() -> None:
 
 
 def test_a_watch_is_judged_by_the_systems_not_an_slo() -> None:
-    from tests.test_ui_replay import make_recording
+    from tests.unit.ticks import make_recording
 
     rec = make_recording()
     rec.header["slo"] = {"p95_ms": 0.001}  # a run would FAIL this SLO ...
