@@ -69,7 +69,15 @@ def run_console(session: Any, cleanup: Callable[[], None] | None = None) -> int:
     from app.ui.main import run_session_console
 
     try:
-        return run_session_console(session, say=say_err, cleanup=cleanup)
+        code = run_session_console(session, say=say_err, cleanup=cleanup)
+        outcome = getattr(session, "outcome", None)
+        if outcome is not None and getattr(outcome, "why", "") and outcome.exit_code != 2:
+            # the verdict, as in the report; its code also after an error mid-run
+            # (INCOMPLETE, 1), which the console alone would call bad input (2);
+            # bad input stays the console's one line
+            say_err(f"{outcome.verdict}: {outcome.why}")
+            return int(outcome.exit_code)
+        return code
     except OSError as e:
         outcome = getattr(session, "outcome", None)
         if not stdout_gone(e) or outcome is None:

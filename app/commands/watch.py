@@ -22,7 +22,9 @@ class Watch:
         parser.add_argument("--interval", metavar="T", help="tick length (default 1s)")
 
     def run(self, args: argparse.Namespace) -> int:
-        """Until --duration, Ctrl-C, SIGTERM or SIGHUP. Exit code 0, 2 for bad input."""
+        """Until --duration, Ctrl-C, SIGTERM or SIGHUP. The exit code is the
+        watch's verdict (0 PASS, 1 FAIL: a critical or failing anomaly was
+        raised), 2 for bad input."""
         cfg = build_run_config(args, watch=True)  # checks --record / --export too
         forget_secret_environment()
         mark_run_started()
@@ -34,5 +36,4 @@ class Watch:
             return run_console(WatchSession(cfg))
         from app.frontends.headless import headless_printer, run_headless
 
-        code = run_headless(WatchSession(cfg, printer=headless_printer(cfg)))
-        return 0 if code != 2 else 2
+        return run_headless(WatchSession(cfg, printer=headless_printer(cfg)))

@@ -59,26 +59,61 @@ class Verifier:
 
     async def verify_all(self) -> None:
         for inst in self.scenarios:
-            try:
-                async with self.admin(inst.name) as ctx:
-                    found = await asyncio.wait_for(inst.verify(ctx), 30)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                cls = classify(e)
-                if is_connection_error(cls) or cls == "timeout":
-                    # the target is down or restarting: that is an outage (counted by
-                    # the workers), not a broken invariant; verify runs again later
-                    self.event("verify-skipped", "system", note=f"{inst.name}: {cls}")
-                    continue
-                found = [f"verify() could not run: {cls}: {str(e)[:160]}"]
-            found = [self.redact(str(v)) for v in found or []]
-            if found:
-                seen = self.violations.setdefault(inst.name, [])
-                for v in found:
-                    if v not in seen and len(seen) < 100:
-                        seen.append(v)
-            self._pending[inst.name] = tuple(found)
+            await self._verify_one(inst)
+
+    async def verify_final(
+        self, retry_s: float, reconnect: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, str]:
+        """The final verify() of every scenario. One whose target cannot be
+        reached is tried again with backoff, after a reconnect, for up to
+        `retry_s` in all; returns those that never ran, with why."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_s
+        unverified: dict[str, str] = {}
+        for inst in self.scenarios:
+            delay, tries = 0.25, 0
+            while True:
+                tries += 1
+                cls = await self._verify_one(inst)
+                if cls is None:
+                    break
+                if loop.time() + delay > deadline:
+                    unverified[inst.name] = f"{cls}, tried {tries} times over {retry_s:g} s"
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                if reconnect is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(reconnect(), 5)
+        return unverified
+
+    async def _verify_one(self, inst: Scenario) -> str | None:
+        """Run `inst.verify()` once; returns the error class when its target
+        could not be reached (it did not run), else None."""
+        try:
+            async with self.admin(inst.name) as ctx:
+                found = await asyncio.wait_for(inst.verify(ctx), 30)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            cls = classify(e)
+            if is_connection_error(cls) or cls == "timeout":
+                # the target is down or restarting: that is an outage (counted by
+                # the workers), not a broken invariant; verify runs again later
+                self.event("verify-skipped", "system", note=f"{inst.name}: {cls}")
+                return cls
+            found = [f"verify() could not run: {cls}: {str(e)[:160]}"]
+        self._found(inst, found)
+        return None
+
+    def _found(self, inst: Scenario, found: Any) -> None:
+        found = [self.redact(str(v)) for v in found or []]
+        if found:
+            seen = self.violations.setdefault(inst.name, [])
+            for v in found:
+                if v not in seen and len(seen) < 100:
+                    seen.append(v)
+        self._pending[inst.name] = tuple(found)
 
     async def loop(self, every: float) -> None:
         """verify_all() every `every` seconds until `closed` (a flag as well as

@@ -35,6 +35,7 @@ from app.engine.clients import Clients, close_clients, connect_clients
 from app.engine.engine import EngineConfig, LoadEngine, allocate
 from app.engine.errors import classify
 from app.engine.procs import HostSpec, ProcessWorkers
+from app.engine.thresholds import ThresholdError
 from app.faults import FaultError, parse_fault_spec
 from app.faults.actions import FaultTargets
 from app.faults.proxy import FaultProxy
@@ -44,6 +45,7 @@ from app.scenario import Context, Scenario, ScenarioError, check_processes, clas
 from app.session.export import write_report
 from app.session.pipeline import Pipeline, Verifier
 from app.session.recording import Recorder, Recording, RecordingError, read_recording
+from app.session.report import build_summary
 from app.session.retention import TRIM_EVERY, RecentTicks, release_free_memory
 from app.targets import Redactor, TargetError, redact_params
 from app.tick import Tick, tick_to_json
@@ -87,6 +89,9 @@ class RunConfig:
     fault_processes: dict[str, Callable[[], int | None]] = field(default_factory=dict)
     kube_config: Any = None  # tests: a KubeConfig for a loopback fake API
     fault_hints: dict[str, str] = field(default_factory=dict)  # app.faults.actions.FaultTargets
+    # how long the final verify() and the cleanup each retry a target that
+    # cannot be reached (with backoff, after a reconnect) before giving up
+    retry_s: float = 30.0
 
 
 @dataclass
@@ -98,6 +103,10 @@ class Outcome:
     tripped: str | None
     report_path: str | None = None
     record_path: str | None = None
+    verdict: str = "PASS"  # PASS | FAIL | INCOMPLETE | ERROR (app.session.report.verdict)
+    why: str = ""  # the verdict in one line
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
+    unverified: dict[str, str] = field(default_factory=dict)
 
 
 class Session:
@@ -138,6 +147,8 @@ class Session:
         self._admin_conn: Any = None
         self._admin_lock: asyncio.Lock | None = None
         self._created_prefixes: set[str] = set()
+        self._error_input = False  # self.error is bad input (exit 2), not a failed run
+        self.unverified: dict[str, str] = {}  # final verify() that could not run: why
         self.messages: list[str] = []  # status lines (embedded servers, faults)
         self.procs: ProcessWorkers | None = None
         self.verifier: Verifier | None = None
@@ -470,9 +481,14 @@ class Session:
                 self.engine.stop(self._stop_requested)
             self._ready.set()
             reason = await self.pipeline.run()
-            await self.verifier.verify_all()
+            self.unverified = await self.verifier.verify_final(cfg.retry_s, self._reconnect)
+            for name, why in self.unverified.items():
+                self.messages.append(f"final verify() of {name} could not run: {why}")
         except Exception as e:
             self.error = self.redactor(str(e))
+            self._error_input = isinstance(
+                e, TargetError | SetupError | ScenarioError | RecordingError | ThresholdError
+            )
             raise
         finally:
             await self._finish(reason)
@@ -727,7 +743,7 @@ class Session:
                     await asyncio.wait_for(inst.teardown(ctx), 60)
             except BaseException as e:
                 self.messages.append(self.redactor(f"{inst.name}: teardown failed: {classify(e)}"))
-        await self._cleanup_prefixes()
+        leftovers = await self._cleanup_prefixes()
         if self.probe_set is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.probe_set.stop(), 5)
@@ -738,14 +754,15 @@ class Session:
         invariants = dict(self.verifier.violations) if self.verifier else {}
         thresholds = self.pipeline.thresholds if self.pipeline else None
         tripped = thresholds.tripped if thresholds else None
-        code = 1 if invariants or tripped else 0
-        if self.error:
-            code = 2
-        end = {
+        end: dict[str, Any] = {
             "ended": time.time(),
             "reason": reason,
-            "exit_code": code,
+            "exit_code": 2 if self.error and self._error_input else None,  # the verdict's, below
             "invariants": invariants,
+            "unverified": dict(self.unverified),
+            "leftovers": leftovers,
+            # an end with no reason of its own (a cancelled task) did not finish either
+            "error": self.error or ("interrupted" if reason == "error" else None),
             "threshold_tripped": (
                 {"expr": tripped.expr, "tick": thresholds.tripped_tick, "value": tripped.value}
                 if tripped and thresholds
@@ -754,6 +771,14 @@ class Session:
             "never_connected": eng.never_connected() if eng else {},
             "messages": self.messages[-50:],
         }
+        # the one verdict: the same function the report uses, over the same data
+        try:
+            v = build_summary(self._report_recording(end))["verdict"]
+        except Exception as e:  # judging must not lose the end record: fail closed
+            v = {"verdict": "FAIL", "exit_code": 1, "reasons": [],
+                 "why": f"the run could not be judged: {type(e).__name__}: {e}"}  # fmt: skip
+        end.update(exit_code=v["exit_code"], verdict=v["verdict"], why=v["why"])
+        code = v["exit_code"]
         self.end = end
         if self.recorder is not None:
             try:
@@ -779,40 +804,165 @@ class Session:
         self.outcome = Outcome(
             reason=reason, exit_code=code, ticks=self.ticks.total, invariants=invariants,
             tripped=tripped.expr if tripped else None, report_path=report_path,
-            record_path=self.cfg.record,
+            record_path=self.cfg.record, verdict=v["verdict"], why=self.redactor(v["why"]),
+            leftovers=leftovers, unverified=dict(self.unverified),
         )  # fmt: skip
 
-    async def _cleanup_prefixes(self) -> None:
-        """Remove everything this run created on its targets, whatever teardown did."""
-        pattern = f"loadtop_{self.cfg.run_id}_"
+    async def _reconnect(self) -> None:
+        """Drop the shared clients' connections, so the next use opens fresh
+        ones (after a target restart the pooled ones are dead)."""
         if self.clients.pg is not None:
-            try:
-                async with self.clients.pg.acquire(timeout=15) as conn:
-                    names = await conn.fetch(
-                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
-                        pattern.replace("_", r"\_") + "%",
-                    )
-                    for row in names:
-                        await conn.execute(f'DROP SCHEMA IF EXISTS "{row[0]}" CASCADE')
-            except Exception as e:
-                self.messages.append(
-                    self.redactor(f"cleanup of postgres schemas failed: {classify(e)}")
-                )
+            with contextlib.suppress(Exception):
+                await self.clients.pg.expire_connections()
         if self.clients.redis is not None:
-            try:
-                batch: list[Any] = []
-                async for key in self.clients.redis.scan_iter(match=f"{pattern}*", count=1000):
-                    batch.append(key)
-                    if len(batch) >= 500:
-                        await self.clients.redis.unlink(*batch)
-                        batch = []
-                if batch:
-                    await self.clients.redis.unlink(*batch)
-            except Exception as e:
-                self.messages.append(self.redactor(f"cleanup of redis keys failed: {classify(e)}"))
+            with contextlib.suppress(Exception):
+                await self.clients.redis.connection_pool.disconnect()
+
+    async def _cleanup_prefixes(self) -> list[dict[str, Any]]:
+        """Remove everything this run created on its targets, whatever teardown
+        did. A target that cannot be reached is tried again on a fresh
+        connection, with backoff, for up to `cfg.retry_s`; returns what is
+        left (target, what, error, the commands that remove it)."""
+        pattern = f"loadtop_{self.cfg.run_id}_"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.retry_s
+        todo: dict[str, Callable[[], Any]] = {}
+        if self.cfg.readonly:  # nothing was created (the server refused writes)
+            return []
+        if self.clients.pg is not None and self.cfg.pg_dsn:
+            todo["postgres"] = lambda: self._cleanup_pg(pattern)
+        if self.clients.redis is not None and self.cfg.redis_url:
+            todo["redis"] = lambda: self._cleanup_redis(pattern)
+        errors: dict[str, str] = {}
+        delay, tries = 0.25, 0
+        while todo:
+            tries += 1
+            for target, attempt in list(todo.items()):
+                try:
+                    remaining = max(deadline - loop.time(), 5.0)
+                    await asyncio.wait_for(attempt(), remaining)
+                    todo.pop(target)
+                    if tries > 1:
+                        self.messages.append(f"cleanup of {target} done on attempt {tries}")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    errors[target] = self.redactor(f"{classify(e)}: {str(e)[:160]}")
+            if not todo or loop.time() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        left = [self._leftover(t, pattern, errors.get(t, "?"), tries) for t in todo]
+        for x in left:
+            self.messages.append(f"cleanup of {x['target']} failed: left {x['what']}"
+                                 f" ({x['error']}); remove with: {' && '.join(x['commands'])}")  # fmt: skip
+        return left
+
+    async def _cleanup_pg(self, pattern: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            self.cfg.pg_dsn, timeout=5,
+            server_settings={"application_name": "loadtop:cleanup", **self.clients.pg_settings},
+        )  # fmt: skip
+        try:
+            names = await conn.fetch(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                pattern.replace("_", r"\_") + "%",
+            )
+            for row in names:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{row[0]}" CASCADE')
+        finally:
+            await _close_quietly(conn)
+
+    async def _cleanup_redis(self, pattern: str) -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            self.cfg.redis_url, socket_connect_timeout=5, socket_timeout=10,
+            client_name="loadtop:cleanup",
+        )  # fmt: skip
+        try:
+            batch: list[Any] = []
+            async for key in client.scan_iter(match=f"{pattern}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    await client.unlink(*batch)
+                    batch = []
+            if batch:
+                await client.unlink(*batch)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 5)
+
+    def _leftover(self, target: str, pattern: str, error: str, tries: int) -> dict[str, Any]:
+        """What a failed cleanup left on `target`, and the commands that remove it."""
+        why = f"{error}; tried {tries} times over {self.cfg.retry_s:g} s"
+        if target == "postgres":
+            schemas = [
+                self.prefixes[inst.name]
+                for inst, _ in self.instances
+                if "postgres" in inst.needs and inst.name in self._created_prefixes
+            ] or [f"{pattern}..."]
+            dsn = self.redactor(self.cfg.pg_dsn or "")
+            return {
+                "target": "postgres",
+                "what": ", ".join(f"schema {n}" for n in schemas),
+                "schemas": schemas,
+                "error": why,
+                "commands": [
+                    f"psql '{dsn}' -c 'DROP SCHEMA IF EXISTS \"{n}\" CASCADE;'" for n in schemas
+                ],
+            }
+        cli = redis_cli_args(self.cfg.redis_url or "")
+        from urllib.parse import urlsplit
+
+        # redis-cli reads the password from REDISCLI_AUTH; never print the real one
+        auth = (
+            "export REDISCLI_AUTH='<password>'; "
+            if urlsplit(self.cfg.redis_url or "").password
+            else ""
+        )
+        return {
+            "target": "redis",
+            "what": f"keys matching {pattern}*",
+            "pattern": f"{pattern}*",
+            "error": why,
+            "commands": [
+                f"{auth}redis-cli {cli} --scan --pattern '{pattern}*'"
+                f" | xargs -r redis-cli {cli} del"
+            ],
+        }
 
     async def _close_clients(self) -> None:
         await close_clients(self.clients)
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 2.0)
+    except BaseException:
+        conn.terminate()
+
+
+def redis_cli_args(url: str) -> str:
+    """redis-cli's options for `url`, without its password (redis-cli reads
+    REDISCLI_AUTH for that)."""
+    from urllib.parse import urlsplit
+
+    p = urlsplit(url)
+    if p.scheme == "unix":
+        args = f"-s {p.path}"
+    else:
+        args = f"-h {p.hostname or '127.0.0.1'} -p {p.port or 6379}"
+        if p.scheme == "rediss":
+            args += " --tls"
+    db = (p.path or "/").strip("/")
+    if p.scheme != "unix" and db.isdigit() and db != "0":
+        args += f" -n {db}"
+    if p.username and p.username not in ("", "default"):
+        args += f" --user {p.username}"
+    return args
 
 
 def run_sync(coro: Any) -> Any:
@@ -836,10 +986,15 @@ def print_outcome(session: Session, o: Outcome) -> None:
     for name, vs in o.invariants.items():
         for v in vs[:10]:
             print(scrub(f"invariant violated: {name}: {v}"), flush=True)
+    for x in o.leftovers:
+        print(scrub(f"cleanup failed: {x['target']}: left {x['what']}"), flush=True)
+        for c in x["commands"]:
+            print(scrub(f"  remove with: {c}"), flush=True)
     if o.report_path:
         print(f"report: {o.report_path}", flush=True)
     if o.record_path:
         print(f"recording: {o.record_path}", flush=True)
+    print(scrub(f"{o.verdict}: {o.why}"), flush=True)
 
 
 def verb_for(fn: str) -> str:

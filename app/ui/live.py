@@ -82,6 +82,9 @@ class LiveConsole(Console):
         Binding("x", "panic", "PANIC"),
         Binding("r", "plan", "plan"),
         Binding("f", "faults", "fault"),
+        # Ctrl-C quits as q does (teardown and all) after one y/n; Textual's own
+        # binding only said "press ctrl+q" while the load kept running
+        Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
         *Console.SHARED_BINDINGS,
     ]
     LOAD_ACTIONS = frozenset({"step", "step_size", "pause", "panic", "plan", "faults"})
@@ -300,6 +303,23 @@ class LiveConsole(Console):
         run = self.control.config.get("run_id") or "run"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return str(Path(self.export_dir) / f"loadtop-{run}-{stamp}.md")
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: ask once, then quit as `q` does; a second Ctrl-C while
+        asked (or once stopping) is the yes."""
+        if self.ended or self.stopping or getattr(self, "_asked_quit", False):
+            self.action_quit_console()
+            return
+        self._asked_quit = True
+
+        def answered(yes: bool | None) -> None:
+            self._asked_quit = False
+            if yes:
+                self.action_quit_console()
+
+        self.push_screen(
+            ConfirmScreen("Quit? The load stops, teardown runs, the recording closes."), answered
+        )
 
     def action_quit_console(self) -> None:
         if self.ended or self.stopping:

@@ -26,6 +26,7 @@ LIVE_KEYS = [
     ("enter", "on a blocker: details (c cancel, k terminate)"),
     ("?", "this help"),
     ("q", "quit: stop the load, teardown, close the recording"),
+    ("ctrl+c", "the same as q, after a y/n"),
 ]
 REPLAY_KEYS = [
     ("space", "pause / play"),
