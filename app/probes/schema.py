@@ -153,7 +153,8 @@ class QueueConsumers(TypedDict, total=False):
     evidence: str  # direct (about this queue) | indirect (about its database or layout)
     via: str  # where it came from, e.g. "heartbeats", "client name"
     db: int
-    db_clients: int  # blocked: clients connected to that database (busy ones included)
+    db_clients: int | None  # blocked: clients connected to that database (busy ones
+    #                         included); None when CLIENT LIST gave no count
     registered: int  # streams: consumers in the groups; RQ: workers registered
     idle_after_ms: int  # streams: a consumer idle longer than this is not counted
     note: str
