@@ -44,9 +44,9 @@ class PgWait(TypedDict, total=False):
     holders: list[dict]  # [{pid, mode, granted}]: blockers' locks on the same object
     #                     (granted False = queued ahead of it with a conflicting request)
     relation: str  # schema.table (for a transaction id: a table the waiter holds)
-    advisory: list[int]  # [classid, objid, objsubid]
-    tuple: list[int]  # [page, tuple]
-    xid: str
+    advisory: list[int | None]  # [classid, objid, objsubid] (pg_locks columns, nullable)
+    tuple: list[int | None]  # [page, tuple] (pg_locks columns, nullable)
+    xid: str | None  # pg_locks.transactionid as text
 
 
 class PgBlind(TypedDict):
