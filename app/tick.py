@@ -680,7 +680,7 @@ def tick_from_json(d: Mapping[str, Any]) -> Tick:
                 ok=int(s["ok"]),
                 failed=int(s["failed"]),
                 errors={str(k): int(v) for k, v in s.get("errors", {}).items()},
-                hist=lazy_hist(s["hist"]),  # type: ignore[arg-type]
+                hist=lazy_hist(s["hist"]),
                 scheduled=int(s.get("scheduled", 0)),
                 dropped=int(s.get("dropped", 0)),
                 lag_ms=float(s.get("lag_ms", 0.0)),

@@ -31,7 +31,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
@@ -497,11 +497,13 @@ class QueueFinder:
             else:
                 q["depth"] = sum(_int(b.get(i, 0)) for i in idx.get("depth", ()))
                 q["consumed_per_s"] = self._consumed(b, idx.get("lists", ()), now)
-            for role in ("in_flight", "failed", "scheduled", "retry"):
+            roles: tuple[Literal["in_flight", "failed", "scheduled", "retry"], ...] = (
+                "in_flight", "failed", "scheduled", "retry")  # fmt: skip
+            for role in roles:
                 if role in idx:
-                    q[role] = sum(_int(b.get(i, 0)) for i in idx[role])  # type: ignore[literal-required]
+                    q[role] = sum(_int(b.get(i, 0)) for i in idx[role])
                 else:
-                    q.setdefault(role, None)  # type: ignore[misc]
+                    q.setdefault(role, None)
             if "sched_acks" in idx:
                 q["scheduled"] = (q.get("scheduled") or 0) + sum(
                     _int(b.get(i, 0)) for i in idx["sched_acks"]

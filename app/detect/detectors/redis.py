@@ -554,12 +554,12 @@ class QueueStuckDetector(Detector):
                 idle = all(s.consumed == 0 for s in rec[1:]) and all(
                     s.depth >= o.floor for s in rec
                 )
-                ages = [s.oldest for s in rec]
+                ages = [s.oldest for s in rec if s.oldest is not None]
                 aging = (
-                    all(a is not None for a in ages)
+                    len(ages) == len(rec)
                     and last.depth >= 1
-                    and ages[-1] >= o.age_min_s  # type: ignore[operator]
-                    and ages[-1] - ages[0] >= 0.8 * (rec[-1].t - rec[0].t)  # type: ignore[operator]
+                    and ages[-1] >= o.age_min_s
+                    and ages[-1] - ages[0] >= 0.8 * (rec[-1].t - rec[0].t)
                 )
                 if not (idle or aging):
                     continue
@@ -567,7 +567,7 @@ class QueueStuckDetector(Detector):
                 why = (
                     f"nothing consumed for {span:.0f}s"
                     if idle
-                    else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"  # type: ignore[operator]
+                    else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"
                 )
                 old = f", oldest {fmt.age(last.oldest)}" if last.oldest is not None else ""
                 busy_txt = f", {last.in_flight} in flight" if last.in_flight else ""
