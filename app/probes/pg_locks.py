@@ -307,6 +307,7 @@ def blocking_tree(
             key=lambda b: (-(b.get("state_age_s") or 0), b["pid"]),
         )
         longest_wait = max((b.get("state_age_s") or 0 for b in ws), default=0.0)
+        # root and tree rows are built as plain dicts (tree_rows serves other callers)
         node: PgBlockNode = {
             "root": root,  # type: ignore[typeddict-item]
             "waiters": ws[:MAX_WAITERS_PER_TREE],
