@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from app.session.config import build_run_config
 
 if TYPE_CHECKING:
+    from app.scenario import Scenario
     from app.session.runner import RunConfig
 
 DEMO_SCENARIOS = ("stock-reservation", "redis-lock", "redis-queue")
@@ -46,7 +47,7 @@ class Demo:
         return run_demo(args)
 
 
-def demo_mix() -> list[tuple[type, float]]:
+def demo_mix() -> list[tuple[type[Scenario], float]]:
     """stock-reservation plus the Redis and HTTP scenarios this build has."""
     from app.scenario import builtin_scenarios
 
@@ -195,9 +196,10 @@ def run_demo(args: Any) -> int:
         if isinstance(service_f.exception(), RuntimeError):
             _say(str(service_f.exception()))
             return 2
-        for f in (pg_f, redis_f, service_f):
-            if f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
+        for done in (pg_f, redis_f, service_f):
+            exc = done.exception()
+            if exc is not None:
+                raise exc
         _say(f"demo service on {service.url} (POST /reserve, GET /stock/{{id}})")
         cfg.pg_dsn, cfg.redis_url = pg.dsn, redis.url
         if "http" in {n for cls, _ in cfg.scenarios for n in cls.needs}:

@@ -346,8 +346,8 @@ class KubeClient(_Paged):
             fresh = c is not None and (
                 c.expires is None or c.expires > now + 10 or now - c.obtained < 1.0
             )
-            if fresh and (stale is None or c is not stale):
-                return c  # type: ignore[return-value]
+            if c is not None and fresh and (stale is None or c is not stale):
+                return c
             self._exec_cred = c = await run_exec_plugin(self.cfg, timeout=max(self.timeout, 10.0))
             return c
 
