@@ -27,6 +27,10 @@ the previous poll's highest id, or the rise of that highest id for tables
 that delete finished rows) minus the growth of the unfinished rows, over the
 time between two polls; good_job counts `finished_at` since the last poll;
 a SQL queue that returns a cumulative `done` column gets the rise of it.
+
+Long by design: eight queue systems found by their tables, one small reader
+each, plus the user's `[[queue.sql]]` runner; they share one detection query
+and one connection.
 """
 
 from __future__ import annotations

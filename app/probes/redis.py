@@ -22,6 +22,10 @@ LRU age), a handful of round trips per poll:
 
 Figures leave the probe out: its connection, its commands and its slow-log
 entries. The data's shape is `RedisReading` in `app.probes.schema`.
+
+Long by design: the Redis probe's poll (INFO, SLOWLOG, LATENCY, client list),
+lock discovery and the fast lock watch; queue readers are in
+app.probes.redis_queues.
 """
 
 from __future__ import annotations
