@@ -211,7 +211,7 @@ class RedisProbe(Probe):
         await self.reset()
 
     def describe(self, exc: BaseException) -> str:
-        return describe_redis_error(exc, self.target)
+        return redis_poll_error(exc, self.target)
 
     # ---- one poll ---------------------------------------------------------------
     async def poll(self) -> dict[str, Any]:
@@ -535,7 +535,9 @@ def uuid1_time(token: bytes) -> float | None:
     return (u.time - UUID1_EPOCH) / 1e7
 
 
-def describe_redis_error(exc: BaseException, target: str) -> str:
+def redis_poll_error(exc: BaseException, target: str) -> str:
+    """A failed probe poll in one line; the probe retries. (A failed *load*
+    connect is bad input instead: app.engine.clients.describe_redis_error.)"""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
         return f"{msg}: check the user and password in the Redis URL for {target}"
