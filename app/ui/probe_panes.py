@@ -301,7 +301,7 @@ class RedisPane(Pane):
             shown = ", ".join(elide_middle(k, 24) for k in unmatched[:2])
             line.append(
                 f"\n{len(unmatched)} key(s) look like queues/locks but match nothing ({shown}): "
-                "redis_queue_patterns / redis_lock_patterns in loadtop.toml",
+                "--redis-queue-pattern / --redis-lock-pattern or loadtop.toml",
                 style="yellow",
             )
         info.update(line)
