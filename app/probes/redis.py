@@ -315,8 +315,8 @@ class RedisProbe(Probe):
         if hints:
             data["hints"] = [
                 f"{len(hints)} key(s) look like queues or locks but match no known layout or "
-                f"pattern (e.g. {', '.join(hints[:3])}): name them with redis_queue_patterns "
-                f"or redis_lock_patterns in loadtop.toml"
+                f"pattern (e.g. {', '.join(hints[:3])}): name them with --redis-queue-pattern / "
+                f"--redis-lock-pattern or redis_queue_patterns / redis_lock_patterns in loadtop.toml"
             ]
             data["unmatched_keys"] = hints
         self._own_cmds = cmds
