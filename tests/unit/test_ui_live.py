@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from app.session.control import SessionControl
 from app.session.runner import RunConfig, Session
@@ -528,7 +528,7 @@ def test_snapshot_live(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(app, terminal_size=size, run_before=go)
 
 
-async def _trend_cells(size: tuple[int, int]) -> tuple[str, str, int]:
+async def _trend_cells(size: tuple[int, int]) -> tuple[str, str, int, int]:
     fake, app = _seeded_live()
     async with app.run_test(size=size) as pilot:
         for t in make_ticks(13):
@@ -542,12 +542,15 @@ async def _trend_cells(size: tuple[int, int]) -> tuple[str, str, int]:
         assert cols[7:9] == ["p50~", "p99~"]
         # the trend columns leave no empty half: the table fills its pane
         used = sum(c.get_render_width(table) for c in table.columns.values())
-        return p50, p99, table.scrollable_content_region.width - used
+        # the session chart is drawn at its widget's width
+        chart = str(app.query_one("#chart", Static).render()).split("\n")
+        return p50, p99, table.scrollable_content_region.width - used, max(map(len, chart))
 
 
 async def test_trend_sparklines_grow_with_the_pane() -> None:
-    p50_120, p99_120, spare_120 = await _trend_cells((120, 40))
-    p50_200, p99_200, spare_200 = await _trend_cells((200, 50))
+    p50_120, p99_120, spare_120, chart_120 = await _trend_cells((120, 40))
+    p50_200, p99_200, spare_200, chart_200 = await _trend_cells((200, 50))
+    assert chart_200 > chart_120
     assert len(p50_200) > len(p50_120) and len(p99_200) > len(p99_120)
     # the 13 ticks are all drawn, newest at the right edge
     assert len(p50_200.strip()) == 13 and p50_200[-1] != " "
