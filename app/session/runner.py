@@ -759,6 +759,7 @@ class Session:
             "reason": reason,
             "exit_code": 2 if self.error and self._error_input else None,  # the verdict's, below
             "invariants": invariants,
+            "invariants_final": True,  # the final check's figures, not the first-seen
             "unverified": dict(self.unverified),
             "leftovers": leftovers,
             # an end with no reason of its own (a cancelled task) did not finish either
