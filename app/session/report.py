@@ -780,17 +780,39 @@ def render_markdown(
     L.append("")
     if s["events"]:
         rows = []
-        for e in s["events"][:500]:
+        for e, n, last in collapse_events(s["events"])[:500]:
             change = ""
             if e["before"] is not None or e["after"] is not None:
                 change = f"{fmt.num(e['before'], none='–')} → {fmt.num(e['after'], none='–')}"
             when = fmt.seconds(e["elapsed_s"], none="?")
-            rows.append([when, e["kind"], e["source"], change, e["note"]])
+            note = e["note"] or ""
+            if n > 1:  # one row for a run of identical events (issue 13)
+                note = (f"{note} ×{n}" if note else f"×{n}") + (
+                    f", first at {when}, last at {fmt.seconds(last, none='?')}"
+                )
+            rows.append([when, e["kind"], e["source"], change, note])
         L += _table(["at", "event", "by", "change", "note"], rows, "rllll")
     else:
         L.append("No control events.")
     L.append("")
     return pg_report.watch_sections("\n".join(L), s)
+
+
+def collapse_events(
+    events: list[dict[str, Any]],
+) -> list[tuple[dict[str, Any], int, float | None]]:
+    """Consecutive identical control events (same kind, source, change and
+    note, e.g. "capped at --max-concurrency" at every key press) as one:
+    (the first, how many, the last's elapsed_s)."""
+    out: list[tuple[dict[str, Any], int, float | None]] = []
+    ident = ("kind", "source", "before", "after", "note")
+    for e in events:
+        if out and all(out[-1][0][k] == e[k] for k in ident):
+            first, n, _ = out[-1]
+            out[-1] = (first, n + 1, e["elapsed_s"])
+        else:
+            out.append((e, 1, e["elapsed_s"]))
+    return out
 
 
 def cleanup_md(leftovers: list[dict[str, Any]]) -> list[str]:
