@@ -642,8 +642,9 @@ def render_markdown(
     t = s["total"]
     L += pg_report.headline_notes(s, L)
     L.append(
-        f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall,"
-        f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
+        f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall"
+        + (f" ({fmt.rate(t['ok'] / t['seconds'])} ok/s)," if t["failed"] and t["seconds"] else ",")
+        + f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
     if chart_md:
