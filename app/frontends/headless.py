@@ -38,11 +38,14 @@ def headless_printer(cfg: RunConfig) -> Callable[[Tick], None]:
         lag = max((s.lag_ms for s in tick.scenarios), default=0.0)
         drop = sum(s.dropped for s in tick.scenarios)
         open_s = f" lag {fmt.ms(lag)} drop {drop}" if tick.mode == "rate" else ""
+        ok_s = tick.ok / tick.interval if tick.interval > 0 else 0.0
         parts = [
             f"{tick.elapsed:6.1f}s",
             f"c={tick.concurrency}/{tick.target_concurrency}{' ' + mode if mode else ''}"
             + (" paused" if tick.paused else ""),
-            f"{fmt.rate(tick.ops_per_s):>6} ops/s",
+            # ops/s is completions, as in the report; what succeeded is said apart
+            f"{fmt.rate(tick.ops_per_s):>6} ops/s"
+            + (f" ({fmt.rate(ok_s)} ok/s)" if tick.failed else ""),
             f"p50 {fmt.ms(lat.p50)} p95 {fmt.ms(lat.p95)} p99 {fmt.ms(lat.p99)}",
             f"err {100 * tick.error_ratio:.2f}%{err_s}{open_s}",
         ]

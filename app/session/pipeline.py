@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from app.detect import build_detectors, detect_flags
+from app.detect.detectors.load import violation_identity
 from app.engine.engine import LoadEngine
 from app.engine.errors import classify, is_connection_error
 from app.engine.thresholds import ThresholdSet
@@ -42,8 +43,9 @@ class Analyzer(Protocol):
 
 class Verifier:
     """Runs every scenario's verify() during the load and after it. Results
-    are kept for the end line (`violations`) and handed to the next tick
-    (`take()`), which carries them to the detectors."""
+    are kept for the end line (`violations`: the latest check's, issue 12.6)
+    and handed to the next tick (`take()`), which carries them to the
+    detectors."""
 
     def __init__(
         self, scenarios: Iterable[Scenario], admin: AdminContext,
@@ -53,7 +55,9 @@ class Verifier:
         self.admin = admin
         self.event = event
         self.redact = redact
-        self.violations: dict[str, list[str]] = {}
+        self._latest: dict[str, tuple[str, ...]] = {}  # scenario -> latest check's
+        # scenario -> violation identity -> its first text, while checks keep returning it
+        self._first: dict[str, dict[str, str]] = {}
         self._pending: dict[str, tuple[str, ...]] = {}
         self.closed = False
 
@@ -108,12 +112,30 @@ class Verifier:
 
     def _found(self, inst: Scenario, found: Any) -> None:
         found = [self.redact(str(v)) for v in found or []]
-        if found:
-            seen = self.violations.setdefault(inst.name, [])
-            for v in found:
-                if v not in seen and len(seen) < 100:
-                    seen.append(v)
+        ids = {violation_identity(v): v for v in found}
+        # a violation a check no longer returns has cleared: its first text goes too
+        firsts = {i: f for i, f in self._first.get(inst.name, {}).items() if i in ids}
+        for i, v in ids.items():
+            firsts.setdefault(i, v)
+        self._first[inst.name] = firsts
+        self._latest[inst.name] = tuple(found)
         self._pending[inst.name] = tuple(found)
+
+    @property
+    def violations(self) -> dict[str, list[str]]:
+        """Per scenario, the latest check's violations (at most 100), each with
+        the first check's text where that differs: what the closing lines and
+        the end record show, matching the report's `invariant_data`."""
+        out: dict[str, list[str]] = {}
+        for name, vs in self._latest.items():
+            firsts = self._first.get(name, {})
+            lines = []
+            for v in vs[:100]:
+                first = firsts.get(violation_identity(v), v)
+                lines.append(v if first == v else f"{v} (first check: {first})")
+            if lines:
+                out[name] = lines
+        return out
 
     async def loop(self, every: float) -> None:
         """verify_all() every `every` seconds until `closed` (a flag as well as

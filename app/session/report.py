@@ -501,8 +501,11 @@ def _report_pass(
         steps.append(step.close())
         counters.close_step(step)
         _merge_into(per_name, step)
-    # the anomalies carry each violation's latest figures (and the first's)
-    invariants.update(pg.invariant_data())
+    # the anomalies carry each violation's latest figures (and the first's); an
+    # end record marked `invariants_final` already holds the final verify()'s,
+    # which ran after the last tick (issue 12.6)
+    if not end.get("invariants_final"):
+        invariants.update(pg.invariant_data())
     started = h.get("started") or (first.t - first.elapsed if first else None)
     ended = end.get("ended") or (last.t if last else started)
     names = [s["name"] for s in h.get("scenarios", [])] or sorted(per_name)
@@ -639,8 +642,9 @@ def render_markdown(
     t = s["total"]
     L += pg_report.headline_notes(s, L)
     L.append(
-        f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall,"
-        f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
+        f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall"
+        + (f" ({fmt.rate(t['ok'] / t['seconds'])} ok/s)," if t["failed"] and t["seconds"] else ",")
+        + f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
     if chart_md:
@@ -777,17 +781,39 @@ def render_markdown(
     L.append("")
     if s["events"]:
         rows = []
-        for e in s["events"][:500]:
+        for e, n, last in collapse_events(s["events"])[:500]:
             change = ""
             if e["before"] is not None or e["after"] is not None:
                 change = f"{fmt.num(e['before'], none='–')} → {fmt.num(e['after'], none='–')}"
             when = fmt.seconds(e["elapsed_s"], none="?")
-            rows.append([when, e["kind"], e["source"], change, e["note"]])
+            note = e["note"] or ""
+            if n > 1:  # one row for a run of identical events (issue 13)
+                note = (f"{note} ×{n}" if note else f"×{n}") + (
+                    f", first at {when}, last at {fmt.seconds(last, none='?')}"
+                )
+            rows.append([when, e["kind"], e["source"], change, note])
         L += _table(["at", "event", "by", "change", "note"], rows, "rllll")
     else:
         L.append("No control events.")
     L.append("")
     return pg_report.watch_sections("\n".join(L), s)
+
+
+def collapse_events(
+    events: list[dict[str, Any]],
+) -> list[tuple[dict[str, Any], int, float | None]]:
+    """Consecutive identical control events (same kind, source, change and
+    note, e.g. "capped at --max-concurrency" at every key press) as one:
+    (the first, how many, the last's elapsed_s)."""
+    out: list[tuple[dict[str, Any], int, float | None]] = []
+    ident = ("kind", "source", "before", "after", "note")
+    for e in events:
+        if out and all(out[-1][0][k] == e[k] for k in ident):
+            first, n, _ = out[-1]
+            out[-1] = (first, n + 1, e["elapsed_s"])
+        else:
+            out.append((e, 1, e["elapsed_s"]))
+    return out
 
 
 def cleanup_md(leftovers: list[dict[str, Any]]) -> list[str]:

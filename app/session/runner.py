@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.engine.clients import Clients, close_clients, connect_clients
@@ -399,7 +400,11 @@ class Session:
         return rec
 
     def export_report(self, path: str | None = None) -> str:
-        path = path or f"loadtop-{self.cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.md"
+        """Write the report so far; without a path, a timestamped file next to
+        `--export` when one was given (issue 13), else in the working directory."""
+        if not path:
+            name = f"loadtop-{self.cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.md"
+            path = str(Path(self.cfg.export).parent / name) if self.cfg.export else name
         write_report(self._report_recording(), path, redactor=self.redactor)
         self.note("export", path)
         return path
@@ -759,6 +764,7 @@ class Session:
             "reason": reason,
             "exit_code": 2 if self.error and self._error_input else None,  # the verdict's, below
             "invariants": invariants,
+            "invariants_final": True,  # the final check's figures, not the first-seen
             "unverified": dict(self.unverified),
             "leftovers": leftovers,
             # an end with no reason of its own (a cancelled task) did not finish either

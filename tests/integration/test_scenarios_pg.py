@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from app.scenario import Context
 from tests.helpers import run_session
 
 
@@ -88,3 +89,47 @@ async def test_pg_select_workers_are_named_per_worker(pg_dsn: str) -> None:
     await conn.close()
     await task
     assert names == ["loadtop:pg-select:w0", "loadtop:pg-select:w1", "loadtop:pg-select:w2"]
+
+
+async def test_closing_lines_show_the_final_checks_figures(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12.6: with several verify() checks during the load, the closing
+    line and the end record carry the final check's figure (what the database
+    holds at the end), with the first check's figure beside it when it grew."""
+    from app.session.runner import print_outcome
+    from scenarios.postgres import HotCounter, _q
+
+    truth: dict[str, int] = {}
+
+    class _Counted(HotCounter):
+        async def teardown(self, ctx: Context) -> None:
+            # after the final verify(), before the schema goes: the database's own figure
+            assert ctx.conn is not None
+            n = await ctx.conn.fetchval(f"SELECT n FROM {_q(ctx, 'counter')} WHERE id = 1")
+            logged = await ctx.conn.fetchval(f"SELECT count(*) FROM {_q(ctx, 'oplog')}")
+            truth["lost"] = logged - n
+            await super().teardown(ctx)
+
+    session, out = await run_session(
+        [(_Counted, 1.0)], pg=pg_dsn, params={"mode": "unsafe"},
+        concurrency=8, duration=3.0, verify_every=0.5,
+    )  # fmt: skip
+    lines = [v for vs in out.invariants.values() for v in vs]
+    assert len(lines) == 1, lines  # one violation, not one line per check's figure
+    assert truth["lost"] > 0
+    assert lines[0].startswith("lost updates:") and f"({truth['lost']} lost)" in lines[0], (
+        lines,
+        truth,
+    )
+    checks = [t.invariants[n] for t in session.ticks for n in t.invariants]
+    first = checks[0][0]
+    if f"({truth['lost']} lost)" not in first:  # the figure grew after the first check
+        assert f"(first check: {first})" in lines[0], lines
+    assert session.end is not None and session.end["invariants"] == out.invariants
+    print_outcome(session, out)
+    closing = [ln for ln in capsys.readouterr().out.splitlines() if "invariant violated" in ln]
+    # the violation's own line and the verdict's reason: both the final figure
+    assert len(closing) == 2, "\n".join(closing)
+    for ln in closing:
+        assert f"({truth['lost']} lost)" in ln.split(" (first")[0], (ln, truth)

@@ -193,3 +193,36 @@ def test_fast_percentiles_and_mean_equal_hdrh_own() -> None:
     assert lat.mean == pytest.approx(h.get_mean_value() / 1000.0, rel=1e-12)
     assert lat.p99 == h.get_value_at_percentile(99) / 1000.0
     assert values_at_percentiles(new_histogram(), (50,)) == [0]
+
+
+def test_timeline_collapses_repeated_control_events() -> None:
+    """Issue 13: 282 key presses at the cap were 282 timeline rows. A run of
+    identical events is one row with its count, first and last time; a
+    different event in between starts a new row."""
+    from dataclasses import replace
+
+    from tests.unit.ticks import T0, make_recording
+
+    rec = make_recording(probes=False, anomalies=False)
+    cap = "capped at --max-concurrency 50"
+    ticks = list(rec.ticks)
+    ticks[2] = replace(
+        ticks[2], events=(ControlEvent(T0 + 2.0, "concurrency", "key", 40, 50, cap),)
+    )
+    ticks[3] = replace(
+        ticks[3],
+        events=tuple(ControlEvent(T0 + 3.0 + i / 10, "concurrency", "key", 50, 50, cap)
+                     for i in range(5)),
+    )  # fmt: skip
+    ticks[6] = replace(ticks[6], events=(ControlEvent(T0 + 6.0, "concurrency", "key", 50, 50, cap),
+                                         ControlEvent(T0 + 6.5, "pause", "key")))  # fmt: skip
+    ticks[7] = replace(
+        ticks[7], events=(ControlEvent(T0 + 7.0, "concurrency", "key", 50, 50, cap),)
+    )
+    md = render_markdown(Recording(header=rec.header, ticks=ticks, end=rec.end))
+    timeline = md.split("## Timeline", 1)[1]
+    rows = [ln for ln in timeline.splitlines() if cap in ln]
+    assert len(rows) == 3, rows  # 40→50 once; 50→50 ×6 in a row; 50→50 again after the pause
+    assert "×" not in rows[0]
+    assert f"{cap} ×6, first at" in rows[1] and "last at" in rows[1], rows[1]
+    assert "×" not in rows[2]
