@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from app import __version__
 from app.commands import COMMANDS
 from app.commands import base as _base
 from app.commands.base import UsageError, fail, say_err, silence_stdout, stdout_gone
@@ -38,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="loadtop", description="A live console for concurrency stress tests.")
+    ap.add_argument("--version", action="version", version=f"loadtop {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         command.add_arguments(sub.add_parser(command.name, help=command.help))

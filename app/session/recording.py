@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from app import __version__
 from app.tick import RECORDING_VERSION, Tick, tick_from_json, tick_to_json
 
 
@@ -96,7 +97,13 @@ class Recorder:
             raise RecordingError(
                 f"--record {self.path} cannot be written ({e.strerror}): choose another path"
             ) from None
-        line = {"type": "header", "version": RECORDING_VERSION, "versions": _versions(), **header}
+        line = {
+            "type": "header",
+            "version": RECORDING_VERSION,
+            "loadtop_version": __version__,
+            "versions": _versions(),
+            **header,
+        }
         try:
             self._f.write(self._scrub(json.dumps(line, separators=(",", ":"), default=str)) + "\n")
             self._f.flush()

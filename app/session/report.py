@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app import __version__
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
 from app.session.recording import Recording
@@ -182,6 +183,9 @@ def build_summary(rec: Recording) -> dict[str, Any]:
     ]
     summary: dict[str, Any] = {
         "loadtop_recording_version": h.get("version"),
+        # which loadtop wrote the recording (older recordings: only in "versions")
+        "recorded_by": h.get("loadtop_version") or (h.get("versions") or {}).get("loadtop"),
+        "reported_by": __version__,
         "probe_blind": probe_blind,
         "server_errors": server_errors,
         "run_id": h.get("run_id"),
@@ -289,6 +293,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     if failing:
         L.append("")
         L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
+    recorded = s.get("recorded_by") or "an unknown version"
+    L.append(f"Recorded by loadtop {recorded} · reported by loadtop {s['reported_by']}")
     L.append("")
     t = s["total"]
     from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
