@@ -34,6 +34,9 @@ class Demo:
         parser.add_argument("--duration", "-d", metavar="T")
         parser.add_argument("--record", metavar="F.jsonl")
         parser.add_argument("--export", metavar="F.md")
+        from app.commands.share import add_team_flags
+
+        add_team_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         return run_demo(args)
@@ -61,6 +64,9 @@ def demo_config(
     record: str | None = None,
     export: str | None = None,
     local_pids: dict[str, Any] | None = None,
+    metrics: str | None = None,
+    web: str | None = None,
+    web_token: str | None = None,
 ) -> RunConfig:
     """The demo's RunConfig, validated by `build_run_config` like any run's:
     the demo's plan and parameters are its profile; no loadtop.toml and no
@@ -75,6 +81,9 @@ def demo_config(
         duration=None if duration is None else str(duration),
         record=record,
         export=export,
+        metrics=metrics,
+        web=web,
+        web_token=web_token,
     )
     profile = {
         "scenario": [cls.name for cls, _ in mix],
@@ -147,11 +156,16 @@ def run_demo(args: Any) -> int:
         duration=getattr(args, "duration", None),
         record=getattr(args, "record", None),
         export=getattr(args, "export", None),
+        metrics=getattr(args, "metrics", None),
+        web=getattr(args, "web", None),
+        web_token=getattr(args, "web_token", None),
     )
     from app.commands.base import mark_run_started
+    from app.commands.share import team_outputs
 
     mark_run_started()
     with contextlib.ExitStack() as stack:
+        attach = stack.enter_context(team_outputs(cfg, _say))
         _say("starting embedded PostgreSQL, Valkey and the demo service…")
         # side by side, to be on screen within seconds: the servers (their ports
         # are chosen up front), the service (it waits for them), and the load
@@ -193,8 +207,12 @@ def run_demo(args: Any) -> int:
         if headless:
             from app.frontends.headless import headless_printer, run_headless
 
-            return run_headless(Session(cfg, printer=headless_printer(cfg)))
+            session = Session(cfg, printer=headless_printer(cfg))
+            attach(session)
+            return run_headless(session)
         from app.commands.run import run_console
 
-        return run_console(Session(cfg), cleanup=stack.close)
+        session = Session(cfg)
+        attach(session)
+        return run_console(session, cleanup=stack.close)
     return 0

@@ -73,6 +73,9 @@ class RunConfig:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     embedded: list[str] = field(default_factory=list)  # which targets are embedded
     processes: int = 1  # worker processes (--processes); 1: workers on the session's loop
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
+    web: tuple[str, int] | None = None  # --web HOST:PORT
+    web_token: str | None = None  # --web-token (required off loopback)
 
 
 @dataclass

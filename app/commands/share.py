@@ -1,0 +1,64 @@
+"""What `run`, `watch` and `demo` share for the people watching a run:
+`--metrics` (Prometheus) and `--web` (the console in a browser, read-only).
+
+Both are outputs of the session's tick pipeline and never act on the load.
+Their servers are bound before anything starts (a port in use is bad input,
+exit 2), and stopped when the command returns."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from app.commands.base import fail
+
+if TYPE_CHECKING:
+    from app.session.runner import RunConfig
+
+
+def add_team_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("watching together (read-only)")
+    g.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9108)")  # fmt: skip
+    g.add_argument("--web", metavar="HOST:PORT",
+                   help="serve a read-only console in the browser (e.g. 127.0.0.1:8080)")  # fmt: skip
+    g.add_argument("--web-token", metavar="TOKEN",
+                   help="the token a browser must give (required off loopback; else one is generated)")  # fmt: skip
+
+
+def latency_limits_ms(cfg: RunConfig) -> list[float]:
+    """The --abort-on latency limits (ms), for the histogram's bounds."""
+    return [t.limit for t in cfg.engine.thresholds if t.metric not in ("errors", "ops")]
+
+
+@contextlib.contextmanager
+def team_outputs(cfg: RunConfig, say: Callable[[str], None]) -> Iterator[Callable[[Any], None]]:
+    """Bind the --metrics server now; yields `attach(session)`, which makes the
+    session's ticks reach it. Everything stops on exit."""
+    with contextlib.ExitStack() as stack:
+        listeners: list[Callable[[Any], None]] = []
+        if cfg.metrics is not None:
+            from app.frontends.metrics import MetricsExporter, MetricsServer
+
+            exporter = MetricsExporter(
+                run_id=cfg.run_id, scenarios=[cls.name for cls, _ in cfg.scenarios],
+                slo=cfg.slo, limits_ms=latency_limits_ms(cfg),
+            )  # fmt: skip
+            host, port = cfg.metrics
+            try:
+                server = MetricsServer(exporter, host, port)
+            except OSError as e:
+                fail(f"--metrics {host}:{port} cannot listen ({e.strerror or e}):"
+                     " choose another port or address")  # fmt: skip
+            stack.callback(server.close)
+            server.start()
+            say(f"metrics on {server.url}")
+            listeners.append(lambda session: session.subscribe(exporter.on_tick))
+
+        def attach(session: Any) -> None:
+            for listen in listeners:
+                listen(session)
+
+        yield attach
