@@ -61,10 +61,12 @@ def test_bucket_counts_come_from_the_histogram() -> None:
     assert 0.3 in latency_buckets({"p95_ms": 300.0}) and 0.75 in latency_buckets(limits_ms=[750])
 
 
-def _tick(i: int, *, anomalies=(), events=(), step=None) -> Tick:
+def _tick(i: int, *, anomalies=(), events=(), step=None, failed: int = 0) -> Tick:
     h = new_histogram()
-    h.record_value(1000 + i)
-    w = ScenarioWindow(name="s", concurrency=2, target=3, started=2, ok=1, failed=0, errors={},
+    for v in range(1 + failed):
+        h.record_value(1000 + i + v)
+    w = ScenarioWindow(name="s", concurrency=2, target=3, started=2 + failed, ok=1,
+                       failed=failed, errors={"timeout": failed} if failed else {},
                        hist=h)  # fmt: skip
     return Tick(index=i, t=100.0 + i, elapsed=i + 1.0, interval=1.0, mode="workers",
                 target_concurrency=3, concurrency=2, scenarios=(w,), anomalies=tuple(anomalies),
@@ -208,3 +210,26 @@ def test_metrics_port_in_use_is_exit_2_before_anything_starts(pg_dsn: str) -> No
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 2, p.stderr
     assert "cannot listen" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_the_grafana_dashboard_reads_only_metrics_loadtop_serves() -> None:
+    import json
+    import re
+
+    dash = json.loads((Path(__file__).parent.parent / "docs" / "grafana-loadtop.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [a["expr"] for a in dash["annotations"]["list"] if "expr" in a]
+    ex = MetricsExporter(run_id="r1", scenarios=["s"])
+    spike = Anomaly(key="k", kind="latency-spike", severity="warning", subject="s",
+                    started_tick=0, started_at=100.0, summary="p95 up")  # fmt: skip
+    fault = ControlEvent(1.0, "fault", "key", 1.0, 0.0, "#1 pod-kill: api-1")
+    ex.on_tick(_tick(0, anomalies=[spike], events=[fault], failed=2))
+    served = {s.name: set(s.labels) for f in text_string_to_metric_families(ex.render().decode())
+              for s in f.samples}  # fmt: skip
+    used = {name for e in exprs for name in re.findall(r"\bloadtop_\w+", e)}
+    assert used and used <= set(served), used - set(served)
+    assert {"loadtop_operation_duration_seconds_bucket", "loadtop_errors_total",
+            "loadtop_anomaly_active", "loadtop_faults_total"} <= used  # fmt: skip
+    labels = {x.strip() for e in exprs for g in re.findall(r"by \(([^)]*)\)", e)
+              for x in g.split(",")}  # fmt: skip
+    assert labels <= set().union(*served.values()), labels
