@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,27 @@ def team_outputs(cfg: RunConfig, say: Callable[[str], None]) -> Iterator[Callabl
             server.start()
             say(f"metrics on {server.url}")
             listeners.append(lambda session: session.subscribe(exporter.on_tick))
+
+        if cfg.web is not None:
+            from app.frontends.web import WebView, web_summary
+
+            if not cfg.record:  # the viewers follow a recording: a private one when none asked
+                import shutil
+                import tempfile
+
+                tmp = tempfile.mkdtemp(prefix="loadtop-web-")
+                stack.callback(shutil.rmtree, tmp, True)
+                cfg.record = os.path.join(tmp, f"loadtop-{cfg.run_id}.jsonl")
+            host, port = cfg.web
+            view = WebView(cfg.record, host, port, cfg.web_token)
+            try:
+                view.start()
+            except OSError as e:
+                fail(f"--web {host}:{port} cannot listen ({e.strerror or e}):"
+                     " choose another port or address")  # fmt: skip
+            stack.callback(view.close)
+            for line in web_summary(view):
+                say(line)
 
         def attach(session: Any) -> None:
             for listen in listeners:
