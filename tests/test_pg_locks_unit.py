@@ -6,12 +6,12 @@ from __future__ import annotations
 from app.probes.pg_locks import (
     amplifiers,
     cycles,
-    describe_wait,
     hot_relation,
     lock_object,
     tree_rows,
     waits_for,
 )
+from app.readings import describe_wait
 
 
 def _l(pid: int, locktype: str, mode: str, granted: bool, **kw) -> dict:

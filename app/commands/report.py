@@ -47,13 +47,16 @@ class Report:
                 rec = redetect_recording(rec, args.detect)
             except ValueError as e:
                 fail(str(e))
-        if args.output:
-            try:
-                write_report(rec, args.output, json=args.json)
-            except OSError as e:
-                fail(f"-o {args.output} cannot be written ({e.strerror}): choose another path")
-            print(f"wrote {args.output}", file=sys.stderr)
-        else:
-            text = render_report(rec, json=args.json)
-            sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+        try:  # the report streams the recording: a bad line shows up while rendering
+            if args.output:
+                try:
+                    write_report(rec, args.output, json=args.json)
+                except OSError as e:
+                    fail(f"-o {args.output} cannot be written ({e.strerror}): choose another path")
+                print(f"wrote {args.output}", file=sys.stderr)
+            else:
+                text = render_report(rec, json=args.json)
+                sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+        except RecordingError as e:
+            fail(str(e))
         return 0

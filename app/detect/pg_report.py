@@ -5,7 +5,7 @@ database beside loadtop's own."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.tick import Tick
@@ -15,67 +15,117 @@ COUNTS = ("commits", "rollbacks", "deadlocks", "conflicts", "temp_files", "temp_
 OWN_CLASSES = {"deadlocks": ("40P01",), "serialization": ("40001",)}
 
 
-def blind_data(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
-    """Every probe-blind anomaly once (first seen), with the grant that fixes it."""
-    out: dict[str, dict[str, Any]] = {}
-    for tk in ticks:
+class PgReportAcc:
+    """The report's issue-12 figures, fed tick by tick in the report's one
+    streaming pass: probe-blind findings (first seen), the target database's
+    server-side counter deltas (each poll once) beside loadtop's own errors of
+    the same kinds, each invariant's latest anomaly, and every anomaly kind
+    raised."""
+
+    def __init__(self) -> None:
+        self.blind: dict[str, dict[str, Any]] = {}
+        self.polls_seen: set[tuple[str, float]] = set()
+        self.sums = dict.fromkeys(COUNTS, 0)
+        self.db: str | None = None
+        self.polls = 0
+        self.own = dict.fromkeys(OWN_CLASSES, 0)
+        self.invariants: dict[str, tuple[str, Any]] = {}
+        self.kinds: set[str] = set()
+
+    def add(self, tk: Tick) -> None:
         for a in (*tk.anomalies, *tk.cleared):
-            if a.kind != "probe-blind" or a.key in out:
-                continue
-            out[a.key] = {
-                "probe": a.evidence.get("probe", a.subject),
-                "what": a.evidence.get("what"),
-                "hidden": a.evidence.get("hidden", a.summary),
-                "grant": a.evidence.get("grant"),
-                "first_tick": a.started_tick,
-            }
-    return list(out.values())
-
-
-def server_error_data(ticks: Sequence[Tick]) -> dict[str, Any] | None:
-    """The postgres probe's per-poll counter deltas summed over the session
-    (each poll counted once, however many ticks carried it), and loadtop's own
-    errors of the same kinds. None when there was no postgres probe."""
-    seen: set[tuple[str, float]] = set()
-    sums = dict.fromkeys(COUNTS, 0)
-    db = None
-    polls = 0
-    for tk in ticks:
+            self.kinds.add(a.kind)
+            if a.kind == "invariant":
+                self.invariants[a.key] = (a.subject, a)
+            elif a.kind == "probe-blind" and a.key not in self.blind:
+                self.blind[a.key] = {
+                    "probe": a.evidence.get("probe", a.subject),
+                    "what": a.evidence.get("what"),
+                    "hidden": a.evidence.get("hidden", a.summary),
+                    "grant": a.evidence.get("grant"),
+                    "first_tick": a.started_tick,
+                }
         for name, r in tk.readings.items():
-            if r.probe != "postgres" or not r.ok or (name, r.t) in seen:
+            if r.probe != "postgres" or not r.ok or (name, r.t) in self.polls_seen:
                 continue
-            seen.add((name, r.t))
-            db = r.data.get("database") or db
+            self.polls_seen.add((name, r.t))
+            self.db = r.data.get("database") or self.db
             d = r.data.get("deltas")
             if not d:
                 continue
-            polls += 1
+            self.polls += 1
             for k in COUNTS:
-                sums[k] += int(d.get(k) or 0)
-    if not seen:
-        return None
-    own = {k: 0 for k in OWN_CLASSES}
-    for tk in ticks:
+                self.sums[k] += int(d.get(k) or 0)
         for cls, n in tk.errors().items():
             for k, prefixes in OWN_CLASSES.items():
                 if cls.startswith(prefixes):
-                    own[k] += n
-    xacts = sums["commits"] + sums["rollbacks"]
-    return {
-        "database": db,
-        "polls": polls,
-        **sums,
-        "rollback_pct": round(100.0 * sums["rollbacks"] / xacts, 2) if xacts else 0.0,
-        "loadtop": own,
-    }
+                    self.own[k] += n
+
+    def blind_data(self) -> list[dict[str, Any]]:
+        """Every probe-blind anomaly once (first seen), with the grant that fixes it."""
+        return list(self.blind.values())
+
+    def server_error_data(self) -> dict[str, Any] | None:
+        """The postgres probe's per-poll counter deltas summed over the session,
+        and loadtop's own errors of the same kinds. None without a postgres probe."""
+        if not self.polls_seen:
+            return None
+        sums = self.sums
+        xacts = sums["commits"] + sums["rollbacks"]
+        return {
+            "database": self.db,
+            "polls": self.polls,
+            **sums,
+            "rollback_pct": round(100.0 * sums["rollbacks"] / xacts, 2) if xacts else 0.0,
+            "loadtop": dict(self.own),
+        }
+
+    def invariant_data(self) -> dict[str, list[str]]:
+        """Each invariant anomaly once, with the latest check's figures (and the
+        first check's when they differ), per scenario; the "and N more" anomaly
+        expands into the violations it carries."""
+        out: dict[str, list[str]] = {}
+        more: dict[str, list[str]] = {}
+        for subject, a in self.invariants.values():
+            ev = a.evidence or {}
+            if "more" in ev:
+                more.setdefault(subject, []).extend(ev.get("violations") or [a.summary])
+                continue
+            line = str(ev.get("violation") or a.summary)
+            if ev.get("first"):
+                line += f" (first check: {ev['first']})"
+            out.setdefault(subject, []).append(line)
+        for subject, lines in more.items():
+            out.setdefault(subject, []).extend(lines)
+        return out
 
 
-def server_errors_bad(data: dict[str, Any] | None, ticks: Sequence[Tick]) -> list[str]:
-    """Why the server-side figures fail the verdict (empty: they do not)."""
+def _fed(ticks: Iterable[Tick]) -> PgReportAcc:
+    acc = PgReportAcc()
+    for tk in ticks:
+        acc.add(tk)
+    return acc
+
+
+def blind_data(ticks: Iterable[Tick]) -> list[dict[str, Any]]:
+    return _fed(ticks).blind_data()
+
+
+def server_error_data(ticks: Iterable[Tick]) -> dict[str, Any] | None:
+    return _fed(ticks).server_error_data()
+
+
+def invariant_data(ticks: Iterable[Tick]) -> dict[str, list[str]]:
+    return _fed(ticks).invariant_data()
+
+
+def server_errors_bad(data: dict[str, Any] | None, kinds: Iterable[str]) -> list[str]:
+    """Why the server-side figures fail the verdict (empty: they do not);
+    `kinds`: every anomaly kind raised in the session."""
     out = []
+    kinds = set(kinds)
     if data and data.get("deadlocks"):
         out.append(f"{data['deadlocks']} deadlocks")
-    kinds = {a.kind for tk in ticks for a in (*tk.anomalies, *tk.cleared)}
     if "pg-rollbacks" in kinds:
         out.append(f"rollback ratio {data['rollback_pct'] if data else '?'}%")
     if "pg-conflicts" in kinds:
@@ -112,36 +162,11 @@ def server_errors_md(data: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def invariant_data(ticks: Sequence[Tick]) -> dict[str, list[str]]:
-    """Each invariant anomaly once, with the latest check's figures (and the
-    first check's when they differ), per scenario; the "and N more" anomaly
-    expands into the violations it carries."""
-    latest: dict[str, tuple[str, Any]] = {}
-    for tk in ticks:
-        for a in (*tk.anomalies, *tk.cleared):
-            if a.kind == "invariant":
-                latest[a.key] = (a.subject, a)
-    out: dict[str, list[str]] = {}
-    more: dict[str, list[str]] = {}
-    for subject, a in latest.values():
-        ev = a.evidence or {}
-        if "more" in ev:
-            more.setdefault(subject, []).extend(ev.get("violations") or [a.summary])
-            continue
-        line = str(ev.get("violation") or a.summary)
-        if ev.get("first"):
-            line += f" (first check: {ev['first']})"
-        out.setdefault(subject, []).append(line)
-    for subject, lines in more.items():
-        out.setdefault(subject, []).extend(lines)
-    return out
-
-
-def headline_notes(s: dict[str, Any], ticks: Sequence[Tick], lines: list[str]) -> list[str]:
+def headline_notes(s: dict[str, Any], lines: list[str]) -> list[str]:
     """Lines under the report's headline: server-side errors (which also turn
     a PASS headline, `lines[2]`, into FAIL) and what the probes could not see."""
     out: list[str] = []
-    bad = server_errors_bad(s.get("server_errors"), ticks)
+    bad = server_errors_bad(s.get("server_errors"), s.get("anomaly_kinds") or ())
     if bad:
         if len(lines) > 2 and lines[2].startswith("**PASS**"):
             lines[2] = "**FAIL**" + lines[2][len("**PASS**") :]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from app.detect.base import SEVERITY_RANK, percentiles_ms
 from app.detect.stats import fit_usl
-from app.tick import Tick, merge_histograms
+from app.tick import Tick, add_histogram, merge_histograms, new_histogram
 
 DEFAULT_SLO = {"p95_ms": 500.0, "p99_ms": 1000.0, "error_ratio": 0.001}
 _SLO_ALIASES = {"p95": "p95_ms", "p99": "p99_ms", "errors": "error_ratio", "error": "error_ratio"}
@@ -35,10 +35,12 @@ def _slo(slo: Mapping[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def _episodes(ticks: Sequence[Tick], t0: float) -> list[dict[str, Any]]:
-    eps: dict[tuple[str, int], dict[str, Any]] = {}
-    last = ticks[-1]
-    for tk in ticks:
+class _Episodes:
+    def __init__(self) -> None:
+        self.eps: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def add(self, tk: Tick, t0: float) -> None:
+        eps = self.eps
         for a in (*tk.anomalies, *tk.cleared):
             ident = (a.key, a.started_tick)
             ep = eps.get(ident)
@@ -65,34 +67,70 @@ def _episodes(ticks: Sequence[Tick], t0: float) -> list[dict[str, Any]]:
             if a.cleared_tick is not None:
                 ep["cleared_tick"] = a.cleared_tick
                 ep["to_s"] = round((a.cleared_at or tk.t) - t0, 1)
-    out = []
-    for ep in eps.values():
-        ep.pop("_peak")
-        end = ep["to_s"] if ep["to_s"] is not None else round(last.t - t0, 1)
-        ep["active_at_end"] = ep["cleared_tick"] is None
-        ep["duration_s"] = round(max(0.0, end - ep["from_s"]), 1)
-        ep["time_to_detect_ticks"] = ep["raised_tick"] - ep["started_tick"]
-        ep.pop("started_at")
-        out.append(ep)
-    out.sort(key=lambda e: (e["from_s"], e["key"]))
-    return out
+
+    def result(self, last: Tick, t0: float) -> list[dict[str, Any]]:
+        out = []
+        for ep in self.eps.values():
+            ep = dict(ep)
+            ep.pop("_peak")
+            end = ep["to_s"] if ep["to_s"] is not None else round(last.t - t0, 1)
+            ep["active_at_end"] = ep["cleared_tick"] is None
+            ep["duration_s"] = round(max(0.0, end - ep["from_s"]), 1)
+            ep["time_to_detect_ticks"] = ep["raised_tick"] - ep["started_tick"]
+            ep.pop("started_at")
+            out.append(ep)
+        out.sort(key=lambda e: (e["from_s"], e["key"]))
+        return out
 
 
-def _steps(ticks: Sequence[Tick], slo: dict[str, float]) -> list[dict[str, Any]]:
-    runs: list[list[Tick]] = []
-    for tk in ticks:
-        if runs and runs[-1][-1].target_concurrency == tk.target_concurrency:
-            runs[-1].append(tk)
-        else:
-            runs.append([tk])
-    steps = []
-    for i, run in enumerate(runs):
-        live = [tk for tk in run if not tk.paused]
-        settled = live[1:] if len(live) >= 3 else live  # the first tick carries the ramp
-        secs = sum(tk.interval for tk in settled)
-        ops = sum(tk.completed for tk in settled)
-        failed = sum(tk.failed for tk in settled)
-        hist = merge_histograms(s.hist for tk in settled for s in tk.scenarios)
+class _Run:
+    """A run of ticks with the same target concurrency. Capacity figures use
+    its settled ticks: the live (not paused) ones, less the first when there
+    are at least three (it carries the ramp). Kept as two accumulators, the
+    first live tick and the rest, so no tick is held."""
+
+    def __init__(self, tk: Tick) -> None:
+        self.target = tk.target_concurrency
+        self.mode = tk.mode
+        self.from_tick = self.to_tick = tk.index
+        self.ticks = 0
+        self.live = 0
+        self.first: list[Any] | None = None  # [secs, ops, failed, conc, hist]
+        self.rest: list[Any] = [0.0, 0, 0, 0, None]
+
+    def add(self, tk: Tick, hists: Sequence[Any]) -> None:
+        self.ticks += 1
+        self.to_tick = tk.index
+        if tk.paused:
+            return
+        self.live += 1
+        if self.first is None:
+            h = new_histogram()
+            for x in hists:
+                add_histogram(h, x)
+            self.first = [tk.interval, tk.completed, tk.failed, tk.concurrency, h]
+            return
+        r = self.rest
+        r[0] += tk.interval
+        r[1] += tk.completed
+        r[2] += tk.failed
+        r[3] += tk.concurrency
+        if r[4] is None:
+            r[4] = new_histogram()
+        for x in hists:
+            add_histogram(r[4], x)
+
+    def close(self, i: int, slo: dict[str, float]) -> dict[str, Any]:
+        parts = [] if self.first is None else [self.first]
+        if self.live >= 3:
+            parts = [self.rest]
+        elif self.live >= 2:
+            parts.append(self.rest)
+        secs = sum(p[0] for p in parts)
+        ops = sum(p[1] for p in parts)
+        failed = sum(p[2] for p in parts)
+        n = self.live - 1 if self.live >= 3 else self.live
+        hist = merge_histograms(p[4] for p in parts)
         p50, p95, p99 = percentiles_ms(hist, (50, 95, 99))
         err = failed / ops if ops else 0.0
         meets = (
@@ -101,65 +139,107 @@ def _steps(ticks: Sequence[Tick], slo: dict[str, float]) -> list[dict[str, Any]]
             and p99 <= slo["p99_ms"]
             and err <= slo["error_ratio"]
         )
-        steps.append(
-            {
-                "step": i,
-                "target": run[0].target_concurrency,
-                "mode": run[0].mode,
-                "from_tick": run[0].index,
-                "to_tick": run[-1].index,
-                "ticks": len(run),
-                "concurrency": round(sum(tk.concurrency for tk in settled) / len(settled), 2)
-                if settled
-                else 0.0,
-                "ops_per_s": round(ops / secs, 2) if secs else 0.0,
-                "ops": ops,
-                "p50_ms": round(p50, 2),
-                "p95_ms": round(p95, 2),
-                "p99_ms": round(p99, 2),
-                "error_ratio": round(err, 5),
-                "meets_slo": meets,
-            }
+        self.first = None
+        self.rest = [0.0, 0, 0, 0, None]
+        return {
+            "step": i,
+            "target": self.target,
+            "mode": self.mode,
+            "from_tick": self.from_tick,
+            "to_tick": self.to_tick,
+            "ticks": self.ticks,
+            "concurrency": round(sum(p[3] for p in parts) / n, 2) if n else 0.0,
+            "ops_per_s": round(ops / secs, 2) if secs else 0.0,
+            "ops": ops,
+            "p50_ms": round(p50, 2),
+            "p95_ms": round(p95, 2),
+            "p99_ms": round(p99, 2),
+            "error_ratio": round(err, 5),
+            "meets_slo": meets,
+        }
+
+
+class AnomalyReport:
+    """`anomaly_report_data`, fed one tick at a time (in index order)."""
+
+    def __init__(self, slo: Mapping[str, Any] | None = None) -> None:
+        self.slo = _slo(slo)
+        self.t0: float | None = None
+        self.last: Tick | None = None
+        self.episodes = _Episodes()
+        self.steps: list[dict[str, Any]] = []
+        self.run: _Run | None = None
+
+    def add(self, tk: Tick, hists: Sequence[Any] | None = None) -> None:
+        if hists is None:
+            hists = [s.hist for s in tk.scenarios]
+        if self.t0 is None:
+            self.t0 = tk.t - tk.elapsed
+        self.last = tk
+        self.episodes.add(tk, self.t0)
+        if self.run is None or self.run.target != tk.target_concurrency:
+            if self.run is not None:
+                self.steps.append(self.run.close(len(self.steps), self.slo))
+            self.run = _Run(tk)
+        self.run.add(tk, hists)
+
+    def result(self) -> dict[str, Any]:
+        slo_ = self.slo
+        if self.last is None or self.t0 is None:
+            return {"anomalies": [], "look_here_first": [], "steps": [], "usl": None,
+                    "slo": slo_, "recommended_max_concurrency": None}  # fmt: skip
+        steps = list(self.steps)
+        if self.run is not None:
+            steps.append(self.run.close(len(steps), slo_))
+            self.steps = steps
+            self.run = None
+        episodes = self.episodes.result(self.last, self.t0)
+        ranked = sorted(
+            episodes,
+            key=lambda e: (-SEVERITY_RANK.get(e["severity"], 0), -e["duration_s"], e["from_s"]),
         )
-    return steps
+        load_steps = [s for s in steps if s["mode"] == "workers" and s["target"] > 0 and s["ops"]]
+        fit = fit_usl([(s["concurrency"], s["ops_per_s"]) for s in load_steps])
+        recommended = None
+        for s in sorted(load_steps, key=lambda s: s["target"]):
+            if not s["meets_slo"]:
+                break
+            recommended = s["target"]
+        return {
+            "anomalies": episodes,
+            "look_here_first": [
+                {
+                    k: e[k]
+                    for k in (
+                        "key",
+                        "kind",
+                        "subject",
+                        "severity",
+                        "from_s",
+                        "duration_s",
+                        "summary",
+                    )
+                }  # fmt: skip
+                for e in ranked[:5]
+            ],
+            "steps": steps,
+            "usl": fit.as_dict() if fit is not None else None,
+            "slo": slo_,
+            "recommended_max_concurrency": recommended,
+        }
 
 
-def anomaly_report_data(ticks: Sequence[Tick], slo: Mapping[str, Any] | None = None) -> dict:
+def anomaly_report_data(ticks: Iterable[Tick], slo: Mapping[str, Any] | None = None) -> dict:
     """The anomaly timeline, "look here first", per-step capacity figures, the
-    USL fit and the recommended maximum concurrency, as JSON-able data."""
-    slo_ = _slo(slo)
-    if not ticks:
-        return {"anomalies": [], "look_here_first": [], "steps": [], "usl": None, "slo": slo_,
-                "recommended_max_concurrency": None}  # fmt: skip
-    ticks = sorted(ticks, key=lambda tk: tk.index)
-    t0 = ticks[0].t - ticks[0].elapsed
-    episodes = _episodes(ticks, t0)
-    ranked = sorted(
-        episodes,
-        key=lambda e: (-SEVERITY_RANK.get(e["severity"], 0), -e["duration_s"], e["from_s"]),
-    )
-    steps = _steps(ticks, slo_)
-    load_steps = [s for s in steps if s["mode"] == "workers" and s["target"] > 0 and s["ops"]]
-    fit = fit_usl([(s["concurrency"], s["ops_per_s"]) for s in load_steps])
-    recommended = None
-    for s in sorted(load_steps, key=lambda s: s["target"]):
-        if not s["meets_slo"]:
-            break
-        recommended = s["target"]
-    return {
-        "anomalies": episodes,
-        "look_here_first": [
-            {
-                k: e[k]
-                for k in ("key", "kind", "subject", "severity", "from_s", "duration_s", "summary")
-            }  # fmt: skip
-            for e in ranked[:5]
-        ],
-        "steps": steps,
-        "usl": fit.as_dict() if fit is not None else None,
-        "slo": slo_,
-        "recommended_max_concurrency": recommended,
-    }
+    USL fit and the recommended maximum concurrency, as JSON-able data. A
+    list is put in index order first; any other iterable (a recording being
+    streamed) is taken as it comes."""
+    acc = AnomalyReport(slo)
+    if isinstance(ticks, list | tuple):
+        ticks = sorted(ticks, key=lambda tk: tk.index)
+    for tk in ticks:
+        acc.add(tk)
+    return acc.result()
 
 
 # ---- Markdown --------------------------------------------------------------------
@@ -187,9 +267,13 @@ def _fmt_s(x: float | None) -> str:
     return "end" if x is None else f"{x:.0f}s"
 
 
-def anomaly_report_section(ticks: Sequence[Tick], slo: Mapping[str, Any] | None = None) -> str:
+def anomaly_report_section(ticks: Iterable[Tick], slo: Mapping[str, Any] | None = None) -> str:
     """Markdown: look here first, the anomaly timeline, capacity and the USL fit."""
-    d = anomaly_report_data(ticks, slo)
+    return render_anomaly_section(anomaly_report_data(ticks, slo))
+
+
+def render_anomaly_section(d: Mapping[str, Any]) -> str:
+    """`anomaly_report_section` from `anomaly_report_data`'s result."""
     slo_ = d["slo"]
     lines = ["## Anomalies", ""]
     if not d["anomalies"]:

@@ -136,18 +136,6 @@ def waits_for(
     return out, holds
 
 
-def describe_wait(w: Mapping[str, Any]) -> str:
-    """'wants ShareLock on transaction 812 (a row it changed) held ExclusiveLock by 3831'."""
-    held = [h for h in w.get("holders") or () if h.get("granted")]
-    queued = [h for h in w.get("holders") or () if not h.get("granted")]
-    s = f"wants {w.get('mode')} on {w.get('object')}"
-    if held:
-        s += "; held " + ", ".join(f"{h['mode']} by {h['pid']}" for h in held)
-    if queued:
-        s += "; queued behind " + ", ".join(f"{h['mode']} of {h['pid']}" for h in queued)
-    return s
-
-
 def cycles(blocked_by: Mapping[int, list[int]]) -> list[list[int]]:
     """Groups of waiters that wait on each other (strongly connected, 2+ pids,
     or a pid that waits on itself): a deadlock the server has not broken yet."""

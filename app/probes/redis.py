@@ -61,6 +61,11 @@ HOLDER_BYTES = 256  # a holder is read (and recorded) up to this many bytes
 UUID1_EPOCH = 0x01B21DD213814000  # 100-ns intervals from 1582-10-15 to 1970-01-01
 CONFIG_EVERY_S = 30.0
 IRRELEVANT_CACHE = 200_000  # key names known to match nothing (cleared when full)
+# Lock keys SCAN found and the probe follows, at most this many (the first in name
+# order, the ones it polls, are kept; a dropped key that still exists is found
+# again by a later sweep). A lock per order id would otherwise grow the set for
+# as long as the session runs. The queue finder bounds its own sets likewise.
+KEEP_LOCK_KEYS = 10 * MAX_LOCK_KEYS
 
 
 def glob_regex(patterns: Sequence[str]) -> re.Pattern[str]:
@@ -341,7 +346,17 @@ class RedisProbe(Probe):
                 done[kind] = cur == 0
             if all(done.values()):
                 break
+        self._bound_discovered()
         return calls
+
+    def _bound_discovered(self) -> None:
+        """Cap what discovery keeps (see KEEP_LOCK_KEYS)."""
+        if len(self._lock_keys) > KEEP_LOCK_KEYS:
+            self._lock_keys = set(sorted(self._lock_keys)[:KEEP_LOCK_KEYS])
+        if len(self._pattern_keys) > KEEP_LOCK_KEYS:
+            keep = sorted(self._pattern_keys)[:KEEP_LOCK_KEYS]
+            self._pattern_keys = {k: self._pattern_keys[k] for k in keep}
+        self.queues.bound()
 
     def _classify(self, key: bytes) -> None:
         if key in self._irrelevant:

@@ -225,6 +225,22 @@ class QueueFinder:
         if len(self.hint_candidates) < 1000 and _HINT.search(_s(key)):
             self.hint_candidates.add(key)
 
+    def bound(self, keep: int = 10 * MAX_QUEUES) -> None:
+        """Cap every set and map discovery grows, so a queue per order id cannot
+        grow them for as long as the session runs: sets keep the first names in
+        order (the ones polled), maps drop their oldest entries. A dropped key
+        that still exists is found again by a later sweep."""
+        for name in ("rq", "sidekiq", "bull_candidates", "bull", "bull_rejected", "arq",
+                     "dramatiq", "huey", "zset_rejected", "hint_candidates", "user_zsets"):  # fmt: skip
+            items = getattr(self, name)
+            if len(items) > keep:
+                setattr(self, name, set(sorted(items)[:keep]))
+        for name in ("alive", "hint_types", "_tracks", "_orient", "_zprev", "_entries_read",
+                     "_zunit"):  # fmt: skip
+            d = getattr(self, name)
+            for k in list(d)[: max(0, len(d) - keep)]:
+                del d[k]
+
     def note_typed(self, key: bytes, kind: str) -> None:
         if kind == "list":
             if len(self.lists) < 10 * MAX_QUEUES:

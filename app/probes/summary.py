@@ -115,176 +115,245 @@ def steps_of(ticks: Sequence[Tick]) -> list[_Step]:
     return out
 
 
-def _ok(ticks: Iterable[Tick], probe: str) -> list[Reading]:
-    """Distinct ok readings of one probe (a slow probe repeats across ticks)."""
-    seen: set[float] = set()
-    out = []
-    for t in ticks:
-        r = t.readings.get(probe)
-        if r is not None and r.ok and r.t not in seen:
-            seen.add(r.t)
-            out.append(r)
-    return out
-
-
 def _counter_delta(first: Mapping[str, Any] | None, last: Mapping[str, Any], key: str) -> int:
     a = int((first or {}).get(key, 0) or 0)
     b = int(last.get(key, 0) or 0)
     return b - a if b >= a else b  # a counter that went back was reset: count from zero
 
 
-def _failures(ticks: Sequence[Tick]) -> list[str]:
-    out = []
-    for probe in sorted({p for t in ticks for p in t.readings}):
-        bad = [t.readings[probe] for t in ticks if probe in t.readings and not t.readings[probe].ok]
-        if bad:
-            out.append(
-                f"- {probe} probe failing in {len(bad)} of {len(ticks)} ticks: {_md(bad[0].error, 200)}"
-            )
-    return out
+class _Pg:
+    """A step's Postgres readings, folded as they come."""
 
+    def __init__(self) -> None:
+        self.n = 0
+        self.peak: Reading | None = None
+        self.act = self.wait = self.iit = 0
+        self.deepest: tuple[int, int, dict] | None = None
+        self.first: Reading | None = None
+        self.last: Reading | None = None
+        self.oldest = 0.0
 
-def _pg_lines(rs: list[Reading], before: Reading | None) -> list[str]:
-    if not rs:
-        return []
-    lines = []
-    peak = max(rs, key=lambda r: r.data.get("connections", 0))
-    conn, mx = peak.data.get("connections", 0), peak.data.get("max_connections")
-    pct = f" ({100 * conn / mx:.0f}%)" if mx else ""
-    act = max((r.data.get("by_state") or {}).get("active", 0) for r in rs)
-    wait = max(r.data.get("waiting", 0) for r in rs)
-    iit = max((r.data.get("by_state") or {}).get("idle in transaction", 0) for r in rs)
-    lines.append(
-        f"- Postgres: peak {conn} connections of {mx if mx else 'n/a'} max{pct}; "
-        f"peak {act} active, {wait} waiting on locks, {iit} idle in transaction"
-    )
-    deepest: tuple[int, int, dict] | None = None
-    for r in rs:
-        for node in r.data.get("blocking_tree") or []:
+    def add(self, r: Reading) -> None:
+        d = r.data
+        if self.peak is None or d.get("connections", 0) > self.peak.data.get("connections", 0):
+            self.peak = r
+        by = d.get("by_state") or {}
+        self.act = by.get("active", 0) if not self.n else max(self.act, by.get("active", 0))
+        self.wait = d.get("waiting", 0) if not self.n else max(self.wait, d.get("waiting", 0))
+        iit = by.get("idle in transaction", 0)
+        self.iit = iit if not self.n else max(self.iit, iit)
+        for node in d.get("blocking_tree") or []:
             key = (node.get("depth", 0), node.get("waiting_count", 0))
-            if deepest is None or key > deepest[:2]:
-                deepest = (*key, node)
-    if deepest:
-        depth, n, node = deepest
-        root = node.get("root") or {}
-        app = root.get("application_name") or "?"
-        q = _md(root.get("query") or "", 160)
+            if self.deepest is None or key > self.deepest[:2]:
+                self.deepest = (*key, node)
+        self.first = self.first or r
+        self.last = r
+        self.oldest = max(self.oldest, d.get("oldest_xact_s") or 0)
+        self.n += 1
+
+    def lines(self, before: Reading | None) -> list[str]:
+        if not self.n:
+            return []
+        assert self.peak is not None and self.first is not None and self.last is not None
+        lines = []
+        conn, mx = self.peak.data.get("connections", 0), self.peak.data.get("max_connections")
+        pct = f" ({100 * conn / mx:.0f}%)" if mx else ""
         lines.append(
-            f"- Deepest lock-wait chain: {depth} deep, {n} waiting behind pid {root.get('pid')} "
-            f"({app}, {root.get('state') or 'unknown'}, transaction "
-            f"{_secs(root.get('xact_age_s'))}): `{q}`"
+            f"- Postgres: peak {conn} connections of {mx if mx else 'n/a'} max{pct}; "
+            f"peak {self.act} active, {self.wait} waiting on locks, {self.iit} idle in transaction"
         )
-    base = before.data.get("totals") if before else None
-    last = rs[-1].data.get("totals") or {}
-    first = base if base is not None else rs[0].data.get("totals")
-    dl = _counter_delta(first, last, "deadlocks")
-    rb = _counter_delta(first, last, "rollbacks")
-    oldest = max((r.data.get("oldest_xact_s") or 0 for r in rs), default=0)
-    lines.append(f"- Deadlocks: {dl}; rollbacks: {rb}; longest transaction: {_secs(oldest)}")
-    return lines
+        if self.deepest:
+            depth, n, node = self.deepest
+            root = node.get("root") or {}
+            app = root.get("application_name") or "?"
+            q = _md(root.get("query") or "", 160)
+            lines.append(
+                f"- Deepest lock-wait chain: {depth} deep, {n} waiting behind pid {root.get('pid')} "
+                f"({app}, {root.get('state') or 'unknown'}, transaction "
+                f"{_secs(root.get('xact_age_s'))}): `{q}`"
+            )
+        base = before.data.get("totals") if before else None
+        last = self.last.data.get("totals") or {}
+        first = base if base is not None else self.first.data.get("totals")
+        dl = _counter_delta(first, last, "deadlocks")
+        rb = _counter_delta(first, last, "rollbacks")
+        lines.append(
+            f"- Deadlocks: {dl}; rollbacks: {rb}; longest transaction: {_secs(self.oldest)}"
+        )
+        return lines
 
 
-def _redis_lines(rs: list[Reading], before: Reading | None) -> list[str]:
-    if not rs:
-        return []
-    lines = []
-    ops = max(float(r.data.get("ops_per_sec") or 0) for r in rs)
-    mem_r = max(rs, key=lambda r: r.data.get("used_memory") or 0)
-    mem, mx = mem_r.data.get("used_memory"), mem_r.data.get("maxmemory")
-    limit = f" of {_bytes(mx)} maxmemory" if mx else " (no maxmemory)"
-    ev = sum(int(r.data.get("evicted_keys_delta") or 0) for r in rs)
-    rej = sum(int(r.data.get("rejected_connections_delta") or 0) for r in rs)
-    cl = max(int(r.data.get("connected_clients") or 0) for r in rs)
-    lines.append(
-        f"- Redis: peak {_human(ops)} ops/s; peak memory {_bytes(mem)}{limit}; "
-        f"peak {cl} clients; {ev} keys evicted; {rej} connections rejected"
-    )
-    holds: dict[str, dict[str, Any]] = {}  # per key: its longest hold and its holders
-    for r in rs:
-        for lk in r.data.get("locks") or []:
-            h = holds.setdefault(lk["key"], {"age": -1.0, "holder": "", "holders": set(),
-                                             "no_ttl": False})  # fmt: skip
+# Lock keys and holders followed per step: beyond these the report counts
+# them without their details (a lock per order id would otherwise grow
+# without end over a long run).
+MAX_LOCK_KEYS = 5000
+MAX_HOLDERS = 1000
+MAX_QUEUES = 2000
+
+
+class _Queues:
+    """The queues of one probe (redis, pg_queues) over a step: peak depth,
+    growth from the step's start, peak in flight, failed, oldest age (peak)
+    and mean consumption rate, plus the probe's last hints."""
+
+    def __init__(self, title: str = "Queues") -> None:
+        self.title = title
+        self.first_t: float | None = None
+        self.queues: dict[tuple[str, str], dict[str, Any]] = {}
+        self.hints: list[str] = []
+
+    def add(self, t: float, d: Mapping[str, Any], *, before: bool = False) -> None:
+        if self.first_t is None and not before:
+            self.first_t = t
+        for q in d.get("queues") or []:
+            self._queue(t, q, before)
+        if d.get("hints") and not before:
+            self.hints = list(d["hints"])
+
+    def _queue(self, t: float, q: Mapping[str, Any], before: bool) -> None:
+        k = (q.get("layout", ""), q.get("name", ""))
+        a = self.queues.get(k)
+        if a is None:
+            if len(self.queues) >= MAX_QUEUES:
+                return
+            a = self.queues[k] = {"peak": q.get("depth") or 0, "first": (t, q), "last": (t, q),
+                                  "fl": q.get("in_flight") or 0, "in_step": False,
+                                  "age": None, "rate_sum": 0.0, "rate_n": 0}  # fmt: skip
+        a["peak"] = max(a["peak"], q.get("depth") or 0)
+        a["last"] = (t, q)
+        a["fl"] = max(a["fl"], q.get("in_flight") or 0)
+        if q.get("oldest_age_s") is not None:
+            a["age"] = max(a["age"] or 0.0, float(q["oldest_age_s"]))
+        if q.get("consumed_per_s") is not None:
+            a["rate_sum"] += float(q["consumed_per_s"])
+            a["rate_n"] += 1
+        if not before:
+            a["in_step"] = True
+
+    def lines(self) -> list[str]:
+        lines: list[str] = []
+        in_step = {k: v for k, v in self.queues.items() if v["in_step"]}
+        if in_step:
+            lines.append("")
+            lines.append(f"{self.title} (growth from the step's start):")
+            lines.append("")
+            lines.append(
+                "| queue | layout | peak depth | growth | peak in flight | failed | oldest age "
+                "(peak) | consumed /s (mean) |"
+            )
+            lines.append("|---|---|---|---|---|---|---|---|")
+            rows_q = sorted(in_step.items(), key=lambda kv: -kv[1]["peak"])
+            for (layout, name), a in rows_q[:10]:
+                (t0, q0), (t1, q1) = a["first"], a["last"]
+                growth = (q1.get("depth") or 0) - (q0.get("depth") or 0)
+                rate = f" ({growth / (t1 - t0):+.1f}/s)" if t1 > t0 else ""
+                failed = q1.get("failed")
+                age_txt = _secs(a["age"]) if a["age"] is not None else "n/a"
+                rate_txt = f"{a['rate_sum'] / a['rate_n']:.1f}" if a["rate_n"] else "n/a"
+                lines.append(
+                    f"| `{_md(elide_middle(str(name), 50), 50)}` | {layout} | {a['peak']} | "
+                    f"{growth:+d}{rate} | {a['fl']} | {'n/a' if failed is None else failed} | "
+                    f"{age_txt} | {rate_txt} |"
+                )
+            if len(rows_q) > 10:
+                lines.append(f"| … {len(rows_q) - 10} more | | | | | | | |")
+        if self.hints:
+            lines.append("")
+            lines += [f"- {_md(h, 300)}" for h in self.hints]
+        return lines
+
+
+class _Redis:
+    def __init__(self) -> None:
+        self.n = 0
+        self.ops = 0.0
+        self.mem_r: Reading | None = None
+        self.ev = self.rej = self.cl = 0
+        self.holds: dict[str, dict[str, Any]] = {}  # per key: its longest hold and its holders
+        self.more_keys: set[str] | int = 0
+        self.queues = _Queues()
+
+    def add(self, r: Reading, before: Reading | None) -> None:
+        d = r.data
+        if not self.n and before is not None:
+            self.queues.add(before.t, before.data, before=True)
+        ops = float(d.get("ops_per_sec") or 0)
+        self.ops = ops if not self.n else max(self.ops, ops)
+        if self.mem_r is None or (d.get("used_memory") or 0) > (
+            self.mem_r.data.get("used_memory") or 0
+        ):
+            self.mem_r = r
+        self.ev += int(d.get("evicted_keys_delta") or 0)
+        self.rej += int(d.get("rejected_connections_delta") or 0)
+        cl = int(d.get("connected_clients") or 0)
+        self.cl = cl if not self.n else max(self.cl, cl)
+        for lk in d.get("locks") or []:
+            h = self.holds.get(lk["key"])
+            if h is None:
+                if len(self.holds) >= MAX_LOCK_KEYS:
+                    self.more_keys += 1  # type: ignore[operator]
+                    continue
+                h = self.holds[lk["key"]] = {"age": -1.0, "holder": "", "holders": set(),
+                                             "no_ttl": False}  # fmt: skip
             age = float(lk.get("age_s") or 0)
-            h["holders"].add(lk.get("holder", ""))
+            if len(h["holders"]) < MAX_HOLDERS:
+                h["holders"].add(lk.get("holder", ""))
             if age > h["age"]:
                 h["age"], h["holder"] = age, lk.get("holder", "")
             h["no_ttl"] = h["no_ttl"] or bool(lk.get("no_ttl"))
-    if holds:
-        rows = sorted(holds.items(), key=lambda kv: (not kv[1]["no_ttl"], -kv[1]["age"]))
-        lines.append("")
-        lines.append(f"Lock holders seen ({len(rows)} keys):")
-        lines.append("")
-        lines.append("| key | holder (longest hold) | longest hold | holders seen | TTL |")
-        lines.append("|---|---|---|---|---|")
-        for key, h in rows[:10]:
-            ttl = "**none**" if h["no_ttl"] else "set"
-            lines.append(
-                f"| `{_md(key, 60)}` | `{_md(elide_middle(h['holder'], 80), 80)}` | "
-                f"{_secs(h['age'])} | "
-                f"{len(h['holders'])} | {ttl} |"
-            )
-        if len(rows) > 10:
-            lines.append(f"| … {len(rows) - 10} more | | | | |")
-    return lines + _queue_lines(rs, before)
+        self.queues.add(r.t, d)
+        self.n += 1
 
-
-def _queue_lines(rs: list[Reading], before: Reading | None, title: str = "Queues") -> list[str]:
-    """The queue table of any probe whose readings carry `queues` (redis, pg_queues)."""
-    if not rs:
-        return []
-    lines: list[str] = []
-    queues: dict[tuple[str, str], list[tuple[float, dict]]] = {}
-    for r in ([before] if before else []) + rs:
-        for q in r.data.get("queues") or []:
-            queues.setdefault((q.get("layout", ""), q.get("name", "")), []).append((r.t, q))
-    in_step = {k: v for k, v in queues.items() if any(t >= rs[0].t for t, _ in v)}
-    if in_step:
-        lines.append("")
-        lines.append(f"{title} (growth from the step's start):")
-        lines.append("")
+    def lines(self) -> list[str]:
+        if not self.n:
+            return []
+        assert self.mem_r is not None
+        lines = []
+        mem, mx = self.mem_r.data.get("used_memory"), self.mem_r.data.get("maxmemory")
+        limit = f" of {_bytes(mx)} maxmemory" if mx else " (no maxmemory)"
         lines.append(
-            "| queue | layout | peak depth | growth | peak in flight | failed | oldest age "
-            "(peak) | consumed /s (mean) |"
+            f"- Redis: peak {_human(self.ops)} ops/s; peak memory {_bytes(mem)}{limit}; "
+            f"peak {self.cl} clients; {self.ev} keys evicted; {self.rej} connections rejected"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
-        rows_q = sorted(in_step.items(), key=lambda kv: -max(q.get("depth") or 0 for _, q in kv[1]))
-        for (layout, name), samples in rows_q[:10]:
-            peak = max(q.get("depth") or 0 for _, q in samples)
-            (t0, q0), (t1, q1) = samples[0], samples[-1]
-            growth = (q1.get("depth") or 0) - (q0.get("depth") or 0)
-            rate = f" ({growth / (t1 - t0):+.1f}/s)" if t1 > t0 else ""
-            fl = max((q.get("in_flight") or 0) for _, q in samples)
-            failed = q1.get("failed")
-            ages = [q["oldest_age_s"] for _, q in samples if q.get("oldest_age_s") is not None]
-            rates = [q["consumed_per_s"] for _, q in samples if q.get("consumed_per_s") is not None]
-            age_txt = _secs(max(ages)) if ages else "n/a"
-            rate_txt = f"{sum(rates) / len(rates):.1f}" if rates else "n/a"
-            lines.append(
-                f"| `{_md(elide_middle(str(name), 50), 50)}` | {layout} | {peak} | "
-                f"{growth:+d}{rate} | {fl} | {'n/a' if failed is None else failed} | "
-                f"{age_txt} | {rate_txt} |"
-            )
-        if len(rows_q) > 10:
-            lines.append(f"| … {len(rows_q) - 10} more | | | | | | | |")
-    hints = next((r.data.get("hints") for r in reversed(rs) if r.data.get("hints")), None)
-    if hints:
-        lines.append("")
-        lines += [f"- {_md(h, 300)}" for h in hints]
-    return lines
+        holds = self.holds
+        if holds:
+            rows = sorted(holds.items(), key=lambda kv: (not kv[1]["no_ttl"], -kv[1]["age"]))
+            n_keys = len(rows) + int(self.more_keys)
+            lines.append("")
+            lines.append(f"Lock holders seen ({n_keys} keys):")
+            lines.append("")
+            lines.append("| key | holder (longest hold) | longest hold | holders seen | TTL |")
+            lines.append("|---|---|---|---|---|")
+            for key, h in rows[:10]:
+                ttl = "**none**" if h["no_ttl"] else "set"
+                seen = len(h["holders"])
+                lines.append(
+                    f"| `{_md(key, 60)}` | `{_md(elide_middle(h['holder'], 80), 80)}` | "
+                    f"{_secs(h['age'])} | "
+                    f"{seen}{'+' if seen >= MAX_HOLDERS else ''} | {ttl} |"
+                )
+            if n_keys > 10:
+                lines.append(f"| … {n_keys - 10} more | | | | |")
+        return lines + self.queues.lines()
 
 
-def _pods_lines(rs: list[Reading], before: Reading | None) -> list[str]:
-    if not rs:
-        return []
-    agg: dict[tuple[str, str], dict[str, Any]] = {}
-    base: dict[tuple[str, str], int] = {}
-    if before:
-        for c in before.data.get("containers") or []:
-            base[(c["pod"], c["container"])] = int(c.get("restarts") or 0)
-    for r in rs:
+class _Pods:
+    def __init__(self) -> None:
+        self.n = 0
+        self.agg: dict[tuple[str, str], dict[str, Any]] = {}
+        self.base: dict[tuple[str, str], int] = {}
+        self.source = "?"
+
+    def add(self, r: Reading, before: Reading | None) -> None:
+        if not self.n and before:
+            for c in before.data.get("containers") or []:
+                self.base[(c["pod"], c["container"])] = int(c.get("restarts") or 0)
+        self.n += 1
+        self.source = r.data.get("source", "?")
+        base = self.base
         for c in r.data.get("containers") or []:
             k = (c["pod"], c["container"])
-            a = agg.setdefault(
+            a = self.agg.setdefault(
                 k, {"cpu": None, "mem": None, "cpu_lim": None, "mem_lim": None,
                     "r0": base.get(k, int(c.get("restarts") or 0)), "r1": 0, "oom": 0,
                     "prev": base.get(k, int(c.get("restarts") or 0))},
@@ -300,69 +369,160 @@ def _pods_lines(rs: list[Reading], before: Reading | None) -> list[str]:
                 a["oom"] += n - a["prev"]
             a["prev"] = n
             a["r1"] = n
-    if not agg:
-        return ["- Pods: no containers matched"]
-    restarts = sum(max(0, a["r1"] - a["r0"]) for a in agg.values())
-    ooms = sum(a["oom"] for a in agg.values())
-    lines = [
-        f"- Pods ({rs[-1].data.get('source', '?')}): {restarts} restarts, {ooms} OOM kills in this step",
-        "",
-    ]
-    lines.append("| pod/container | peak CPU | CPU limit | peak memory | memory limit | restarts |")
-    lines.append("|---|---|---|---|---|---|")
 
-    def pct(v: float | None, lim: float | None) -> str:
-        return f" ({100 * v / lim:.0f}%)" if v is not None and lim else ""
-
-    rows = sorted(agg.items(), key=lambda kv: -(kv[1]["cpu"] or 0))
-    for (pod, ctr), a in rows[:12]:
-        cpu = "n/a" if a["cpu"] is None else f"{a['cpu']:.2f}"
-        cl = "none" if not a["cpu_lim"] else f"{a['cpu_lim']:g}"
-        ml = "none" if not a["mem_lim"] else _bytes(a["mem_lim"])
-        rst = max(0, a["r1"] - a["r0"])
+    def lines(self) -> list[str]:
+        if not self.n:
+            return []
+        agg = self.agg
+        if not agg:
+            return ["- Pods: no containers matched"]
+        restarts = sum(max(0, a["r1"] - a["r0"]) for a in agg.values())
+        ooms = sum(a["oom"] for a in agg.values())
+        lines = [
+            f"- Pods ({self.source}): {restarts} restarts, {ooms} OOM kills in this step",
+            "",
+        ]
         lines.append(
-            f"| {_md(pod, 40)}/{_md(ctr, 30)} | {cpu}{pct(a['cpu'], a['cpu_lim'])} | {cl} | "
-            f"{_bytes(a['mem'])}{pct(a['mem'], a['mem_lim'])} | {ml} | {rst:+d} |"
+            "| pod/container | peak CPU | CPU limit | peak memory | memory limit | restarts |"
         )
-    if len(rows) > 12:
-        lines.append(f"| … {len(rows) - 12} more | | | | | |")
-    return lines
+        lines.append("|---|---|---|---|---|---|")
+
+        def pct(v: float | None, lim: float | None) -> str:
+            return f" ({100 * v / lim:.0f}%)" if v is not None and lim else ""
+
+        rows = sorted(agg.items(), key=lambda kv: -(kv[1]["cpu"] or 0))
+        for (pod, ctr), a in rows[:12]:
+            cpu = "n/a" if a["cpu"] is None else f"{a['cpu']:.2f}"
+            cl = "none" if not a["cpu_lim"] else f"{a['cpu_lim']:g}"
+            ml = "none" if not a["mem_lim"] else _bytes(a["mem_lim"])
+            rst = max(0, a["r1"] - a["r0"])
+            lines.append(
+                f"| {_md(pod, 40)}/{_md(ctr, 30)} | {cpu}{pct(a['cpu'], a['cpu_lim'])} | {cl} | "
+                f"{_bytes(a['mem'])}{pct(a['mem'], a['mem_lim'])} | {ml} | {rst:+d} |"
+            )
+        if len(rows) > 12:
+            lines.append(f"| … {len(rows) - 12} more | | | | | |")
+        return lines
 
 
-def probe_report_section(ticks: list[Tick]) -> str:
-    """Markdown: per step (a run of ticks with the same target concurrency), what
-    the probes saw. "" when no tick carries a probe reading."""
-    if not any(t.readings for t in ticks):
-        return ""
-    t0 = ticks[0].elapsed - ticks[0].interval if ticks else 0.0
-    out = ["## Systems under load", ""]
-    last: dict[str, Reading] = {}
-    for step in steps_of(ticks):
-        a = step.ticks[0].elapsed - step.ticks[0].interval - t0
-        b = step.ticks[-1].elapsed - t0
-        out.append(
-            f"### Step {step.index}: concurrency {step.concurrency} "
-            f"({_clock(a)}–{_clock(b)}, {len(step.ticks)} ticks)"
-        )
-        out.append("")
+class _StepProbes:
+    def __init__(self, index: int, tk: Tick, before: dict[str, Reading]) -> None:
+        self.index = index
+        self.concurrency = tk.target_concurrency
+        self.first = tk
+        self.last = tk
+        self.ticks = 0
+        self.before = dict(before)
+        self.pg, self.rd, self.pods = _Pg(), _Redis(), _Pods()
+        self.pgq = _Queues("Postgres queues")
+        self.pgq_errors: set[str] = set()
+        self.seen: dict[str, float] = {}  # probe -> t of its last reading (a slow probe repeats)
+        self.bad: dict[str, list[Any]] = {}  # probe -> [count, first error]
+        self.lasts: dict[str, Reading] = {}
+
+    def add(self, tk: Tick) -> None:
+        self.ticks += 1
+        self.last = tk
+        for probe, r in tk.readings.items():
+            if not r.ok:
+                b = self.bad.setdefault(probe, [0, ""])
+                if not b[0]:
+                    b[1] = r.error
+                b[0] += 1
+                continue
+            self.bad.setdefault(probe, [0, ""])
+            if (
+                probe not in ("postgres", "redis", "pods", "pg_queues")
+                or self.seen.get(probe) == r.t
+            ):
+                continue
+            self.seen[probe] = r.t
+            self.lasts[probe] = r
+            if probe == "postgres":
+                self.pg.add(r)
+            elif probe == "redis":
+                self.rd.add(r, self.before.get("redis"))
+            elif probe == "pg_queues":
+                b = self.before.get("pg_queues")
+                if b is not None and self.pgq.first_t is None:
+                    self.pgq.add(b.t, b.data, before=True)
+                self.pgq.add(r.t, r.data)
+                if len(self.pgq_errors) < 20:
+                    self.pgq_errors.update(r.data.get("errors") or ())
+            else:
+                self.pods.add(r, self.before.get("pods"))
+
+    def lines(self, t0: float) -> list[str]:
+        a = self.first.elapsed - self.first.interval - t0
+        b = self.last.elapsed - t0
+        out = [
+            f"### Step {self.index}: concurrency {self.concurrency} "
+            f"({_clock(a)}–{_clock(b)}, {self.ticks} ticks)",
+            "",
+        ]
         body: list[str] = []
-        pg, rd, pods = (_ok(step.ticks, p) for p in ("postgres", "redis", "pods"))
-        body += _pg_lines(pg, last.get("postgres"))
-        body += _redis_lines(rd, last.get("redis"))
-        pgq = _ok(step.ticks, "pg_queues")
-        body += _queue_lines(pgq, last.get("pg_queues"), "Postgres queues")
-        errs = sorted({e for r in pgq for e in r.data.get("errors") or ()})
-        body += [f"- Postgres queue not read: {_md(e, 200)}" for e in errs[:5]]
-        pl = _pods_lines(pods, last.get("pods"))
+        body += self.pg.lines(self.before.get("postgres"))
+        body += self.rd.lines()
+        body += self.pgq.lines()
+        body += [f"- Postgres queue not read: {_md(e, 200)}" for e in sorted(self.pgq_errors)[:5]]
+        pl = self.pods.lines()
         if pl:
             body += ([""] if body and body[-1].startswith("|") else []) + pl
-        body += _failures(step.ticks)
+        for probe in sorted(self.bad):
+            n, err = self.bad[probe]
+            if n:
+                body.append(
+                    f"- {probe} probe failing in {n} of {self.ticks} ticks: {_md(err, 200)}"
+                )
         out += body or ["- no probe readings in this step"]
         out.append("")
-        for name, rs in (("postgres", pg), ("redis", rd), ("pods", pods), ("pg_queues", pgq)):
-            if rs:
-                last[name] = rs[-1]
-    return "\n".join(_blank_after_tables(out)).rstrip() + "\n"
+        return out
+
+
+class ProbeReport:
+    """`probe_report_section`, fed one tick at a time: per step, what the
+    probes saw, folded as the ticks pass (no tick or reading list is kept)."""
+
+    def __init__(self) -> None:
+        self.any = False
+        self.t0: float | None = None
+        self.out = ["## Systems under load", ""]
+        self.step: _StepProbes | None = None
+        self.last: dict[str, Reading] = {}
+        self.n = 0
+
+    def add(self, tk: Tick, hists: Any = None) -> None:
+        if self.t0 is None:
+            self.t0 = tk.elapsed - tk.interval
+        self.any = self.any or bool(tk.readings)
+        if self.step is None or self.step.concurrency != tk.target_concurrency:
+            self._close()
+            self.n += 1
+            self.step = _StepProbes(self.n, tk, self.last)
+        self.step.add(tk)
+
+    def _close(self) -> None:
+        st = self.step
+        if st is None:
+            return
+        self.out += st.lines(self.t0 or 0.0)
+        self.last.update(st.lasts)
+        self.step = None
+
+    def result(self) -> str:
+        self._close()
+        if not self.any:
+            return ""
+        return "\n".join(_blank_after_tables(self.out)).rstrip() + "\n"
+
+
+def probe_report_section(ticks: Iterable[Tick]) -> str:
+    """Markdown: per step (a run of ticks with the same target concurrency), what
+    the probes saw. "" when no tick carries a probe reading."""
+    acc = ProbeReport()
+    for t in ticks:
+        acc.add(t)
+    return acc.result()
 
 
 def _blank_after_tables(lines: list[str]) -> list[str]:

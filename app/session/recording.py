@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import platform
 import stat
-from collections.abc import Callable
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 from app import __version__
-from app.tick import RECORDING_VERSION, Tick, tick_from_json, tick_to_json
+from app.tick import (
+    RECORDING_VERSION,
+    Anomaly,
+    ControlEvent,
+    Tick,
+    _anomaly_from_json,
+    tick_from_json,
+    tick_p95_ms,
+    tick_to_json,
+)
 
 
 class RecordingError(ValueError):
@@ -105,7 +117,8 @@ class Recorder:
             **header,
         }
         try:
-            self._f.write(self._scrub(json.dumps(line, separators=(",", ":"), default=str)) + "\n")
+            text = self._scrub(json.dumps(line, separators=(",", ":"), default=str)) + "\n"
+            self._f.write(text)
             self._f.flush()
         except OSError as e:
             # a full disk is found now, at start, not as a lost session at the end
@@ -116,12 +129,15 @@ class Recorder:
             ) from None
         self.ticks = 0
         self.error = ""
+        self.bytes = len(text.encode("utf-8"))  # written and flushed: a reader may read this far
 
     def _write(self, obj: dict[str, Any]) -> None:
         assert self._f is not None
         try:
-            self._f.write(self._scrub(json.dumps(obj, separators=(",", ":"), default=str)) + "\n")
+            text = self._scrub(json.dumps(obj, separators=(",", ":"), default=str)) + "\n"
+            self._f.write(text)
             self._f.flush()
+            self.bytes += len(text.encode("utf-8"))
         except OSError as e:
             # a full disk mid-run: keep the load going, say so, stop writing
             self.error = f"recording stopped: {e.strerror} writing {self.path}"
@@ -133,6 +149,21 @@ class Recorder:
             return
         self._write(tick_to_json(tick))
         self.ticks += 1
+
+    def write_tick_json(self, obj: dict[str, Any]) -> None:
+        """`write_tick` for a tick already in its JSON form (`tick_to_json`)."""
+        if self._f is None:
+            return
+        self._write(obj)
+        self.ticks += 1
+
+    @property
+    def is_file(self) -> bool:
+        """The recording goes to a regular file (one that can be read back)."""
+        try:
+            return stat.S_ISREG(os.stat(self.path).st_mode)
+        except OSError:
+            return False
 
     def close(self, end: dict[str, Any]) -> None:
         if self._f is None:
@@ -157,8 +188,13 @@ class Recorder:
 
 @dataclass
 class Recording:
+    """A recording: its header, its ticks and its end line. `ticks` is a list
+    for a recording built in memory (tests, tools) and a `TickFile` for one
+    read from disk: a sequence that decodes ticks from the file on demand, so
+    a day-long recording is never held decoded."""
+
     header: dict[str, Any]
-    ticks: list[Tick] = field(default_factory=list)
+    ticks: Sequence[Tick] = field(default_factory=list)
     end: dict[str, Any] | None = None
     truncated: bool = False  # the last line was cut off (a killed run)
 
@@ -167,72 +203,220 @@ class Recording:
         return self.end is not None
 
 
-def read_recording(path: str | os.PathLike[str]) -> Recording:
+class TickFile(Sequence[Tick]):
+    """The ticks of a recording file, by position, decoded on demand.
+
+    Built by `read_recording`, which scans the file once and keeps per tick
+    only its byte offset and three floats (elapsed, ops/s, p95), plus the
+    control events that change the load and the anomalies that cleared: what
+    a replay needs to seek anywhere and chart the whole session without
+    decoding it. Iterating streams the file from the start (each pass re-reads
+    it); indexing seeks to the line. A few recently decoded ticks are cached.
+    """
+
+    CACHE = 8
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offsets = array("q")  # byte offset of each tick's line
+        self.lengths = array("l")
+        self.elapsed = array("d")
+        self.ops = array("d")  # operations per second, all scenarios
+        self.p95 = array("d")  # ms, all scenarios merged; nan: not in the line
+        self.changes: list[tuple[int, ControlEvent]] = []
+        self.cleared: list[tuple[int, Anomaly]] = []
+        self._cache: OrderedDict[int, Tick] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, i: int) -> Tick: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Tick]: ...
+    def __getitem__(self, i: int | slice) -> Tick | list[Tick]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self.offsets)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("tick index out of range")
+        hit = self._cache.get(i)
+        if hit is not None:
+            self._cache.move_to_end(i)
+            return hit
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[i])
+            raw = f.read(self.lengths[i])
+        tick = self._decode(raw, i)
+        self._cache[i] = tick
+        if len(self._cache) > self.CACHE:
+            self._cache.popitem(last=False)
+        return tick
+
+    def __iter__(self) -> Iterator[Tick]:
+        if not self.offsets:
+            return
+        with open(self.path, "rb") as f:
+            for k in range(len(self.offsets)):
+                if f.tell() != self.offsets[k]:
+                    f.seek(self.offsets[k])
+                yield self._decode(f.read(self.lengths[k]), k)
+
+    def _decode(self, raw: bytes, k: int) -> Tick:
+        try:
+            return tick_from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RecordingError(
+                f"{self.path}: tick {k} can no longer be read ({type(e).__name__}): the file"
+                " changed after it was opened, or is damaged"
+            ) from None
+
+    def p95_at(self, i: int) -> float:
+        """p95 (ms) of tick i; decoded from its histograms for a recording
+        written before lines carried it."""
+        v = self.p95[i]
+        if math.isnan(v):
+            t = self[i]
+            v = self.p95[i] = tick_p95_ms(t) if t.scenarios else 0.0
+        return v
+
+
+def _not_a_recording(p: Path, why: str) -> RecordingError:
+    return RecordingError(
+        f"{p} is not a loadtop recording ({why}): give a .jsonl file written by --record"
+    )
+
+
+def read_recording(path: str | os.PathLike[str], *, limit: int | None = None) -> Recording:
+    """Open a recording: check it and index it in one streaming pass (every
+    line parsed, no histogram decoded, nothing kept but the index); its ticks
+    are then read from the file on demand (`TickFile`). `limit`: read only the
+    first `limit` bytes (a recording still being written)."""
     p = Path(path)
     if not p.exists():
         raise RecordingError(f"recording {p} does not exist: check the path")
     if p.is_dir():
         raise RecordingError(f"recording {p} is a directory: give a .jsonl file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise RecordingError(
-            f"{p} is not a loadtop recording (not UTF-8 text): give a .jsonl file written by --record"
-        ) from None
+        f = open(p, "rb")  # noqa: SIM115
     except OSError as e:
         raise RecordingError(f"recording {p} cannot be read ({e.strerror})") from None
-    lines = text.split("\n")
-    if not text.strip():
-        raise RecordingError(
-            f"recording {p} is empty: the run ended before its header was written;"
-            " there is nothing to report"
+    with f:
+        first = f.readline(limit or -1)
+        try:
+            first_text = first.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _not_a_recording(p, "not UTF-8 text") from None
+        if not first_text.strip() and not f.read(1 << 16).strip():
+            raise RecordingError(
+                f"recording {p} is empty: the run ended before its header was written;"
+                " there is nothing to report"
+            )
+        try:
+            header = json.loads(first_text)
+        except json.JSONDecodeError:
+            raise _not_a_recording(p, "its first line is not JSON") from None
+        if not isinstance(header, dict) or header.get("type") != "header":
+            raise _not_a_recording(p, "no header line")
+        version = header.get("version")
+        if not isinstance(version, int):
+            raise RecordingError(
+                f"{p}: the header has no version: not a loadtop recording, or a damaged one;"
+                " check the file"
+            )
+        if version > RECORDING_VERSION:
+            raise RecordingError(
+                f"{p} was written by a newer loadtop (format {version}, this one reads"
+                f" {RECORDING_VERSION}): upgrade loadtop"
+            )
+        ticks = TickFile(p)
+        rec = Recording(header=header, ticks=ticks)
+        _index(f, p, rec, ticks, len(first), limit)
+    return rec
+
+
+def _index(
+    f: IO[bytes], p: Path, rec: Recording, ticks: TickFile, pos: int, limit: int | None
+) -> None:
+    n = 1
+    pending: tuple[int, bytes] | None = None  # a bad line: an error unless it is the last
+
+    def fail(n: int, e: Exception) -> RecordingError:
+        return RecordingError(
+            f"{p}: line {n} is corrupted ({type(e).__name__}): the recording was edited"
+            " or damaged; `loadtop report` reads a recording cut off at the end, not one"
+            f" damaged in the middle: restore it, or cut it before line {n} to report"
+            " what precedes"
         )
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError:
-        raise RecordingError(
-            f"{p} is not a loadtop recording (its first line is not JSON): give a .jsonl file written by --record"
-        ) from None
-    if not isinstance(header, dict) or header.get("type") != "header":
-        raise RecordingError(
-            f"{p} is not a loadtop recording (no header line): give a .jsonl file written by --record"
-        )
-    version = header.get("version")
-    if not isinstance(version, int):
-        raise RecordingError(
-            f"{p}: the header has no version: not a loadtop recording, or a damaged one;"
-            " check the file"
-        )
-    if version > RECORDING_VERSION:
-        raise RecordingError(
-            f"{p} was written by a newer loadtop (format {version}, this one reads"
-            f" {RECORDING_VERSION}): upgrade loadtop"
-        )
-    rec = Recording(header=header)
-    last = len(lines) - 1
-    while last > 0 and not lines[last].strip():
-        last -= 1
-    for n, line in enumerate(lines[1 : last + 1], start=2):
+
+    while True:
+        if limit is not None and pos >= limit:
+            break
+        line = f.readline() if limit is None else f.readline(limit - pos)
+        if not line:
+            break
+        start, pos = pos, pos + len(line)
+        n += 1
         if not line.strip():
             continue
+        if pending is not None:  # a bad line followed by more: damaged in the middle
+            raise fail(*pending)  # type: ignore[arg-type]
         try:
             obj = json.loads(line)
             kind = obj.get("type")
             if kind == "tick":
-                rec.ticks.append(tick_from_json(obj))
+                _index_tick(ticks, obj, start, len(line))
             elif kind == "end":
                 rec.end = obj
             else:
                 raise ValueError(f"unknown line type {kind!r}")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            if n == last + 1:
-                # the tick in progress when the run was killed: cut off mid-line
-                rec.truncated = True
-                break
-            raise RecordingError(
-                f"{p}: line {n} is corrupted ({type(e).__name__}): the recording was edited"
-                " or damaged; `loadtop report` reads a recording cut off at the end, not one"
-                f" damaged in the middle: restore it, or cut it before line {n} to report"
-                " what precedes"
-            ) from None
-    return rec
+            pending = (n, e)  # type: ignore[assignment]
+    if pending is not None:
+        # the tick in progress when the run was killed: cut off mid-line
+        rec.truncated = True
+
+
+# control events a chart marks (kept for the whole recording; they are few)
+CHANGE_KINDS = ("concurrency", "rate", "pause", "resume", "panic")
+# cleared anomalies kept in a recording's index for the replay's feed
+MAX_CLEARED = 2000
+
+
+def _index_tick(ticks: TickFile, d: dict[str, Any], start: int, length: int) -> None:
+    """One tick line into the index, read from its JSON (no Tick built, no
+    histogram touched: the open of a long recording is one JSON pass)."""
+    k = len(ticks.offsets)
+    interval = float(d["interval"])
+    elapsed = float(d["elapsed"])
+    int(d["index"])
+    events = [
+        ControlEvent(
+            float(e["t"]),
+            e["kind"],
+            e["source"],
+            e.get("before"),
+            e.get("after"),
+            e.get("note", ""),
+        )  # fmt: skip
+        for e in d.get("events", [])
+    ]
+    done = sum(int(s["ok"]) + int(s["failed"]) for s in d.get("scenarios", []))
+    iv = interval if interval > 0 else 1.0
+    if any(e.kind == "stop" for e in events):  # the drain (Tick.is_drain)
+        iv = max(iv, 1.0)
+    p95 = d.get("p95_ms")
+    ticks.offsets.append(start)
+    ticks.lengths.append(length)
+    ticks.elapsed.append(elapsed)
+    ticks.ops.append(done / iv)
+    ticks.p95.append(float(p95) if isinstance(p95, int | float) else math.nan)
+    for e in events:
+        if e.kind in CHANGE_KINDS:
+            ticks.changes.append((k, e))
+    for a in d.get("cleared", []):
+        ticks.cleared.append((k, _anomaly_from_json(a)))
+    if len(ticks.cleared) > 2 * MAX_CLEARED:
+        del ticks.cleared[:MAX_CLEARED]

@@ -3,21 +3,38 @@
 A report is a pure function of the recording (header, ticks, end line): it can
 be rebuilt after a crash, on another machine, a week later. Step figures are
 computed by merging the step's histograms, never by averaging percentiles.
+
+It streams: one pass over the ticks feeds accumulators (per step, per
+scenario, the anomaly and probe sections), each tick's histograms decoded
+once and let go, so an eight-hour recording is reported in bounded memory.
+The live console's `e` export runs the same function over the session's
+recording file, so it says what `loadtop report` would.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hdrh.histogram import HdrHistogram
+
 from app import __version__
+from app.detect import pg_report
+from app.detect.pg_report import PgReportAcc
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
 from app.session.recording import Recording
-from app.tick import Percentiles, Tick, merge_histograms
+from app.tick import (
+    Percentiles,
+    Tick,
+    add_histogram,
+    merge_histograms,
+    new_histogram,
+    window_hists,
+)
 
 
 @dataclass
@@ -35,8 +52,9 @@ class Step:
         return sum(t.interval for t in self.ticks)
 
 
-def split_steps(ticks: Sequence[Tick]) -> list[Step]:
-    """Runs of consecutive ticks with the same target concurrency (and rate)."""
+def split_steps(ticks: Iterable[Tick]) -> list[Step]:
+    """Runs of consecutive ticks with the same target concurrency (and rate).
+    Holds the ticks: for a short list only; the report uses `_StepAcc`."""
     steps: list[Step] = []
     for t in ticks:
         key = (t.target_concurrency, t.mode, t.rate)
@@ -50,72 +68,172 @@ def split_steps(ticks: Sequence[Tick]) -> list[Step]:
     return steps
 
 
-def _figures(ticks: Sequence[Tick], scenario: str | None = None) -> dict[str, Any]:
-    wins = [s for t in ticks for s in t.scenarios if scenario is None or s.name == scenario]
-    seconds = sum(t.interval for t in ticks)
-    ok = sum(s.ok for s in wins)
-    failed = sum(s.failed for s in wins)
-    done = ok + failed
-    lat = Percentiles.of(merge_histograms(s.hist for s in wins), with_mean=True)
-    errors: dict[str, int] = {}
-    for s in wins:
-        for k, v in s.errors.items():
-            errors[k] = errors.get(k, 0) + v
-    return {
-        "seconds": round(seconds, 2),
-        "ok": ok,
-        "failed": failed,
-        "ops_per_s": round(done / seconds, 2) if seconds else 0.0,
-        "error_pct": round(100.0 * failed / done, 4) if done else 0.0,
-        "p50_ms": round(lat.p50, 3),
-        "p95_ms": round(lat.p95, 3),
-        "p99_ms": round(lat.p99, 3),
-        "p999_ms": round(lat.p999, 3),
-        "max_ms": round(lat.max, 3),
-        "mean_ms": round(lat.mean, 3),
-        "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
-        "dropped": sum(s.dropped for s in wins),
-        "max_lag_ms": round(max((s.lag_ms for s in wins), default=0.0), 3),
-        "concurrency_max": max((t.concurrency for t in ticks), default=0),
-    }
+class _Figures:
+    """`_figures` accumulated one tick at a time: the merged histogram is the
+    only large thing it holds, whatever the number of ticks."""
+
+    def __init__(self, scenario: str | None = None, *, hist: bool = True) -> None:
+        self.scenario = scenario
+        self.seconds = 0.0
+        self.ok = 0
+        self.failed = 0
+        self.hist: HdrHistogram | None = new_histogram() if hist else None
+        self.errors: dict[str, int] = {}
+        self.dropped = 0
+        self.max_lag = 0.0
+        self.conc_max = 0
+
+    def add(self, t: Tick, hists: Sequence[HdrHistogram] | None = None) -> None:
+        self.seconds += t.interval
+        self.conc_max = max(self.conc_max, t.concurrency)
+        for k, s in enumerate(t.scenarios):
+            if self.scenario is not None and s.name != self.scenario:
+                continue
+            self.ok += s.ok
+            self.failed += s.failed
+            if self.hist is not None:
+                add_histogram(self.hist, hists[k] if hists is not None else s.hist)
+            for e, v in s.errors.items():
+                self.errors[e] = self.errors.get(e, 0) + v
+            self.dropped += s.dropped
+            self.max_lag = max(self.max_lag, s.lag_ms)
+
+    def result(self, seconds: float | None = None, conc_max: int | None = None) -> dict[str, Any]:
+        seconds = self.seconds if seconds is None else seconds
+        ok, failed = self.ok, self.failed
+        done = ok + failed
+        lat = Percentiles.of(self.hist if self.hist is not None else new_histogram(),
+                             with_mean=True)  # fmt: skip
+        return {
+            "seconds": round(seconds, 2),
+            "ok": ok,
+            "failed": failed,
+            "ops_per_s": round(done / seconds, 2) if seconds else 0.0,
+            "error_pct": round(100.0 * failed / done, 4) if done else 0.0,
+            "p50_ms": round(lat.p50, 3),
+            "p95_ms": round(lat.p95, 3),
+            "p99_ms": round(lat.p99, 3),
+            "p999_ms": round(lat.p999, 3),
+            "max_ms": round(lat.max, 3),
+            "mean_ms": round(lat.mean, 3),
+            "errors": dict(sorted(self.errors.items(), key=lambda kv: -kv[1])),
+            "dropped": self.dropped,
+            "max_lag_ms": round(self.max_lag, 3),
+            "concurrency_max": self.conc_max if conc_max is None else conc_max,
+        }
 
 
-def counter_figures(ticks: Sequence[Tick], steps: Sequence[Step]) -> dict[str, Any]:
+def _figures(ticks: Iterable[Tick], scenario: str | None = None) -> dict[str, Any]:
+    acc = _Figures(scenario)
+    for t in ticks:
+        acc.add(t)
+    return acc.result()
+
+
+class _StepAcc:
+    """One step (a run of ticks with the same target concurrency, mode and
+    rate) while it runs: its figures, one merged histogram per scenario (the
+    step's and the scenarios' whole-run figures are merged from these when
+    the step closes, so each window is added once), its ctx.count() sums."""
+
+    def __init__(self, index: int, t: Tick) -> None:
+        self.index = index
+        self.key = (t.target_concurrency, t.mode, t.rate)
+        self.first = self.last = t.index
+        self.fig = _Figures(hist=False)
+        self.hists: dict[str, HdrHistogram] = {}
+        self.names: set[str] = set()
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, t: Tick, hists: Sequence[HdrHistogram] | None) -> None:
+        self.last = t.index
+        self.fig.add(t)
+        for k, s in enumerate(t.scenarios):
+            self.names.add(s.name)
+            h = self.hists.get(s.name)
+            if h is None:
+                h = self.hists[s.name] = new_histogram()
+            add_histogram(h, hists[k] if hists is not None else s.hist)
+            for c, v in s.counters.items():
+                self.counts[(s.name, c)] = self.counts.get((s.name, c), 0) + v
+
+    def close(self) -> dict[str, Any]:
+        conc, mode, rate = self.key
+        self.fig.hist = merge_histograms(self.hists.values())
+        row = {
+            "step": self.index + 1,
+            "concurrency": conc,
+            "mode": mode,
+            "rate": rate,
+            "from_tick": self.first,
+            "to_tick": self.last,
+            **self.fig.result(),
+        }
+        self.fig.hist = None  # the step is over: its histograms go (after the caller's merge)
+        return row
+
+
+class _Counters:
     """ctx.count() per scenario and name: the run's total and rate, and the rate
     in each step (None where the step never ran that scenario)."""
-    out: dict[str, dict[str, Any]] = {}
-    seconds = sum(t.interval for t in ticks)
-    for t in ticks:
+
+    def __init__(self) -> None:
+        self.totals: dict[str, dict[str, int]] = {}
+        self.steps: list[tuple[float, set[str], dict[tuple[str, str], int]]] = []
+
+    def add(self, t: Tick) -> None:
         for s in t.scenarios:
             for k, v in s.counters.items():
-                c = out.setdefault(s.name, {}).setdefault(k, {"total": 0})
-                c["total"] += v
-    for name, counters in out.items():
-        for k, c in counters.items():
-            c["per_s"] = round(c["total"] / seconds, 3) if seconds else 0.0
-            by_step = []
-            for st in steps:
-                wins = [s for t in st.ticks for s in t.scenarios if s.name == name]
-                by_step.append(
-                    round(sum(s.counters.get(k, 0) for s in wins) / st.seconds, 3)
-                    if wins and st.seconds
-                    else None
-                )
-            c["by_step"] = by_step
-    return out
+                c = self.totals.setdefault(s.name, {})
+                c[k] = c.get(k, 0) + v
+
+    def close_step(self, st: _StepAcc) -> None:
+        self.steps.append((st.fig.seconds, st.names, st.counts))
+
+    def result(self, seconds: float) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, counters in self.totals.items():
+            for k, total in counters.items():
+                c = out.setdefault(name, {}).setdefault(k, {"total": total})
+                c["per_s"] = round(total / seconds, 3) if seconds else 0.0
+                c["by_step"] = [
+                    round(counts.get((name, k), 0) / secs, 3) if name in names and secs else None
+                    for secs, names, counts in self.steps
+                ]
+        return out
 
 
-def outage_windows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
-    """Spans of ticks in which operations failed for lack of a connection."""
-    out: list[dict[str, Any]] = []
-    cur: dict[str, Any] | None = None
+def counter_figures(ticks: Iterable[Tick], steps: Sequence[Step]) -> dict[str, Any]:
+    """ctx.count() per scenario and name: the run's total and rate, and the rate
+    in each step (None where the step never ran that scenario)."""
+    acc = _Counters()
+    seconds = 0.0
     for t in ticks:
+        acc.add(t)
+        seconds += t.interval
+    for i, st in enumerate(steps):
+        sa = _StepAcc(i, st.ticks[0])
+        for t in st.ticks:
+            sa.add(t, None)
+        acc.close_step(sa)
+    return acc.result(seconds)
+
+
+class _Outages:
+    """Spans of ticks in which operations failed for lack of a connection."""
+
+    def __init__(self) -> None:
+        self.out: list[dict[str, Any]] = []
+        self.cur: dict[str, Any] | None = None
+
+    def add(self, t: Tick) -> None:
+        cur = self.cur
         conn_errs = {k: v for k, v in t.errors().items() if is_connection_error(k)}
         if conn_errs:
             if cur is None:
-                cur = {"from_tick": t.index, "from_s": round(t.elapsed - t.interval, 1),
-                       "errors": {}, "ok_during": 0}  # fmt: skip
-                out.append(cur)
+                cur = self.cur = {"from_tick": t.index, "from_s": round(t.elapsed - t.interval, 1),
+                                  "errors": {}, "ok_during": 0}  # fmt: skip
+                self.out.append(cur)
             cur["to_tick"] = t.index
             cur["to_s"] = round(t.elapsed, 1)
             cur["ok_during"] += t.ok
@@ -126,8 +244,15 @@ def outage_windows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
             cur["to_tick"] = t.index
             cur["to_s"] = round(t.elapsed, 1)
         else:
-            cur = None
-    return out
+            self.cur = None
+
+
+def outage_windows(ticks: Iterable[Tick]) -> list[dict[str, Any]]:
+    """Spans of ticks in which operations failed for lack of a connection."""
+    acc = _Outages()
+    for t in ticks:
+        acc.add(t)
+    return acc.out
 
 
 def slo_verdict(fig: dict[str, Any], slo: dict[str, float] | None = None) -> dict[str, Any]:
@@ -140,34 +265,117 @@ def slo_verdict(fig: dict[str, Any], slo: dict[str, float] | None = None) -> dic
     return {"slo": slo, "checks": checks, "met": all(checks.values())}
 
 
-def build_summary(rec: Recording) -> dict[str, Any]:
+class _Section:
+    """A report section fed tick by tick; a section that fails never costs
+    the whole report (it says it failed, the rest goes on)."""
+
+    def __init__(self, module: str, factory: str, **kwargs: Any) -> None:
+        self.acc: Any = None
+        self.error: str | None = None
+        try:
+            mod = __import__(module, fromlist=[factory])
+            self.acc = getattr(mod, factory)(**kwargs)
+        except (ImportError, AttributeError):
+            self.acc = None
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+    def add(self, t: Tick, hists: Sequence[HdrHistogram]) -> None:
+        if self.acc is None or self.error:
+            return
+        try:
+            self.acc.add(t, hists)
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+    def result(self) -> Any:
+        if self.error:
+            return {"error": self.error}
+        if self.acc is None:
+            return None
+        try:
+            return self.acc.result()
+        except Exception as e:
+            return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any], Any]:
+    """One streaming pass over the recording's ticks: the summary, and the
+    probe section's Markdown. Each tick's histograms are decoded once, merged
+    into the step, scenario and capacity accumulators, and let go; nothing
+    per tick is kept but control events (and a tick count)."""
     h = rec.header
-    ticks = rec.ticks
     end = rec.end or {}
-    steps = split_steps(ticks)
-    started = h.get("started") or (ticks[0].t - ticks[0].elapsed if ticks else None)
-    ended = end.get("ended") or (ticks[-1].t if ticks else started)
-    scenarios = [s["name"] for s in h.get("scenarios", [])] or sorted(
-        {s.name for t in ticks for s in t.scenarios}
-    )
-    total = _figures(ticks)
+    total = _Figures(hist=False)
+    per_name: dict[str, _Figures] = {}
+    steps: list[dict[str, Any]] = []
+    step: _StepAcc | None = None
+    counters = _Counters()
+    outages = _Outages()
     invariants: dict[str, list[str]] = dict(end.get("invariants") or {})
-    # the anomalies carry each violation's latest figures (and the first's)
-    latest = _section_data("app.detect.pg_report", "invariant_data", ticks)
-    if isinstance(latest, dict) and "error" not in latest:
-        invariants.update(latest)
-    # issue 12: what the probes could not see; the target database's own error counts
-    probe_blind = _section_data("app.detect.pg_report", "blind_data", ticks) or []
-    server_errors = _section_data("app.detect.pg_report", "server_error_data", ticks)
-    thresholds = h.get("thresholds", [])
+    pg = PgReportAcc()  # issue 12: blind probes, server-side errors, latest invariants
     tripped = end.get("threshold_tripped")
-    if tripped is None:
-        for t in ticks:
+    find_trip = tripped is None
+    events_raw: list[Any] = []
+    first: Tick | None = None
+    last: Tick | None = None
+    n = 0
+    anomalies = _Section("app.detect.report", "AnomalyReport", slo=h.get("slo"))
+    probe_sec = _Section("app.probes.summary", "ProbeReport") if probes else None
+    for t in rec.ticks:
+        hists = window_hists(t)
+        n += 1
+        if first is None:
+            first = t
+        last = t
+        total.add(t)
+        for s in t.scenarios:
+            fig = per_name.get(s.name)
+            if fig is None:
+                fig = per_name[s.name] = _Figures(s.name)
+            fig.ok += s.ok
+            fig.failed += s.failed
+            for e, v in s.errors.items():
+                fig.errors[e] = fig.errors.get(e, 0) + v
+            fig.dropped += s.dropped
+            fig.max_lag = max(fig.max_lag, s.lag_ms)
+        key = (t.target_concurrency, t.mode, t.rate)
+        if step is None or step.key != key:
+            if step is not None:
+                steps.append(step.close())
+                counters.close_step(step)
+                _merge_into(per_name, step)
+            step = _StepAcc(len(steps), t)
+        step.add(t, hists)
+        counters.add(t)
+        outages.add(t)
+        pg.add(t)
+        if find_trip and tripped is None:
             hit = next((s for s in t.thresholds if s.tripped), None)
             if hit is not None:
                 tripped = {"expr": hit.expr, "tick": t.index, "elapsed_s": round(t.elapsed, 1),
                            "value": hit.value}  # fmt: skip
-                break
+        events_raw.extend(t.events)
+        anomalies.add(t, hists)
+        if probe_sec is not None:
+            probe_sec.add(t, hists)
+        del hists
+    if step is not None:
+        steps.append(step.close())
+        counters.close_step(step)
+        _merge_into(per_name, step)
+    # the anomalies carry each violation's latest figures (and the first's)
+    invariants.update(pg.invariant_data())
+    started = h.get("started") or (first.t - first.elapsed if first else None)
+    ended = end.get("ended") or (last.t if last else started)
+    names = [s["name"] for s in h.get("scenarios", [])] or sorted(per_name)
+    # all scenarios together: the exact merge of the per-scenario merges
+    total.hist = merge_histograms(f.hist for f in per_name.values())
+    total_fig = total.result()
+    per_scenario = {
+        name: per_name.get(name, _Figures(name)).result(total.seconds, total.conc_max)
+        for name in names
+    }
     events = [
         {
             "t": e.t,
@@ -178,16 +386,16 @@ def build_summary(rec: Recording) -> dict[str, Any]:
             "after": e.after,
             "note": e.note,
         }  # fmt: skip
-        for t in ticks
-        for e in t.events
+        for e in events_raw
     ]
     summary: dict[str, Any] = {
         "loadtop_recording_version": h.get("version"),
         # which loadtop wrote the recording (older recordings: only in "versions")
         "recorded_by": h.get("loadtop_version") or (h.get("versions") or {}).get("loadtop"),
         "reported_by": __version__,
-        "probe_blind": probe_blind,
-        "server_errors": server_errors,
+        "probe_blind": pg.blind_data(),
+        "server_errors": pg.server_error_data(),
+        "anomaly_kinds": sorted(pg.kinds),
         "run_id": h.get("run_id"),
         "started": started,
         "ended": ended,
@@ -197,54 +405,47 @@ def build_summary(rec: Recording) -> dict[str, Any]:
         "stop_reason": end.get("reason", "killed (no end record)"),
         "exit_code": end.get("exit_code"),
         "targets": h.get("targets", {}),
-        "scenarios": scenarios,
+        "scenarios": names,
         "params": h.get("params", {}),
         "load": h.get("load", {}),
-        "ticks": len(ticks),
-        "total": total,
-        "per_scenario": {name: _figures(ticks, name) for name in scenarios},
-        "steps": [
-            {
-                "step": s.index + 1,
-                "concurrency": s.concurrency,
-                "mode": s.mode,
-                "rate": s.rate,
-                "from_tick": s.first,
-                "to_tick": s.last,
-                **_figures(s.ticks),
-            }  # fmt: skip
-            for s in steps
-        ],
-        "counters": counter_figures(ticks, steps),
-        "outages": outage_windows(ticks),
+        "ticks": n,
+        "total": total_fig,
+        "per_scenario": per_scenario,
+        "steps": steps,
+        "counters": counters.result(total.seconds),
+        "outages": outages.out,
         "never_connected": end.get("never_connected", {}),
         "invariants": invariants,
-        "thresholds": {"abort_on": thresholds, "tripped": tripped},
-        "slo": slo_verdict(total, h.get("slo")),
+        "thresholds": {"abort_on": h.get("thresholds", []), "tripped": tripped},
+        "slo": slo_verdict(total_fig, h.get("slo")),
         "events": events,
     }
-    summary["anomalies"] = _section_data(
-        "app.detect.report", "anomaly_report_data", ticks, slo=h.get("slo")
-    )
-    return summary
+    summary["anomalies"] = anomalies.result()
+    return summary, probe_sec.result() if probe_sec is not None else None
 
 
-def _section_data(module: str, fn: str, ticks: list[Tick], **kwargs: Any) -> Any:
-    try:
-        mod = __import__(module, fromlist=[fn])
-        return getattr(mod, fn)(ticks, **kwargs)
-    except (ImportError, AttributeError):
-        return None
-    except Exception as e:  # a section must never cost the whole report
-        return {"error": f"{type(e).__name__}: {e}"}
+def _merge_into(per_name: dict[str, _Figures], step: _StepAcc) -> None:
+    for name, h in step.hists.items():
+        fig = per_name[name]
+        assert fig.hist is not None
+        add_histogram(fig.hist, h)
+    step.hists = {}
 
 
-def _section_md(module: str, fn: str, ticks: list[Tick], **kwargs: Any) -> str:
-    out = _section_data(module, fn, ticks, **kwargs)
-    if isinstance(out, str):
-        return out.strip()
+def build_summary(rec: Recording) -> dict[str, Any]:
+    return _report_pass(rec, probes=False)[0]
+
+
+def _section_md(out: Any, fn: str, render: Any = None) -> str:
     if isinstance(out, dict) and "error" in out:
         return f"_({fn} failed: {out['error']})_"
+    if render is not None and out is not None:
+        try:
+            out = render(out)
+        except Exception as e:
+            return f"_({fn} failed: {type(e).__name__}: {e})_"
+    if isinstance(out, str):
+        return out.strip()
     return ""
 
 
@@ -276,11 +477,16 @@ FAIL_KINDS = frozenset({"queue-stuck", "lock-takeover", "consumers-gone"})
 
 
 def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> str:
-    s = summary or build_summary(rec)
-    ticks = rec.ticks
+    """The Markdown report: one streaming pass over the ticks (two when a
+    summary is given: the probe section still needs its own)."""
+    if summary is None:
+        s, probe_md = _report_pass(rec)
+    else:
+        s = summary
+        probe_md = _report_pass(rec)[1]
     L: list[str] = []
     # a stuck queue, a lock taken over after expiry or consumers gone is never a pass
-    failing = sorted({a.kind for t in ticks for a in t.anomalies if a.kind in FAIL_KINDS})
+    failing = sorted(set(s.get("anomaly_kinds") or ()) & FAIL_KINDS)
     verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
         "tripped"] and not failing else "FAIL"  # fmt: skip
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
@@ -297,9 +503,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append(f"Recorded by loadtop {recorded} · reported by loadtop {s['reported_by']}")
     L.append("")
     t = s["total"]
-    from app.detect import pg_report  # issue 12: server-side errors, blind probes, watch
-
-    L += pg_report.headline_notes(s, ticks, L)
+    L += pg_report.headline_notes(s, L)
     L.append(
         f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
         f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
@@ -419,10 +623,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
                 L.append(f"- `--abort-on {expr}`: held")
         L.append("")
     for section in (
-        _section_md(
-            "app.detect.report", "anomaly_report_section", ticks, slo=rec.header.get("slo")
-        ),
-        _section_md("app.probes.summary", "probe_report_section", ticks),
+        _section_md(s.get("anomalies"), "anomaly_report_section", _anomaly_md()),
+        _section_md(probe_md, "probe_report_section"),
     ):
         if section:
             L.append(section)
@@ -442,6 +644,14 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         L.append("No control events.")
     L.append("")
     return pg_report.watch_sections("\n".join(L), s)
+
+
+def _anomaly_md() -> Any:
+    try:
+        from app.detect.report import render_anomaly_section
+    except ImportError:
+        return None
+    return render_anomaly_section
 
 
 def _num(v: Any) -> str:

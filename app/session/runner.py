@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -37,9 +38,10 @@ from app.engine.procs import HostSpec, ProcessWorkers
 from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
 from app.session.export import write_report
 from app.session.pipeline import Pipeline, Verifier
-from app.session.recording import Recorder, Recording, RecordingError
+from app.session.recording import Recorder, Recording, RecordingError, read_recording
+from app.session.retention import TRIM_EVERY, RecentTicks, release_free_memory
 from app.targets import Redactor, TargetError, redact_params
-from app.tick import Tick
+from app.tick import Tick, tick_to_json
 
 
 class SetupError(RuntimeError):
@@ -111,7 +113,9 @@ class Session:
             self.clients.pg_settings["default_transaction_read_only"] = "on"
         self.recorder: Recorder | None = None
         self.header: dict[str, Any] = {}
-        self.ticks: list[Tick] = []  # the run's timeline, for export at any moment
+        # the latest ticks only (bounded, compact); the recording has them all
+        self.ticks = RecentTicks()
+        self._spool: Recorder | None = None  # the recording exports read, when not --record
         self.probe_set: Any = None
         self.detectors: Any = None
         self.outcome: Outcome | None = None
@@ -273,10 +277,27 @@ class Session:
     def terminate_backend(self, pid: int) -> str:
         return self._backend_call("pg_terminate_backend", pid)
 
+    def _report_source(self) -> Recorder | None:
+        """The recording file a report is streamed from: --record when it is
+        a regular file, else the session's private spool."""
+        if self.recorder is not None and self.recorder.is_file:
+            return self.recorder
+        return self._spool
+
+    def _report_recording(self, end: dict[str, Any] | None = None) -> Recording:
+        """The session so far as `loadtop report` would read it: the recording
+        as written up to now (the last complete line)."""
+        src = self._report_source()
+        if src is None:
+            return Recording(header=self.header, ticks=list(self.ticks), end=end)
+        rec = read_recording(src.path, limit=src.bytes)
+        if end is not None and rec.end is None:
+            rec.end = end
+        return rec
+
     def export_report(self, path: str | None = None) -> str:
         path = path or f"loadtop-{self.cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.md"
-        rec = Recording(header=self.header, ticks=list(self.ticks))
-        write_report(rec, path, redactor=self.redactor)
+        write_report(self._report_recording(), path, redactor=self.redactor)
         self.note("export", path)
         return path
 
@@ -315,6 +336,8 @@ class Session:
         self.header = self._make_header()
         if cfg.record:
             self.recorder = Recorder(cfg.record, self.header, scrub=self.redactor.scrub_json)
+        if self.recorder is None or not self.recorder.is_file:
+            self._open_spool()
         reason = "error"
         try:
             await self._connect()
@@ -352,6 +375,29 @@ class Session:
             await self._finish(reason)
         assert self.outcome is not None
         return self.outcome
+
+    def _open_spool(self) -> None:
+        """Without --record (or with one that cannot be read back, a pipe),
+        the session still records, to a temporary file removed at the end:
+        exports and the end-of-run report stream it, so memory does not grow
+        with the session. A spool that cannot be written is not fatal."""
+        import tempfile
+
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"loadtop-{self.cfg.run_id}-", suffix=".jsonl")
+            os.close(fd)
+            self._spool = Recorder(name, self.header, scrub=self.redactor.scrub_json)
+        except (OSError, RecordingError) as e:
+            self.messages.append(f"no temporary recording ({e}): exports cover the last"
+                                 f" {self.ticks.maxlen} ticks only")  # fmt: skip
+            self._spool = None
+
+    def _close_spool(self) -> None:
+        sp, self._spool = self._spool, None
+        if sp is not None:
+            sp.close_quietly()
+            with contextlib.suppress(OSError):
+                os.unlink(sp.path)
 
     def _check_needs(self) -> None:
         cfg = self.cfg
@@ -514,17 +560,27 @@ class Session:
             yield ctx
 
     def _on_tick(self, tick: Tick) -> None:
-        self.ticks.append(tick)
-        if len(self.ticks) > 100_000:  # ~28 h at 1 s; the recording keeps them all
-            del self.ticks[:10_000]
+        line = tick_to_json(tick)  # once, for the recording(s) and the recent window
+        self.ticks.append(tick, line)
+        if self.ticks.total % TRIM_EVERY == 0:
+            release_free_memory()
         if self.recorder is not None:
             try:
-                self.recorder.write_tick(tick)
+                self.recorder.write_tick_json(line)
             except RecordingError as e:
                 self.messages.append(str(e))
                 self.recorder = None
                 if self.engine is not None:
                     self.engine.event("recording-stopped", "system", note=str(e))
+                if self._spool is None:  # exports go on from a spool, from this tick on
+                    self._open_spool()
+        if self._spool is not None:
+            try:
+                self._spool.write_tick_json(line)
+            except RecordingError as e:
+                self.messages.append(f"temporary recording stopped: {e}: exports cover"
+                                     f" the last {self.ticks.maxlen} ticks only")  # fmt: skip
+                self._close_spool()
         if self.printer is not None:
             self.printer(tick)
         for listener in self._listeners:
@@ -584,15 +640,24 @@ class Session:
                 self.recorder.close(end)
             except RecordingError as e:
                 self.messages.append(str(e))
+        if self._spool is not None:
+            with contextlib.suppress(RecordingError):
+                self._spool.close(end)
         report_path = None
-        if self.cfg.export and self.engine is not None:
-            rec = Recording(header=self.header, ticks=list(self.ticks), end=end)
-            try:
-                report_path = write_report(rec, self.cfg.export, redactor=self.redactor)
-            except OSError as e:
-                self.messages.append(f"--export {self.cfg.export}: {e.strerror}")
+        try:
+            if self.cfg.export and self.engine is not None:
+                try:
+                    report_path = write_report(
+                        self._report_recording(end), self.cfg.export, redactor=self.redactor
+                    )
+                except (OSError, RecordingError) as e:
+                    self.messages.append(
+                        f"--export {self.cfg.export}: {getattr(e, 'strerror', None) or e}"
+                    )
+        finally:
+            self._close_spool()
         self.outcome = Outcome(
-            reason=reason, exit_code=code, ticks=len(self.ticks), invariants=invariants,
+            reason=reason, exit_code=code, ticks=self.ticks.total, invariants=invariants,
             tripped=tripped.expr if tripped else None, report_path=report_path,
             record_path=self.cfg.record,
         )  # fmt: skip

@@ -12,13 +12,14 @@ clock), so the CLI and the tests drive the same app.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from textual.widgets import DataTable, Footer
 
 from app.session.control import SessionControl
 from app.session.recording import Recording
-from app.tick import Tick
+from app.session.retention import TRIM_EVERY, release_free_memory
+from app.tick import Anomaly, ControlEvent, Tick
 from app.ui.panes import (
     AnomalyFeed,
     HeaderBar,
@@ -43,7 +45,16 @@ from app.ui.panes import (
     ThroughputPane,
 )
 from app.ui.screens import BlockerScreen, ConfirmScreen, HelpScreen, SeekScreen
-from app.ui.timeline import Point, Timeline, fmt_elapsed, point_of, warm_up
+from app.ui.timeline import (
+    CHANGE_KINDS,
+    MAX_CHANGES,
+    Overview,
+    Point,
+    Timeline,
+    fmt_elapsed,
+    point_of,
+    warm_up,
+)
 
 STEP_SIZES = (1, 2, 5, 10, 25, 50, 100)
 NARROW_WIDTH = 100
@@ -80,25 +91,87 @@ class TickInbox:
 
 
 class ReplayCursor:
-    """Position in a recording, and its points computed once, lazily."""
+    """Position in a recording, and what a seek needs, in bounded memory.
+
+    A recording read from disk (`TickFile`) is indexed once when opened:
+    byte offset, elapsed, ops/s and p95 per tick, the load changes and the
+    cleared anomalies. A seek decodes only the target tick and the few
+    before it that the sparklines show; their points are cached (LRU). A
+    recording built in memory (a list of ticks) gets the same index, computed
+    from the list."""
+
+    WINDOW = 40  # full points rebuilt on a seek: the sparklines show fewer
+    POINT_CACHE = 4096
 
     def __init__(self, rec: Recording) -> None:
+        from app.session.recording import TickFile
+
         self.rec = rec
         self.ticks = rec.ticks
         self.pos = 0
         self.playing = False
-        self._points: list[Point] = []
+        self.seeks = 0
+        self._points: OrderedDict[int, Point] = OrderedDict()
+        if isinstance(rec.ticks, TickFile):
+            self.file: TickFile | None = rec.ticks
+            self.elapsed: Sequence[float] = rec.ticks.elapsed
+            self.ops: Sequence[float] = rec.ticks.ops
+            self.changes = rec.ticks.changes
+            self.cleared = rec.ticks.cleared
+        else:
+            self.file = None
+            pts = [point_of(t) for t in rec.ticks]
+            self.elapsed = [p.elapsed for p in pts]
+            self.ops = [p.ops for p in pts]
+            self._p95 = [p.p95 for p in pts]
+            self.changes = [
+                (k, e) for k, t in enumerate(rec.ticks) for e in t.events if e.kind in CHANGE_KINDS
+            ]
+            self.cleared = [(k, a) for k, t in enumerate(rec.ticks) for a in t.cleared]
+
+    def __len__(self) -> int:
+        return len(self.ticks)
+
+    def p95(self, k: int) -> float:
+        return self.file.p95_at(k) if self.file is not None else self._p95[k]
+
+    def point(self, i: int) -> Point:
+        p = self._points.get(i)
+        if p is None:
+            p = self._points[i] = point_of(self.ticks[i])
+            if len(self._points) > self.POINT_CACHE:
+                self._points.popitem(last=False)
+        else:
+            self._points.move_to_end(i)
+        return p
 
     def points_to(self, i: int) -> list[Point]:
-        while len(self._points) <= i:
-            self._points.append(point_of(self.ticks[len(self._points)]))
-        return self._points[: i + 1]
+        """Full points of the ticks up to i that the panes show (the newest)."""
+        return [self.point(k) for k in range(max(0, i + 1 - self.WINDOW), i + 1)]
+
+    def overview_to(self, i: int) -> Overview:
+        ov = Overview()
+        n = i + 1
+        stride = 1
+        while n > ov.cap * stride:
+            stride *= 2
+        ks = range(0, n, stride)
+        ov.stride, ov.n = stride, n
+        ov.xs = [self.elapsed[k] for k in ks]
+        ov.ops = [self.ops[k] for k in ks]
+        ov.p95 = [self.p95(k) for k in ks]
+        return ov
+
+    def changes_to(self, i: int) -> list[tuple[float, ControlEvent]]:
+        out = [(self.elapsed[k], e) for k, e in self.changes if k <= i]
+        return out[-MAX_CHANGES:]
+
+    def cleared_to(self, i: int) -> list[Anomaly]:
+        return [a for k, a in self.cleared if k <= i]
 
     def seek_elapsed(self, seconds: float) -> int:
-        for i, t in enumerate(self.ticks):
-            if t.elapsed >= seconds - 1e-6:
-                return i
-        return len(self.ticks) - 1
+        i = bisect.bisect_left(self.elapsed, seconds - 1e-6)
+        return min(i, len(self.ticks) - 1)
 
 
 class LoadtopApp(App[int]):
@@ -482,18 +555,25 @@ class LoadtopApp(App[int]):
         i = max(0, min(len(rp.ticks) - 1, i))
         forward_one = i == rp.pos + 1
         rp.pos = i
-        self.timeline.points = deque(rp.points_to(i), maxlen=self.timeline.points.maxlen)
+        rp.seeks += 1
+        if rp.seeks % TRIM_EVERY == 0:
+            release_free_memory()
+        tick = rp.ticks[i]
         feed = self.feed
         fresh = []
         if forward_one:
-            fresh = feed.ingest(rp.ticks[i])
+            self.timeline.push(rp.point(i))
+            fresh = feed.ingest(tick)
         else:
+            self.timeline.set_state(
+                rp.points_to(i), rp.overview_to(i), rp.changes_to(i), total=i + 1
+            )
+            # the feed as it stood at tick i: what had cleared by then, and what is active
             feed.reset()
-            for t in rp.ticks[: i + 1]:
-                feed.ingest(t)
+            feed.restore(rp.cleared_to(i), tick.anomalies)
             for pane in (self.pg, self.redis, self.pods, self.feed):
                 pane.reveal(False)  # shown again by render_tick if data is there
-        self.render_tick(rp.ticks[i])
+        self.render_tick(tick)
         self._replay_status()
         if forward_one and rp.playing:
             self._toast(fresh)
@@ -525,7 +605,7 @@ class LoadtopApp(App[int]):
         assert rp is not None
         header = self.header_bar
         n = len(rp.ticks)
-        end = fmt_elapsed(rp.ticks[-1].elapsed) if rp.ticks else "00:00"
+        end = fmt_elapsed(rp.elapsed[-1]) if n else "00:00"
         state = "▶ playing" if rp.playing else "❚❚ paused"
         header.status = f"REPLAY {state}  tick {rp.pos + 1 if n else 0}/{n}  of {end}"
         if not rp.rec.complete:

@@ -701,6 +701,15 @@ class AnomalyFeed(Pane):
     def reset(self) -> None:
         self._seen.clear()
 
+    def restore(self, cleared: Iterable[Anomaly], active: Iterable[Anomaly]) -> None:
+        """The state after some tick: the anomalies cleared by then (oldest
+        first) and those active in it."""
+        for a in cleared:
+            self._seen[a.key] = a
+        for a in active:
+            self._seen[a.key] = a
+        self._bound()
+
     def ingest(self, tick: Tick) -> list[Anomaly]:
         """Follow every tick's anomalies; returns the critical ones first seen
         in this tick (for toasts)."""
@@ -712,7 +721,22 @@ class AnomalyFeed(Pane):
             self._seen[a.key] = a
         for a in tick.cleared:
             self._seen[a.key] = a
+        self._bound()
         return fresh
+
+    MAX_SEEN = 500  # anomalies followed; the oldest cleared ones go first
+
+    def _bound(self) -> None:
+        """Bounded over a long session: forget the cleared anomalies that
+        started longest ago (the feed shows the newest MAX_ROWS anyway)."""
+        if len(self._seen) <= self.MAX_SEEN:
+            return
+        cleared = sorted(
+            (a for a in self._seen.values() if a.cleared_tick is not None),
+            key=lambda a: (a.started_at, a.key),
+        )
+        for a in cleared[: len(self._seen) - self.MAX_SEEN]:
+            del self._seen[a.key]
 
     def show(self, tick: Tick, tl: Timeline) -> None:
         if not self._seen:

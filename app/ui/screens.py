@@ -137,7 +137,7 @@ class BlockerScreen(ModalScreen[None]):
             t.append(f"{'blocked by':>12}  ", "bold cyan")
             t.append(", ".join(str(p) for p in b["blocked_by"]) + "\n")
         if b.get("waits_for"):
-            from app.probes.pg_locks import describe_wait
+            from app.readings import describe_wait
 
             t.append(f"{'waits for':>12}  ", "bold cyan")
             t.append(describe_wait(b["waits_for"]) + "\n", "magenta")

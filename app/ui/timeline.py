@@ -1,4 +1,5 @@
-"""The console's view of the timeline: compact per-tick points, sparklines and
+"""The console's view of the timeline: compact per-tick points (the newest
+ones), a bounded overview of the whole session, sparklines and
 the plotext session chart. Pure Python (no textual import), so it is cheap to
 test and the same code serves the live console and replay.
 """
@@ -91,19 +92,88 @@ def point_of(tick: Tick) -> Point:
     )
 
 
-class Timeline:
-    """Points for the whole session (a bounded deque: ~28 h at 1 s)."""
+# Full points kept for the sparklines and the panes (the newest ones), and
+# the size of the compact whole-session overview the chart draws.
+RECENT_POINTS = 600
+OVERVIEW_POINTS = 2048
+MAX_CHANGES = 1000
 
-    def __init__(self, maxlen: int = 100_000) -> None:
+
+class Overview:
+    """The whole session for the chart, in bounded memory: (elapsed, ops/s,
+    p95) every `stride` ticks; when full, every other sample is dropped and
+    the stride doubles. The chart draws ~2 points a column, so 2,048 samples
+    lose nothing it could show."""
+
+    def __init__(self, cap: int = OVERVIEW_POINTS) -> None:
+        self.cap = max(4, cap)
+        self.stride = 1
+        self.n = 0
+        self.xs: list[float] = []
+        self.ops: list[float] = []
+        self.p95: list[float] = []
+
+    def add(self, elapsed: float, ops: float, p95: float) -> None:
+        if self.n % self.stride == 0:
+            self.xs.append(elapsed)
+            self.ops.append(ops)
+            self.p95.append(p95)
+            if len(self.xs) > self.cap:
+                self.xs = self.xs[::2]
+                self.ops = self.ops[::2]
+                self.p95 = self.p95[::2]
+                self.stride *= 2
+        self.n += 1
+
+    def clear(self) -> None:
+        self.__init__(self.cap)  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+class Timeline:
+    """The console's view of the session, bounded whatever its length: the
+    newest `maxlen` points in full, a compact overview of the whole session
+    for the chart, and the latest `MAX_CHANGES` load changes for its marks."""
+
+    def __init__(self, maxlen: int = RECENT_POINTS) -> None:
         self.points: deque[Point] = deque(maxlen=maxlen)
+        self.overview = Overview()
+        self._changes: deque[tuple[float, ControlEvent]] = deque(maxlen=MAX_CHANGES)
+        self.total = 0  # points ever added
 
     def add(self, tick: Tick) -> Point:
         p = point_of(tick)
-        self.points.append(p)
+        self.push(p)
         return p
+
+    def push(self, p: Point) -> None:
+        self.points.append(p)
+        self.overview.add(p.elapsed, p.ops, p.p95)
+        for e in p.events:
+            if e.kind in CHANGE_KINDS:
+                self._changes.append((p.elapsed, e))
+        self.total += 1
 
     def clear(self) -> None:
         self.points.clear()
+        self.overview.clear()
+        self._changes.clear()
+        self.total = 0
+
+    def set_state(
+        self,
+        points: list[Point],
+        overview: Overview,
+        changes: list[tuple[float, ControlEvent]],
+        total: int,
+    ) -> None:
+        """The state at some tick, built elsewhere (a replay's seek)."""
+        self.points = deque(points, maxlen=self.points.maxlen)
+        self.overview = overview
+        self._changes = deque(changes, maxlen=MAX_CHANGES)
+        self.total = total
 
     def series(self, name: str, field: str, last: int) -> list[float]:
         out: list[float] = []
@@ -118,7 +188,7 @@ class Timeline:
         return out
 
     def changes(self) -> list[tuple[float, ControlEvent]]:
-        return [(p.elapsed, e) for p in self.points for e in p.events if e.kind in CHANGE_KINDS]
+        return list(self._changes)
 
 
 def sparkline(values: list[float], width: int) -> str:
@@ -186,20 +256,27 @@ def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -
     module-level object: call this from one thread only (the UI's)."""
     import plotext as plt
 
-    pts = list(tl.points)
+    ov = tl.overview
+    xs_all, ops_all, p95_all = list(ov.xs), list(ov.ops), list(ov.p95)
+    last = tl.points[-1] if tl.points else None
+    if last is not None and (not xs_all or xs_all[-1] < last.elapsed):
+        xs_all.append(last.elapsed)
+        ops_all.append(last.ops)
+        p95_all.append(last.p95)
     plt.terminal.limit(False, False)  # the widget, not the terminal, sizes the chart
     f = plt.figure
     f.clear()
     f.plot_size(max(width, 20), max(height, 5))
     f.theme("colorless")  # colours are added per series by `chart_text`
-    if len(pts) < 2:
+    n = len(xs_all)
+    if n < 2:
         f.title("waiting for ticks")
         return f.build().string(True)
-    step = max(1, len(pts) // (max(width, 20) * 2))  # at most ~2 points per column
-    pts = pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else [])
-    xs = [round(p.elapsed, 3) for p in pts]
-    ops = f.signal(xs, [p.ops for p in pts], marker="braille").lines()
-    p95 = f.signal(xs, [p.p95 for p in pts], marker=P95_MARK, yside="right").lines()
+    step = max(1, n // (max(width, 20) * 2))  # at most ~2 points per column
+    keep = list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])
+    xs = [round(xs_all[k], 3) for k in keep]
+    ops = f.signal(xs, [ops_all[k] for k in keep], marker="braille").lines()
+    p95 = f.signal(xs, [p95_all[k] for k in keep], marker=P95_MARK, yside="right").lines()
     f.draw(ops)
     f.draw(p95)
     f.title("ops/s ⠒ left · p95 ms • right · ┊ change")

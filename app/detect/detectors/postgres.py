@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.detect.base import Detector, Finding, Options, TickView, register
-from app.probes.pg_locks import describe_wait
+from app.readings import describe_wait
 from app.tick import Tick
 
 
