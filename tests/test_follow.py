@@ -60,3 +60,66 @@ def test_tail_refuses_a_file_that_is_not_a_recording(tmp_path: Path) -> None:
     tail = RecordingTail(path)
     with pytest.raises(RecordingError, match="line 2 is corrupted"):
         tail.poll()
+
+
+async def test_follow_console_shows_each_tick_within_a_tick(tmp_path: Path) -> None:
+    """A writer appends a tick every 0.4 s (the recording's interval) while a
+    Pilot-driven follow console runs: each one is on screen before the next
+    is written; looking back holds the position, `end` returns to live; the
+    load keys do nothing; the end record shows "ended"."""
+    import asyncio
+
+    from app.ui.follow import FollowConsole
+    from app.ui.textshot import screen_text
+
+    interval = 0.4
+    path = tmp_path / "live.jsonl"
+    writer = Recorder(path, {**HEADER, "load": {"interval_s": interval}})
+    for i in range(3):
+        writer.write_tick(make_tick(i))
+    tail = RecordingTail(path)
+    tail.poll()
+    app = FollowConsole(tail, poll_s=0.1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        rp = app.replay
+        assert app.live and rp.pos == 2 and app.last_tick.index == 2  # the live end
+        assert "FOLLOW" in screen_text(app) and "live" in screen_text(app)
+        lags = []
+        for i in range(3, 9):
+            writer.write_tick(make_tick(i, ops=10 + i))
+            t0 = asyncio.get_running_loop().time()
+            while app.last_tick.index != i:
+                assert asyncio.get_running_loop().time() - t0 < interval, f"tick {i} not shown"
+                await asyncio.sleep(0.02)
+            lags.append(asyncio.get_running_loop().time() - t0)
+            await asyncio.sleep(max(interval - lags[-1], 0))
+        assert "tick 9/9" in screen_text(app)
+        # a half-written line is not a tick (nor an error)
+        line = json.dumps(tick_to_json(make_tick(9)), separators=(",", ":"))
+        f = writer._f  # the writer's own file: what it has flushed so far
+        assert f is not None
+        f.write(line[:40])
+        f.flush()
+        await asyncio.sleep(0.3)
+        assert len(rp.ticks) == 9 and not app.error
+        f.write(line[40:] + "\n")
+        f.flush()
+        await asyncio.sleep(0.3)
+        assert app.last_tick.index == 9
+        # look back: the position holds while ticks arrive
+        await pilot.press("left", "left")
+        assert not app.live and rp.pos == 7
+        writer.write_tick(make_tick(10))
+        await asyncio.sleep(0.3)
+        assert len(rp.ticks) == 11 and rp.pos == 7 and "held" in screen_text(app)
+        # no load keys: pause, workers, panic, plan do nothing and raise nothing
+        await pilot.press("p", "plus", "minus", "x", "s")
+        assert rp.pos == 7
+        await pilot.press("end")
+        assert app.live and rp.pos == 10 and app.last_tick.index == 10
+        writer.close({"reason": "duration", "exit_code": 0})
+        await asyncio.sleep(0.3)
+        assert tail.ended and "ended: duration" in screen_text(app)
+        await pilot.press("q")
+    assert max(lags) < interval

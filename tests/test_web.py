@@ -140,7 +140,7 @@ def test_web_view_in_a_browser_read_only(pg_dsn: str) -> None:
                 text = page.evaluate("window.__loadtop")
                 assert "pg-select" in text
                 # a viewer's keys: the live console's load keys do nothing here
-                for key in ("p", "+", "]", "x", "space", "end"):
+                for key in ("p", "+", "]", "x", "Space", "End"):
                     page.keyboard.press(key)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=str(DOCS / "web-view.png"))
@@ -188,7 +188,7 @@ def test_viewer_keys_never_reach_the_load(pg_dsn: str, tmp_path: Path) -> None:
                 page.add_init_script(HOOK)
                 page.goto(f"http://127.0.0.1:{port}/", wait_until="commit")
                 page.wait_for_function("() => /live/.test(window.__loadtop)", timeout=60_000)
-                for key in ("p", "+", "+", "]", "-", "x", "s", "ctrl+c", "q"):
+                for key in ("p", "+", "+", "]", "-", "x", "s", "Control+c", "q"):
                     page.keyboard.press(key)
                 page.wait_for_timeout(1000)
             finally:
