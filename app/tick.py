@@ -470,6 +470,54 @@ class Tick:
         return None
 
 
+# ---- load steps ------------------------------------------------------------
+
+
+def step_key(tick: Tick, target: int | None = None) -> tuple[int, str, float | None]:
+    """What makes a load step: target concurrency, mode and, in the open model,
+    the rate. `target`: a scenario's own target instead of the session's."""
+    conc = tick.target_concurrency if target is None else target
+    return (conc, tick.mode, tick.rate if tick.mode == "rate" else None)
+
+
+@dataclass(slots=True)
+class Step:
+    """A run of consecutive ticks with the same `step_key`."""
+
+    number: int  # 1-based, as the console's plan display counts
+    concurrency: int  # target concurrency
+    mode: str
+    rate: float | None
+    ticks: list[Tick]
+
+    @property
+    def first(self) -> int:
+        return self.ticks[0].index
+
+    @property
+    def last(self) -> int:
+        return self.ticks[-1].index
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.interval for t in self.ticks)
+
+
+def steps(ticks: Iterable[Tick]) -> list[Step]:
+    """The load steps of a run, in order: every report table, the probe summary
+    and the detectors split and number steps this one way."""
+    out: list[Step] = []
+    key: tuple[int, str, float | None] | None = None
+    for t in ticks:
+        k = step_key(t)
+        if out and k == key:
+            out[-1].ticks.append(t)
+        else:
+            out.append(Step(len(out) + 1, t.target_concurrency, t.mode, t.rate, [t]))
+            key = k
+    return out
+
+
 # ---- JSON form (the recording) -------------------------------------------
 
 

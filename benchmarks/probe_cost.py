@@ -172,7 +172,7 @@ async def throughput_on_off(
     which: tuple[str, ...] = ("postgres", "redis", "pods"),
 ) -> dict:
     from app.engine.engine import EngineConfig
-    from app.probes.base import build_probes
+    from app.probes.factory import build_probes
     from app.session.runner import RunConfig, Session
     from scenarios.postgres import StockReservation
     from scenarios.redis import RedisGetSet

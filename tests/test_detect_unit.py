@@ -9,9 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from app.detect import KINDS, DetectConfig, build_detectors, fit_usl
-from app.detect.base import percentiles_ms
-from app.tick import GeneratorStats, new_histogram
+from app.detect import BUILTIN, KINDS, DetectConfig, build_detectors, fit_usl
+from app.tick import GeneratorStats, Percentiles, new_histogram
 from tests.test_detect_support import T0, Run, only, reading, tick, window
 
 # ---- framework -----------------------------------------------------------------------
@@ -36,13 +35,15 @@ def test_every_issue_kind_is_registered() -> None:
 
 def test_config_from_dict_and_errors() -> None:
     cfg = DetectConfig.from_dict(
-        {"latency_spike": {"k": 7}, "slo-breach.p95_ms": "250", "disabled": ["pod"]}
+        {"latency_spike": {"k": 7}, "slo-breach.p95_ms": "250", "disabled": ["pod"]}, BUILTIN
     )
     assert cfg.options["latency-spike"].k == 7.0
     assert cfg.options["slo-breach"].p95_ms == 250.0
     assert "pod" not in cfg.enabled_kinds()
     assert build_detectors({"enabled": "slo-breach,invariant"}).kinds == ["slo-breach", "invariant"]
-    slo = DetectConfig.from_dict({"slo": {"p95_ms": 300, "error_pct": 1}}).options["slo-breach"]
+    slo = DetectConfig.from_dict({"slo": {"p95_ms": 300, "error_pct": 1}}, BUILTIN).options[
+        "slo-breach"
+    ]
     assert (slo.p95_ms, slo.p99_ms, slo.error_ratio) == (300.0, 1000.0, 0.01)
     for bad, words in [
         ({"nope": 1}, "valid: enabled, disabled"),
@@ -61,7 +62,7 @@ def test_detect_flags() -> None:
     from app.detect import detect_flags
 
     table = detect_flags(["latency-spike.k=6", "disabled=pod,redis-lock"], {"slo": {"p95_ms": 1}})
-    cfg = DetectConfig.from_dict(table)
+    cfg = DetectConfig.from_dict(table, BUILTIN)
     assert cfg.options["latency-spike"].k == 6.0 and cfg.options["slo-breach"].p95_ms == 1.0
     assert "pod" not in cfg.enabled_kinds() and "redis-lock" not in cfg.enabled_kinds()
     for bad in (["k"], ["latency-spike.kk=1"]):
@@ -84,10 +85,11 @@ def test_fast_percentiles_match_hdrh() -> None:
     rng = random.Random(3)
     for _ in range(3000):
         h.record_value(rng.randint(1, 5_000_000))
-    fast = percentiles_ms(h, (50, 95, 99, 99.9))
+    lat = Percentiles.of(h)  # what TickView.latency gives every detector
+    fast = [lat.p50, lat.p95, lat.p99, lat.p999]
     slow = [h.get_value_at_percentile(p) / 1000 for p in (50, 95, 99, 99.9)]
     assert fast == slow
-    assert percentiles_ms(new_histogram(), (95,)) == [0.0]
+    assert Percentiles.of(new_histogram()).p95 == 0.0
 
 
 def test_evaluate_is_fast_and_state_bounded() -> None:

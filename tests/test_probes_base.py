@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from app.probes.base import Probe, ProbeError, ProbeSet, build_probes, run_poll
+from app.probes.base import Probe, ProbeError, ProbeSet, run_poll
+from app.probes.factory import build_probes
 from app.probes.pg_queues import PgQueuesProbe
 from app.probes.pods import KubernetesPodsProbe, LocalProcessesProbe, PrometheusPodsProbe
 from app.probes.postgres import PostgresProbe

@@ -22,7 +22,8 @@ import asyncpg
 import pytest
 
 from app.cli import main
-from app.probes.base import build_probes, run_poll
+from app.probes.base import run_poll
+from app.probes.factory import build_probes
 from app.probes.pg_queues import (
     PgQueuesProbe,
     QueueConfigError,

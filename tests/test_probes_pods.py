@@ -650,6 +650,8 @@ async def test_local_processes_by_pid_and_name(tmp_path: Path) -> None:
         assert by_name["container"] == marker
         assert by_pid["cpu_cores"] > 0.05  # a busy loop (on a machine it may share)
         assert by_pid["memory_bytes"] > 30 * 1024 * 1024
+        # no limit: not the machine's size standing in for one ("0% of limit")
+        assert by_pid["memory_limit_bytes"] is None and by_pid["cpu_limit_cores"] is None
         assert missing["ready"] is False and missing["last_reason"] == "NotFound"
         # the process is replaced: the name follows it and counts a restart
         p.kill()

@@ -10,8 +10,8 @@ import pytest
 from app.probes.base import ProbeSet
 from app.probes.postgres import PostgresProbe
 from app.probes.redis import RedisProbe
-from app.probes.summary import format_reading_line, probe_report_section, steps_of
-from app.tick import Reading, Tick, tick_from_json, tick_to_json
+from app.probes.summary import format_reading_line, probe_report_section
+from app.tick import Reading, Tick, steps, tick_from_json, tick_to_json
 
 
 def pg(t: float, *, active: int, waiting: int, conns: int, deadlocks: int, tree=None) -> Reading:
@@ -77,9 +77,9 @@ def timeline() -> list[Tick]:
 
 def test_steps_are_runs_of_the_same_target() -> None:
     ticks = timeline()
-    assert [(s.concurrency, len(s.ticks)) for s in steps_of(ticks)] == [(4, 3), (16, 5)]
+    assert [(s.concurrency, len(s.ticks)) for s in steps(ticks)] == [(4, 3), (16, 5)]
     back = [*ticks, tick(8, 4, {})]
-    assert [s.concurrency for s in steps_of(back)] == [4, 16, 4]
+    assert [s.concurrency for s in steps(back)] == [4, 16, 4]
 
 
 def test_headless_line() -> None:
@@ -103,7 +103,7 @@ def test_report_section_per_step() -> None:
     assert "`UPDATE stock SET n = n - 1 WHERE sku = $1`" in s2
     assert "Deadlocks: 1; rollbacks: 2" in s2  # the delta from step 1's last reading
     assert "peak 4.1k ops/s" in s2 and "peak 902 ops/s" in s1
-    assert "| `lock:orders:7` | `a1b2c3` | 4.0 s | 1 | **none** |" in s2
+    assert "| `lock:orders:7` | `a1b2c3` | 4.0s | 1 | **none** |" in s2
     assert "| `emails` | rq | 100 | +90 (+22.5/s) | 2 | 1 |" in s2
     assert "1 restarts, 1 OOM kills in this step" in s2
     assert "0.48 (96%)" in s2 and "200.0 MiB (78%)" in s2
@@ -205,6 +205,6 @@ def test_report_queue_table_has_age_and_consumption_and_holders_whole() -> None:
     md = probe_report_section(ticks)
     assert "oldest age (peak)" in md and "consumed /s (mean)" in md
     row = next(ln for ln in md.splitlines() if ln.startswith("| `emails`"))
-    assert row.rstrip().endswith("| 33.0 s | 0.0 |"), row
+    assert row.rstrip().endswith("| 33.0s | 0 |"), row
     assert holder in md  # whole, not cut to 20 characters
     assert "look like queues or locks" in md

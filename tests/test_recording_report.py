@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.session.recording import Recorder, RecordingError, read_recording
-from app.session.report import build_summary, render_markdown, split_steps
+from app.session.recording import Recorder, Recording, RecordingError, read_recording
+from app.session.report import build_summary, render_markdown
 from app.tick import (
     ControlEvent,
     Reading,
@@ -17,6 +17,7 @@ from app.tick import (
     Tick,
     merge_histograms,
     new_histogram,
+    steps,
     tick_from_json,
     tick_to_json,
 )
@@ -118,7 +119,7 @@ def test_report_step_table_from_a_known_recording(tmp_path: Path) -> None:
         rec.write_tick(t)
     rec.close({"reason": "duration", "exit_code": 0})
     back = read_recording(path)
-    assert len(split_steps(back.ticks)) == 2
+    assert len(steps(back.ticks)) == 2
     s = build_summary(back)
     s1, s2 = s["steps"]
     assert (s1["concurrency"], s2["concurrency"]) == (1, 4)
@@ -130,9 +131,50 @@ def test_report_step_table_from_a_known_recording(tmp_path: Path) -> None:
     assert s2["error_pct"] == pytest.approx(100 * 20 / 2020, rel=1e-3)
     assert s["total"]["errors"] == {"40P01 deadlock": 20}
     md = render_markdown(back)
-    assert "| 1 | 1 | 2 s | 500.0 |" in md
+    assert "| 1 | 1 | 2.0s | 500 | 500ms |" in md
     assert "`40P01 deadlock`" in md
     assert "p95 < 500 ms ❌" in md  # the SLO verdict over the run
+
+
+def test_report_sections_are_imported_and_a_failing_one_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.session import report
+
+    rec = Recording(header={"run_id": "x"}, ticks=[_tick(0, 1, [1000]), _tick(1, 1, [2000])])
+    s = build_summary(rec)
+    assert isinstance(s["anomalies"], dict) and "look_here_first" in s["anomalies"]
+    md = render_markdown(rec)
+    assert "## Anomalies" in md and "## Systems under load" in md
+
+    class Boom:
+        def add(self, t: Tick, hists: object) -> None:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(report, "ProbeReport", Boom)
+    md = render_markdown(rec)
+    assert "_(probe_report_section failed: RuntimeError: boom)_" in md and "## Anomalies" in md
+
+
+def test_every_report_table_splits_and_numbers_steps_alike() -> None:
+    import dataclasses
+
+    # c=4 closed model, then the open model at 100/s and 200/s with the same 4 workers:
+    # three steps, which the probe section and the capacity table once saw as two
+    ticks = [_tick(i, 4, [1000 * (i + 1)] * 50) for i in range(6)]
+    for i, rate in ((2, 100.0), (3, 100.0), (4, 200.0), (5, 200.0)):
+        ticks[i] = dataclasses.replace(ticks[i], mode="rate", rate=rate)
+    assert [(s.number, s.mode, s.rate, len(s.ticks)) for s in steps(ticks)] == [
+        (1, "workers", None, 2), (2, "rate", 100.0, 2), (3, "rate", 200.0, 2),
+    ]  # fmt: skip
+    rec = Recording(header={"run_id": "r"}, ticks=ticks)
+    s = build_summary(rec)
+    assert [st["step"] for st in s["steps"]] == [1, 2, 3]
+    assert [st["step"] for st in s["anomalies"]["steps"]] == [1, 2, 3]
+    md = render_markdown(rec)
+    assert "### Step 1: concurrency 4" in md and "### Step 3: rate 200/s" in md
+    capacity = md.split("### Capacity")[1]
+    assert "| 1 | 4 |" in capacity and "| 3 | 200/s |" in capacity and "| 0 |" not in capacity
 
 
 def test_fast_percentiles_and_mean_equal_hdrh_own() -> None:

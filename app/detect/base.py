@@ -17,7 +17,8 @@ does that for every detector alike:
 
 Adding a detector: subclass `Detector`, set `kind`, give it an `Options`
 dataclass (subclass of `Options`, every field with a default) and a `check`
-method, and register it with `@register`.
+method, and add the class to `BUILTIN` in `app.detect.detectors`. Nothing is
+registered by importing a module: a `DetectorSet` runs the classes it is given.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from hdrh.histogram import HdrHistogram
-
-from app.tick import Anomaly, ScenarioWindow, Tick, values_at_percentiles
+from app.tick import Anomaly, Percentiles, ScenarioWindow, Tick
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +65,6 @@ class Options:
 # ---- a per-tick view shared by all detectors -----------------------------------
 
 
-def percentiles_ms(h: HdrHistogram, ps: Iterable[float]) -> list[float]:
-    """`h.get_value_at_percentile(p) / 1000` for each p, in one fast pass."""
-    return [v / 1000.0 for v in values_at_percentiles(h, ps)]
-
-
-@dataclass(frozen=True, slots=True)
-class Lat:
-    count: int
-    p50: float
-    p95: float
-    p99: float
-
-
 class TickView:
     """What detectors read, computed once per tick: latency figures per
     scenario (cached) and the fresh, successful probe readings by probe."""
@@ -86,14 +72,12 @@ class TickView:
     def __init__(self, tick: Tick, stale_after_s: float) -> None:
         self.tick = tick
         self._stale = stale_after_s
-        self._lat: dict[str, Lat] = {}
+        self._lat: dict[str, Percentiles] = {}
 
-    def latency(self, s: ScenarioWindow) -> Lat:
+    def latency(self, s: ScenarioWindow) -> Percentiles:
         got = self._lat.get(s.name)
         if got is None:
-            n = s.hist.get_total_count()
-            p50, p95, p99 = percentiles_ms(s.hist, (50, 95, 99)) if n else (0.0, 0.0, 0.0)
-            got = self._lat[s.name] = Lat(n, p50, p95, p99)
+            got = self._lat[s.name] = s.latency()
         return got
 
     def readings(self, probe: str) -> Iterator[tuple[str, float, Mapping[str, Any]]]:
@@ -133,14 +117,16 @@ class Detector:
         return max(1, self.opt.clear_ticks or self.clear_ticks)
 
 
-REGISTRY: dict[str, type[Detector]] = {}
-
-
-def register(cls: type[Detector]) -> type[Detector]:
-    if not cls.kind or cls.kind in REGISTRY:
-        raise ValueError(f"detector kind {cls.kind!r} is empty or registered twice")
-    REGISTRY[cls.kind] = cls
-    return cls
+def by_kind(detectors: Iterable[type[Detector]]) -> dict[str, type[Detector]]:
+    """kind -> class, in the order given. A kind empty or given twice is a ValueError."""
+    out: dict[str, type[Detector]] = {}
+    for cls in detectors:
+        if not cls.kind or cls.kind in out:
+            raise ValueError(
+                f"detector kind {cls.kind!r} of {cls.__name__} is empty or given twice"
+            )
+        out[cls.kind] = cls
+    return out
 
 
 # ---- configuration -------------------------------------------------------------
@@ -173,16 +159,16 @@ class DetectConfig:
     options: dict[str, Options] = field(default_factory=dict)
     stale_after_s: float = 30.0  # readings older than this are ignored
 
-    def __post_init__(self) -> None:
-        for kind, cls in REGISTRY.items():
-            self.options.setdefault(kind, cls.Options())
-
     def enabled_kinds(self) -> list[str]:
-        return [k for k in REGISTRY if self.options[k].enabled]
+        return [k for k, o in self.options.items() if o.enabled]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> DetectConfig:
-        cfg = cls()
+    def from_dict(
+        cls, data: Mapping[str, Any] | None, detectors: Iterable[type[Detector]]
+    ) -> DetectConfig:
+        """The config for `detectors` (their kinds are what `data` may name)."""
+        known = by_kind(detectors)
+        cfg = cls({kind: c.Options() for kind, c in known.items()})
         if not data:
             return cfg
         nested: dict[str, dict[str, Any]] = {}
@@ -201,14 +187,14 @@ class DetectConfig:
                 nested.setdefault(_norm(kind), {})[opt] = value
                 continue
             kind = _norm(key)
-            if kind in REGISTRY:
+            if kind in known:
                 if not isinstance(value, Mapping):
                     raise ValueError(f"detect: [{kind}] must be a table of options, not {value!r}")
                 nested.setdefault(kind, {}).update(value)
                 continue
             raise ValueError(
                 f"detect: unknown key {key!r}; valid: enabled, disabled, stale_after_s, slo, "
-                f"or a detector kind: {', '.join(REGISTRY)}"
+                f"or a detector kind: {', '.join(known)}"
             )
         for name in ("enabled", "disabled"):
             if name in data:
@@ -216,21 +202,21 @@ class DetectConfig:
                 if isinstance(kinds, str):
                     kinds = [k for k in kinds.split(",") if k.strip()]
                 kinds = [_norm(k) for k in kinds]
-                bad = [k for k in kinds if k not in REGISTRY]
+                bad = [k for k in kinds if k not in known]
                 if bad:
                     raise ValueError(
-                        f"detect: unknown kind {bad[0]!r} in {name}; valid: {', '.join(REGISTRY)}"
+                        f"detect: unknown kind {bad[0]!r} in {name}; valid: {', '.join(known)}"
                     )
                 if name == "enabled":
-                    for k in REGISTRY:
+                    for k in known:
                         cfg.options[k].enabled = k in kinds
                 else:
                     for k in kinds:
                         cfg.options[k].enabled = False
         for kind, opts in nested.items():
-            if kind not in REGISTRY:
+            if kind not in known:
                 raise ValueError(
-                    f"detect: unknown detector kind {kind!r}; valid: {', '.join(REGISTRY)}"
+                    f"detect: unknown detector kind {kind!r}; valid: {', '.join(known)}"
                 )
             target = cfg.options[kind]
             fields = {f.name: f for f in dataclasses.fields(target)}
@@ -306,13 +292,13 @@ class DetectorSet:
     """Runs the enabled detectors once per tick and turns their findings into
     anomalies with hysteresis. State is bounded: one track per live condition."""
 
-    def __init__(self, config: DetectConfig | None = None) -> None:
-        import app.detect.detectors  # noqa: F401  (registers every kind)
-
-        self.config = config or DetectConfig()
-        self.detectors: list[Detector] = [
-            REGISTRY[k](self.config.options[k]) for k in self.config.enabled_kinds()
-        ]
+    def __init__(
+        self, detectors: Iterable[type[Detector]], config: DetectConfig | None = None
+    ) -> None:
+        classes = by_kind(detectors)
+        self.config = config or DetectConfig.from_dict(None, classes.values())
+        opts = {k: self.config.options.get(k) or c.Options() for k, c in classes.items()}
+        self.detectors: list[Detector] = [c(opts[k]) for k, c in classes.items() if opts[k].enabled]
         self._tracks: dict[str, _Track] = {}
         self._failed: set[str] = set()  # detectors that raised once (logged once)
 
@@ -391,13 +377,11 @@ def _stronger(a: Finding, b: Finding) -> bool:
     return SEVERITY_RANK.get(a.severity, 0) > SEVERITY_RANK.get(b.severity, 0)
 
 
-def config_reference() -> str:
+def config_reference(detectors: Iterable[type[Detector]]) -> str:
     """Markdown: every detector kind, what it raises, and its options with
     their defaults (for `loadtop.toml` documentation and `--help`)."""
-    from app.detect import detectors as _  # noqa: F401  (registers every kind)
-
     lines = ["| kind | raises | options (defaults) |", "|---|---|---|"]
-    for kind, cls in REGISTRY.items():
+    for kind, cls in by_kind(detectors).items():
         opts = cls.Options()
         shown = [
             f"{f.name}={getattr(opts, f.name)!r}"
@@ -410,7 +394,11 @@ def config_reference() -> str:
     return "\n".join(lines)
 
 
-def detect_flags(items: Iterable[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def detect_flags(
+    items: Iterable[str],
+    detectors: Iterable[type[Detector]],
+    base: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """`--detect` flags onto a [detect] table: "latency-spike.k=6",
     "disabled=pod,redis-lock", "slo-breach.p95_ms=300". Later flags win."""
     out: dict[str, Any] = dict(base or {})
@@ -419,12 +407,5 @@ def detect_flags(items: Iterable[str], base: Mapping[str, Any] | None = None) ->
         if not sep or not key.strip():
             raise ValueError(f"--detect {item!r}: expected KIND.OPTION=VALUE or disabled=KIND,...")
         out[key.strip()] = value.strip()
-    DetectConfig.from_dict(out)  # validate now: a bad flag is a one-line error at start
+    DetectConfig.from_dict(out, detectors)  # validate now: a bad flag is a one-line error at start
     return out
-
-
-def build_detectors(config: Mapping[str, Any] | None = None) -> DetectorSet:
-    """A DetectorSet from the `[detect]` table / flags (see DetectConfig)."""
-    from app.detect import detectors as _  # noqa: F401  (registers every kind)
-
-    return DetectorSet(DetectConfig.from_dict(config))

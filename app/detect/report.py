@@ -12,9 +12,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from app.detect.base import SEVERITY_RANK, percentiles_ms
+from app import fmt
+from app.detect.base import SEVERITY_RANK
 from app.detect.stats import fit_usl
-from app.tick import Tick, add_histogram, merge_histograms, new_histogram
+from app.tick import Percentiles, Tick, add_histogram, merge_histograms, new_histogram, step_key
 
 DEFAULT_SLO = {"p95_ms": 500.0, "p99_ms": 1000.0, "error_ratio": 0.001}
 _SLO_ALIASES = {"p95": "p95_ms", "p99": "p99_ms", "errors": "error_ratio", "error": "error_ratio"}
@@ -92,6 +93,8 @@ class _Run:
     def __init__(self, tk: Tick) -> None:
         self.target = tk.target_concurrency
         self.mode = tk.mode
+        self.rate = tk.rate if tk.mode == "rate" else None
+        self.key = step_key(tk)  # one step definition for every table (app.tick.steps)
         self.from_tick = self.to_tick = tk.index
         self.ticks = 0
         self.live = 0
@@ -131,7 +134,8 @@ class _Run:
         failed = sum(p[2] for p in parts)
         n = self.live - 1 if self.live >= 3 else self.live
         hist = merge_histograms(p[4] for p in parts)
-        p50, p95, p99 = percentiles_ms(hist, (50, 95, 99))
+        lat = Percentiles.of(hist)
+        p50, p95, p99 = lat.p50, lat.p95, lat.p99
         err = failed / ops if ops else 0.0
         meets = (
             bool(ops)
@@ -142,9 +146,10 @@ class _Run:
         self.first = None
         self.rest = [0.0, 0, 0, 0, None]
         return {
-            "step": i,
+            "step": i + 1,  # 1-based, like every other table and the console's plan
             "target": self.target,
             "mode": self.mode,
+            "rate": self.rate,
             "from_tick": self.from_tick,
             "to_tick": self.to_tick,
             "ticks": self.ticks,
@@ -177,7 +182,7 @@ class AnomalyReport:
             self.t0 = tk.t - tk.elapsed
         self.last = tk
         self.episodes.add(tk, self.t0)
-        if self.run is None or self.run.target != tk.target_concurrency:
+        if self.run is None or self.run.key != step_key(tk):
             if self.run is not None:
                 self.steps.append(self.run.close(len(self.steps), self.slo))
             self.run = _Run(tk)
@@ -263,10 +268,6 @@ def _evidence_text(ev: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _fmt_s(x: float | None) -> str:
-    return "end" if x is None else f"{x:.0f}s"
-
-
 def anomaly_report_section(ticks: Iterable[Tick], slo: Mapping[str, Any] | None = None) -> str:
     """Markdown: look here first, the anomaly timeline, capacity and the USL fit."""
     return render_anomaly_section(anomaly_report_data(ticks, slo))
@@ -283,7 +284,8 @@ def render_anomaly_section(d: Mapping[str, Any]) -> str:
         for i, e in enumerate(d["look_here_first"], 1):
             lines.append(
                 f"{i}. **{e['severity']}** `{e['kind']}` {e['subject']}, "
-                f"{e['duration_s']:.0f}s from {e['from_s']:.0f}s: {_cell(e['summary'], 300)}"
+                f"{fmt.seconds(e['duration_s'])} from {fmt.seconds(e['from_s'])}: "
+                f"{_cell(e['summary'], 300)}"
             )
         lines += ["", "### Timeline", ""]
         lines.append("| kind | subject | severity | from | to | detected after | evidence |")
@@ -291,26 +293,27 @@ def render_anomaly_section(d: Mapping[str, Any]) -> str:
         for e in d["anomalies"]:
             lines.append(
                 f"| {e['kind']} | {_cell(e['subject'], 60)} | {e['severity']} | "
-                f"{_fmt_s(e['from_s'])} | {_fmt_s(e['to_s'])} | "
+                f"{fmt.seconds(e['from_s'])} | {fmt.seconds(e['to_s'], none='end')} | "
                 f"{e['time_to_detect_ticks']} ticks | {_cell(_evidence_text(e['evidence']), 240)} |"
             )
         lines.append("")
     lines += ["### Capacity", ""]
     steps = [s for s in d["steps"] if s["ops"]]
     if steps:
-        lines.append("| step | workers | ops/s | p50 ms | p95 ms | p99 ms | errors | SLO |")
+        lines.append("| step | load | ops/s | p50 | p95 | p99 | errors | SLO |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for s in steps:
+            load = f"{fmt.rate(s['rate'])}/s" if s.get("rate") else str(s["target"])
             lines.append(
-                f"| {s['step']} | {s['target']} | {s['ops_per_s']:.1f} | {s['p50_ms']:.1f} | "
-                f"{s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['error_ratio'] * 100:.2f}% | "
+                f"| {s['step']} | {load} | {fmt.rate(s['ops_per_s'])} | {fmt.ms(s['p50_ms'])} | "
+                f"{fmt.ms(s['p95_ms'])} | {fmt.ms(s['p99_ms'])} | {s['error_ratio'] * 100:.2f}% | "
                 f"{'meets' if s['meets_slo'] else 'breaks'} |"
             )
         lines.append("")
     fit = d["usl"]
     if fit:
         peak = (
-            f"peak throughput ~{fit['x_peak']:.0f} ops/s at N ~{fit['n_peak']:.0f}"
+            f"peak throughput ~{fmt.rate(fit['x_peak'])} ops/s at N ~{fit['n_peak']:.0f}"
             if fit["n_peak"] is not None and not math.isinf(fit["n_peak"])
             else "no peak within reach (kappa ~ 0)"
         )

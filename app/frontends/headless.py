@@ -12,6 +12,7 @@ import contextlib
 import signal
 from collections.abc import Callable
 
+from app import fmt
 from app.detect.news import AnomalyNews
 from app.frontends.streams import silence_stdout, stdout_gone
 from app.probes.summary import format_reading_line
@@ -23,9 +24,6 @@ from app.tick import Tick
 def headless_printer(cfg: RunConfig) -> Callable[[Tick], None]:
     """One line per tick on stdout, every line masked."""
     scrub = _redactor(cfg)
-
-    def fmt_ms(v: float) -> str:
-        return f"{v:.1f}ms" if v < 100 else f"{v:.0f}ms"
 
     news = AnomalyNews()  # raised, escalated or materially changed: a line each
 
@@ -39,13 +37,13 @@ def headless_printer(cfg: RunConfig) -> Callable[[Tick], None]:
         mode = f"{tick.rate:g}/s" if tick.mode == "rate" and tick.rate else ""
         lag = max((s.lag_ms for s in tick.scenarios), default=0.0)
         drop = sum(s.dropped for s in tick.scenarios)
-        open_s = f" lag {fmt_ms(lag)} drop {drop}" if tick.mode == "rate" else ""
+        open_s = f" lag {fmt.ms(lag)} drop {drop}" if tick.mode == "rate" else ""
         parts = [
             f"{tick.elapsed:6.1f}s",
             f"c={tick.concurrency}/{tick.target_concurrency}{' ' + mode if mode else ''}"
             + (" paused" if tick.paused else ""),
-            f"{tick.ops_per_s:8.1f} ops/s",
-            f"p50 {fmt_ms(lat.p50)} p95 {fmt_ms(lat.p95)} p99 {fmt_ms(lat.p99)}",
+            f"{fmt.rate(tick.ops_per_s):>6} ops/s",
+            f"p50 {fmt.ms(lat.p50)} p95 {fmt.ms(lat.p95)} p99 {fmt.ms(lat.p99)}",
             f"err {100 * tick.error_ratio:.2f}%{err_s}{open_s}",
         ]
         if counts := tick.counters():
@@ -54,7 +52,7 @@ def headless_printer(cfg: RunConfig) -> Callable[[Tick], None]:
             parts = [
                 f"{tick.elapsed:6.1f}s",
                 f"drain: {tick.completed} in-flight ops finished after the stop"
-                + (f", slowest {fmt_ms(lat.max)}" if tick.completed else ""),
+                + (f", slowest {fmt.ms(lat.max)}" if tick.completed else ""),
             ]
             if tick.failed:
                 parts.append(f"err {tick.failed}{err_s}")

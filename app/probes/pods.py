@@ -369,7 +369,6 @@ class LocalProcessesProbe(Probe):
         self._restarts: dict[str, int] = {}
         self._children: dict[int, psutil.Process] = {}
         self._last_reason: dict[str, str] = {}
-        self._cpu_count = psutil.cpu_count() or 1
 
     def _label(self, given: str | None, t: int | str) -> str:
         if given:
@@ -403,7 +402,6 @@ class LocalProcessesProbe(Probe):
     def _sample(self) -> list[PodContainer]:
         out: list[PodContainer] = []
         seen_children: set[int] = set()
-        total_mem = int(psutil.virtual_memory().total)
         for given, t in self.targets:
             label = self._label(given, t)
             p = self._procs.get(label)
@@ -426,8 +424,10 @@ class LocalProcessesProbe(Probe):
                 "container": label,
                 "cpu_cores": None,
                 "memory_bytes": None,
-                "cpu_limit_cores": float(self._cpu_count),
-                "memory_limit_bytes": total_mem,
+                # a process on this machine has no limit; the machine's size is not
+                # one (it made "0% of limit" readings for every small process)
+                "cpu_limit_cores": None,
+                "memory_limit_bytes": None,
                 "restarts": self._restarts.get(label, 0),
                 "last_reason": self._last_reason.get(label),
                 "ready": False,

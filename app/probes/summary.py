@@ -5,40 +5,14 @@ per-step section of the Markdown report. Both are pure functions of readings
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from app import fmt
 from app.probes.redis_locks import elide_middle
-from app.tick import Reading, Tick
+from app.tick import Reading, Tick, step_key
 
 SHORT = {"postgres": "pg", "redis": "redis", "pods": "pods", "pg_queues": "pgq"}
-
-
-def _human(x: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= div:
-            return f"{x / div:.1f}{unit}"
-    return f"{x:.0f}" if abs(x) >= 10 or x == int(x) else f"{x:.1f}"
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _secs(s: float | None) -> str:
-    if s is None:
-        return "n/a"
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _md(text: str, n: int = 120) -> str:
@@ -70,14 +44,14 @@ def format_reading_line(readings: Mapping[str, Reading]) -> str:
             parts.append("redis ERR")
         else:
             d = rd.data
-            parts.append(f"redis {_human(float(d.get('ops_per_sec') or 0))} ops/s")
+            parts.append(f"redis {fmt.rate(float(d.get('ops_per_sec') or 0))} ops/s")
             depths = [q.get("depth") or 0 for q in d.get("queues") or []]
             if depths:
-                parts.append(f"q max {_human(max(depths))}")
+                parts.append(f"q max {fmt.rate(max(depths))}")
     pq = readings.get("pg_queues")  # shown only when it has queues (or fails)
     if pq is not None and (not pq.ok or pq.data.get("queues")):
         depths = [q.get("depth") or 0 for q in pq.data.get("queues") or []]
-        parts.append(f"pgq max {_human(max(depths))}" if pq.ok else "pgq ERR")
+        parts.append(f"pgq max {fmt.rate(max(depths))}" if pq.ok else "pgq ERR")
     pods = readings.get("pods")
     if pods is not None:
         if not pods.ok:
@@ -96,23 +70,6 @@ def format_reading_line(readings: Mapping[str, Reading]) -> str:
 
 
 # ---- the report section ------------------------------------------------------------------
-
-
-@dataclass
-class _Step:
-    index: int
-    concurrency: int
-    ticks: list[Tick] = field(default_factory=list)
-
-
-def steps_of(ticks: Sequence[Tick]) -> list[_Step]:
-    """Runs of consecutive ticks with the same target concurrency."""
-    out: list[_Step] = []
-    for t in ticks:
-        if not out or out[-1].concurrency != t.target_concurrency:
-            out.append(_Step(len(out) + 1, t.target_concurrency))
-        out[-1].ticks.append(t)
-    return out
 
 
 def _counter_delta(first: Mapping[str, Any] | None, last: Mapping[str, Any], key: str) -> int:
@@ -170,7 +127,7 @@ class _Pg:
             lines.append(
                 f"- Deepest lock-wait chain: {depth} deep, {n} waiting behind pid {root.get('pid')} "
                 f"({app}, {root.get('state') or 'unknown'}, transaction "
-                f"{_secs(root.get('xact_age_s'))}): `{q}`"
+                f"{fmt.age(root.get('xact_age_s'), none='n/a')}): `{q}`"
             )
         base = before.data.get("totals") if before else None
         last = self.last.data.get("totals") or {}
@@ -178,7 +135,7 @@ class _Pg:
         dl = _counter_delta(first, last, "deadlocks")
         rb = _counter_delta(first, last, "rollbacks")
         lines.append(
-            f"- Deadlocks: {dl}; rollbacks: {rb}; longest transaction: {_secs(self.oldest)}"
+            f"- Deadlocks: {dl}; rollbacks: {rb}; longest transaction: {fmt.age(self.oldest, none='n/a')}"
         )
         return lines
 
@@ -248,8 +205,8 @@ class _Queues:
                 growth = (q1.get("depth") or 0) - (q0.get("depth") or 0)
                 rate = f" ({growth / (t1 - t0):+.1f}/s)" if t1 > t0 else ""
                 failed = q1.get("failed")
-                age_txt = _secs(a["age"]) if a["age"] is not None else "n/a"
-                rate_txt = f"{a['rate_sum'] / a['rate_n']:.1f}" if a["rate_n"] else "n/a"
+                age_txt = fmt.age(a["age"], none="n/a") if a["age"] is not None else "n/a"
+                rate_txt = fmt.rate(a["rate_sum"] / a["rate_n"]) if a["rate_n"] else "n/a"
                 lines.append(
                     f"| `{_md(elide_middle(str(name), 50), 50)}` | {layout} | {a['peak']} | "
                     f"{growth:+d}{rate} | {a['fl']} | {'n/a' if failed is None else failed} | "
@@ -310,9 +267,9 @@ class _Redis:
         assert self.mem_r is not None
         lines = []
         mem, mx = self.mem_r.data.get("used_memory"), self.mem_r.data.get("maxmemory")
-        limit = f" of {_bytes(mx)} maxmemory" if mx else " (no maxmemory)"
+        limit = f" of {fmt.size(mx, none='n/a')} maxmemory" if mx else " (no maxmemory)"
         lines.append(
-            f"- Redis: peak {_human(self.ops)} ops/s; peak memory {_bytes(mem)}{limit}; "
+            f"- Redis: peak {fmt.rate(self.ops)} ops/s; peak memory {fmt.size(mem, none='n/a')}{limit}; "
             f"peak {self.cl} clients; {self.ev} keys evicted; {self.rej} connections rejected"
         )
         holds = self.holds
@@ -329,7 +286,7 @@ class _Redis:
                 seen = len(h["holders"])
                 lines.append(
                     f"| `{_md(key, 60)}` | `{_md(elide_middle(h['holder'], 80), 80)}` | "
-                    f"{_secs(h['age'])} | "
+                    f"{fmt.age(h['age'], none='n/a')} | "
                     f"{seen}{'+' if seen >= MAX_HOLDERS else ''} | {ttl} |"
                 )
             if n_keys > 10:
@@ -388,17 +345,17 @@ class _Pods:
         lines.append("|---|---|---|---|---|---|")
 
         def pct(v: float | None, lim: float | None) -> str:
-            return f" ({100 * v / lim:.0f}%)" if v is not None and lim else ""
+            return f" ({fmt.share(v, lim)})" if v is not None and lim else ""
 
         rows = sorted(agg.items(), key=lambda kv: -(kv[1]["cpu"] or 0))
         for (pod, ctr), a in rows[:12]:
             cpu = "n/a" if a["cpu"] is None else f"{a['cpu']:.2f}"
             cl = "none" if not a["cpu_lim"] else f"{a['cpu_lim']:g}"
-            ml = "none" if not a["mem_lim"] else _bytes(a["mem_lim"])
+            ml = "none" if not a["mem_lim"] else fmt.size(a["mem_lim"], none="n/a")
             rst = max(0, a["r1"] - a["r0"])
             lines.append(
                 f"| {_md(pod, 40)}/{_md(ctr, 30)} | {cpu}{pct(a['cpu'], a['cpu_lim'])} | {cl} | "
-                f"{_bytes(a['mem'])}{pct(a['mem'], a['mem_lim'])} | {ml} | {rst:+d} |"
+                f"{fmt.size(a['mem'], none='n/a')}{pct(a['mem'], a['mem_lim'])} | {ml} | {rst:+d} |"
             )
         if len(rows) > 12:
             lines.append(f"| … {len(rows) - 12} more | | | | | |")
@@ -409,6 +366,8 @@ class _StepProbes:
     def __init__(self, index: int, tk: Tick, before: dict[str, Reading]) -> None:
         self.index = index
         self.concurrency = tk.target_concurrency
+        self.mode, self.rate = tk.mode, tk.rate
+        self.key = step_key(tk)
         self.first = tk
         self.last = tk
         self.ticks = 0
@@ -452,12 +411,17 @@ class _StepProbes:
             else:
                 self.pods.add(r, self.before.get("pods"))
 
+    def _load(self) -> str:
+        if self.mode == "rate" and self.rate:
+            return f"rate {fmt.rate(self.rate)}/s"
+        return f"concurrency {self.concurrency}"
+
     def lines(self, t0: float) -> list[str]:
         a = self.first.elapsed - self.first.interval - t0
         b = self.last.elapsed - t0
         out = [
-            f"### Step {self.index}: concurrency {self.concurrency} "
-            f"({_clock(a)}–{_clock(b)}, {self.ticks} ticks)",
+            f"### Step {self.index}: {self._load()} "
+            f"({fmt.clock(a)}–{fmt.clock(b)}, {self.ticks} ticks)",
             "",
         ]
         body: list[str] = []
@@ -495,7 +459,7 @@ class ProbeReport:
         if self.t0 is None:
             self.t0 = tk.elapsed - tk.interval
         self.any = self.any or bool(tk.readings)
-        if self.step is None or self.step.concurrency != tk.target_concurrency:
+        if self.step is None or self.step.key != step_key(tk):  # app.tick.step_key
             self._close()
             self.n += 1
             self.step = _StepProbes(self.n, tk, self.last)
@@ -532,8 +496,3 @@ def _blank_after_tables(lines: list[str]) -> list[str]:
             out.append("")
         out.append(line)
     return out
-
-
-def _clock(s: float) -> str:
-    s = max(0, round(s))
-    return f"{s // 60:02d}:{s % 60:02d}"

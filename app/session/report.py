@@ -15,57 +15,29 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from app import __version__
+from app import __version__, fmt
 from app.detect import pg_report
 from app.detect.pg_report import PgReportAcc
+from app.detect.report import AnomalyReport, render_anomaly_section
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
+from app.probes.summary import ProbeReport
 from app.session.recording import Recording
 from app.tick import (
     Percentiles,
+    Step,
     Tick,
     add_histogram,
     merge_histograms,
     new_histogram,
+    step_key,
     window_hists,
 )
-
-
-@dataclass
-class Step:
-    index: int
-    concurrency: int
-    mode: str
-    rate: float | None
-    first: int  # tick index
-    last: int
-    ticks: list[Tick]
-
-    @property
-    def seconds(self) -> float:
-        return sum(t.interval for t in self.ticks)
-
-
-def split_steps(ticks: Iterable[Tick]) -> list[Step]:
-    """Runs of consecutive ticks with the same target concurrency (and rate).
-    Holds the ticks: for a short list only; the report uses `_StepAcc`."""
-    steps: list[Step] = []
-    for t in ticks:
-        key = (t.target_concurrency, t.mode, t.rate)
-        if steps and (steps[-1].concurrency, steps[-1].mode, steps[-1].rate) == key:
-            steps[-1].ticks.append(t)
-            steps[-1].last = t.index
-        else:
-            steps.append(
-                Step(len(steps), t.target_concurrency, t.mode, t.rate, t.index, t.index, [t])
-            )
-    return steps
 
 
 class _Figures:
@@ -138,7 +110,8 @@ class _StepAcc:
 
     def __init__(self, index: int, t: Tick) -> None:
         self.index = index
-        self.key = (t.target_concurrency, t.mode, t.rate)
+        self.key = step_key(t)  # app.tick.step_key: one step definition everywhere
+        self.conc, self.mode, self.rate = t.target_concurrency, t.mode, t.rate
         self.first = self.last = t.index
         self.fig = _Figures(hist=False)
         self.hists: dict[str, HdrHistogram] = {}
@@ -158,7 +131,7 @@ class _StepAcc:
                 self.counts[(s.name, c)] = self.counts.get((s.name, c), 0) + v
 
     def close(self) -> dict[str, Any]:
-        conc, mode, rate = self.key
+        conc, mode, rate = self.conc, self.mode, self.rate
         self.fig.hist = merge_histograms(self.hists.values())
         row = {
             "step": self.index + 1,
@@ -269,14 +242,11 @@ class _Section:
     """A report section fed tick by tick; a section that fails never costs
     the whole report (it says it failed, the rest goes on)."""
 
-    def __init__(self, module: str, factory: str, **kwargs: Any) -> None:
+    def __init__(self, factory: Callable[..., Any], **kwargs: Any) -> None:
         self.acc: Any = None
         self.error: str | None = None
         try:
-            mod = __import__(module, fromlist=[factory])
-            self.acc = getattr(mod, factory)(**kwargs)
-        except (ImportError, AttributeError):
-            self.acc = None
+            self.acc = factory(**kwargs)
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
 
@@ -320,8 +290,8 @@ def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any]
     first: Tick | None = None
     last: Tick | None = None
     n = 0
-    anomalies = _Section("app.detect.report", "AnomalyReport", slo=h.get("slo"))
-    probe_sec = _Section("app.probes.summary", "ProbeReport") if probes else None
+    anomalies = _Section(AnomalyReport, slo=h.get("slo"))
+    probe_sec = _Section(ProbeReport) if probes else None
     for t in rec.ticks:
         hists = window_hists(t)
         n += 1
@@ -339,7 +309,7 @@ def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any]
                 fig.errors[e] = fig.errors.get(e, 0) + v
             fig.dropped += s.dropped
             fig.max_lag = max(fig.max_lag, s.lag_ms)
-        key = (t.target_concurrency, t.mode, t.rate)
+        key = step_key(t)
         if step is None or step.key != key:
             if step is not None:
                 steps.append(step.close())
@@ -455,16 +425,6 @@ def _ts(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _ms(v: float) -> str:
-    if v >= 1000:
-        return f"{v / 1000:.2f} s"
-    if v >= 100:
-        return f"{v:.0f} ms"
-    if v >= 10:
-        return f"{v:.1f} ms"
-    return f"{v:.2f} ms"
-
-
 def _table(headers: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(headers) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
@@ -493,7 +453,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
     L.append(
-        f"**{verdict}** · {_ts(s['started'])} · {s['duration_s']:.0f} s · {s['ticks']} ticks"
+        f"**{verdict}** · {_ts(s['started'])} · {fmt.seconds(s['duration_s'])} · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
     if failing:
@@ -505,8 +465,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     t = s["total"]
     L += pg_report.headline_notes(s, L)
     L.append(
-        f"{t['ok'] + t['failed']:,} operations, {t['ops_per_s']:,.0f} ops/s overall,"
-        f" p95 {_ms(t['p95_ms'])}, p99 {_ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
+        f"{t['ok'] + t['failed']:,} operations, {fmt.rate(t['ops_per_s'])} ops/s overall,"
+        f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
     L.append("## Run")
@@ -526,12 +486,12 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
     L.append("")
     rows = []
     for st in s["steps"]:
-        load = f"{st['rate']:g}/s" if st["mode"] == "rate" and st["rate"] else str(
+        load = f"{fmt.rate(st['rate'])}/s" if st["mode"] == "rate" and st["rate"] else str(
             st["concurrency"])  # fmt: skip
         rows.append([
-            str(st["step"]), load, f"{st['seconds']:.0f} s", f"{st['ops_per_s']:,.1f}",
-            _ms(st["p50_ms"]), _ms(st["p95_ms"]), _ms(st["p99_ms"]), _ms(st["p999_ms"]),
-            _ms(st["max_ms"]), f"{st['error_pct']:.3g}%",
+            str(st["step"]), load, fmt.seconds(st["seconds"]), fmt.rate(st["ops_per_s"]),
+            fmt.ms(st["p50_ms"]), fmt.ms(st["p95_ms"]), fmt.ms(st["p99_ms"]), fmt.ms(st["p999_ms"]),
+            fmt.ms(st["max_ms"]), f"{st['error_pct']:.3g}%",
         ])  # fmt: skip
     L += _table(
         ["step", "load", "time", "ops/s", "p50", "p95", "p99", "p99.9", "max", "errors"], rows
@@ -544,10 +504,10 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
             [
                 name,
                 f"{f['ok'] + f['failed']:,}",
-                f"{f['ops_per_s']:,.1f}",
-                _ms(f["p50_ms"]),
-                _ms(f["p95_ms"]),
-                _ms(f["p99_ms"]),
+                fmt.rate(f["ops_per_s"]),
+                fmt.ms(f["p50_ms"]),
+                fmt.ms(f["p95_ms"]),
+                fmt.ms(f["p99_ms"]),
                 f"{f['error_pct']:.3g}%",
             ]  # fmt: skip
             for name, f in s["per_scenario"].items()
@@ -564,8 +524,8 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         rows = []
         for name, counters in s["counters"].items():
             for k, c in counters.items():
-                by = [("–" if v is None else f"{v:,.1f}") for v in c["by_step"][:shown]]
-                rows.append([name, f"`{k}`", f"{c['total']:,}", f"{c['per_s']:,.2f}", *by])
+                by = [fmt.rate(v, none="–") for v in c["by_step"][:shown]]
+                rows.append([name, f"`{k}`", f"{c['total']:,}", fmt.rate(c["per_s"]), *by])
         heads = ["scenario", "counter", "total", "/s"] + [f"step {i + 1}" for i in range(shown)]
         L += _table(heads, rows, "ll" + "r" * (len(heads) - 2))
         if n_steps > shown:
@@ -581,7 +541,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         if t["dropped"]:
             L.append("")
             L.append(f"Open model: {t['dropped']:,} intended starts dropped (no free worker),"
-                     f" worst schedule lag {_ms(t['max_lag_ms'])}.")  # fmt: skip
+                     f" worst schedule lag {fmt.ms(t['max_lag_ms'])}.")  # fmt: skip
     else:
         L.append("None from loadtop's own operations.")
     L += pg_report.server_errors_md(s.get("server_errors"))
@@ -591,7 +551,7 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         L.append("")
         for o in s["outages"]:
             errs = ", ".join(f"{k} ×{v}" for k, v in o["errors"].items())
-            L.append(f"- {o['from_s']:.0f} s → {o['to_s']:.0f} s"
+            L.append(f"- {fmt.seconds(o['from_s'])} → {fmt.seconds(o['to_s'])}"
                      f" (ticks {o['from_tick']}–{o['to_tick']}): {errs}")  # fmt: skip
     if s["never_connected"]:
         L.append("")
@@ -617,13 +577,13 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         tr = s["thresholds"]["tripped"]
         for expr in s["thresholds"]["abort_on"]:
             if tr and tr.get("expr") == expr:
-                L.append(f"- `--abort-on {expr}`: **tripped** at {tr.get('elapsed_s', '?')} s"
+                L.append(f"- `--abort-on {expr}`: **tripped** at {fmt.seconds(tr.get('elapsed_s'), '?')}"
                          f" (tick {tr.get('tick', '?')}), the load was stopped")  # fmt: skip
             else:
                 L.append(f"- `--abort-on {expr}`: held")
         L.append("")
     for section in (
-        _section_md(s.get("anomalies"), "anomaly_report_section", _anomaly_md()),
+        _section_md(s.get("anomalies"), "anomaly_report_section", render_anomaly_section),
         _section_md(probe_md, "probe_report_section"),
     ):
         if section:
@@ -636,30 +596,14 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         for e in s["events"][:500]:
             change = ""
             if e["before"] is not None or e["after"] is not None:
-                change = f"{_num(e['before'])} → {_num(e['after'])}"
-            when = f"{e['elapsed_s']:.1f} s" if e["elapsed_s"] is not None else "?"
+                change = f"{fmt.num(e['before'], none='–')} → {fmt.num(e['after'], none='–')}"
+            when = fmt.seconds(e["elapsed_s"], none="?")
             rows.append([when, e["kind"], e["source"], change, e["note"]])
         L += _table(["at", "event", "by", "change", "note"], rows, "rllll")
     else:
         L.append("No control events.")
     L.append("")
     return pg_report.watch_sections("\n".join(L), s)
-
-
-def _anomaly_md() -> Any:
-    try:
-        from app.detect.report import render_anomaly_section
-    except ImportError:
-        return None
-    return render_anomaly_section
-
-
-def _num(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
 
 
 def render_json(rec: Recording) -> str:

@@ -500,7 +500,7 @@ class Session:
         cfg = self.cfg
         if cfg.probes:
             try:
-                from app.probes.base import build_probes
+                from app.probes.factory import build_probes
             except ImportError:
                 build_probes = None  # type: ignore[assignment]
             if build_probes is not None:
@@ -516,7 +516,7 @@ class Session:
 
     def build_probe_set(self) -> Any:
         """The probes for this session's targets (app.probes.ProbeSet)."""
-        from app.probes.base import build_probes
+        from app.probes.factory import build_probes
 
         cfg = self.cfg
         return build_probes(

@@ -31,6 +31,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.widgets import DataTable, Footer
 
+from app import fmt
 from app.session.control import SessionControl
 from app.session.recording import Recording
 from app.session.retention import TRIM_EVERY, release_free_memory
@@ -51,7 +52,6 @@ from app.ui.timeline import (
     Overview,
     Point,
     Timeline,
-    fmt_elapsed,
     point_of,
     warm_up,
 )
@@ -605,7 +605,7 @@ class LoadtopApp(App[int]):
         assert rp is not None
         header = self.header_bar
         n = len(rp.ticks)
-        end = fmt_elapsed(rp.elapsed[-1]) if n else "00:00"
+        end = fmt.clock(rp.elapsed[-1]) if n else "00:00"
         state = "▶ playing" if rp.playing else "❚❚ paused"
         header.status = f"REPLAY {state}  tick {rp.pos + 1 if n else 0}/{n}  of {end}"
         if not rp.rec.complete:

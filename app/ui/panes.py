@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from app import fmt
 from app.probes.redis_locks import elide_middle
 from app.tick import Anomaly, Tick
 from app.ui.timeline import (
@@ -24,11 +25,6 @@ from app.ui.timeline import (
     P95_MARK,
     Timeline,
     chart_marks,
-    fmt_age,
-    fmt_bytes,
-    fmt_elapsed,
-    fmt_ms,
-    fmt_rate,
     render_chart,
     sparkline,
 )
@@ -109,9 +105,9 @@ class HeaderBar(Static):
         if t is None:
             line2.append("starting…")
         else:
-            line2.append(f"{fmt_elapsed(t.elapsed)} ", style="bold")
+            line2.append(f"{fmt.clock(t.elapsed)} ", style="bold")
             if t.mode == "rate":
-                line2.append(f"rate {t.rate or 0:g}/s  ")
+                line2.append(f"rate {fmt.rate(t.rate or 0)}/s  ")
             line2.append("workers ")
             line2.append(f"{t.concurrency}", style="bold")
             line2.append(f"/{t.target_concurrency}  ")
@@ -125,7 +121,7 @@ class HeaderBar(Static):
             if t.paused:
                 line2.append(" PAUSED ", style="reverse bold yellow")
                 line2.append("  ")
-            line2.append(f"{fmt_rate(t.ops_per_s)} ops/s  ")
+            line2.append(f"{fmt.rate(t.ops_per_s)} ops/s  ")
             if t.failed:
                 line2.append(f"err {100 * t.error_ratio:.2f}%  ", style="bold red")
             for th in t.thresholds:
@@ -169,10 +165,10 @@ class LatencyPane(Pane):
             row: Row = (
                 s.name[:22],
                 f"{s.concurrency}/{s.target}",
-                fmt_rate(s.ops),
-                fmt_ms(s.lat.p50),
-                fmt_ms(s.lat.p95),
-                fmt_ms(s.lat.p99),
+                fmt.rate(s.ops),
+                fmt.ms(s.lat.p50 if s.lat.count else None),
+                fmt.ms(s.lat.p95 if s.lat.count else None),
+                fmt.ms(s.lat.p99 if s.lat.count else None),
                 Text(f"{s.err_pct:.1f}%", style="bold red") if s.err_pct else "0",
                 Text(sparkline(tl.series(s.name, "p50", self.SPARK_WIDTH), self.SPARK_WIDTH),
                      style="green"),
@@ -180,7 +176,7 @@ class LatencyPane(Pane):
                      style="yellow"),
             )  # fmt: skip
             if self._counts_col:
-                counts = ", ".join(f"{k} {fmt_rate(v)}" for k, v in s.counters)
+                counts = ", ".join(f"{k} {fmt.rate(v)}" for k, v in s.counters)
                 row = (*row, counts[:48])
             rows[s.name] = row
         sync_table(table, rows, self._cache)
@@ -288,7 +284,7 @@ def _backend_row(b: Mapping[str, Any], indent: str, query_chars: int = 120) -> R
     age = b.get("state_age_s") if state == "waits" else b.get("xact_age_s")
     if age is None:
         age = b.get("state_age_s")
-    label = f"{state} {_age(age)}" if age is not None else state
+    label = f"{state} {fmt.age(age)}" if age is not None else state
     if state.startswith("idle tx"):
         state_t = Text(label, style="bold yellow")
     elif state == "waits":
@@ -308,11 +304,6 @@ def _backend_row(b: Mapping[str, Any], indent: str, query_chars: int = 120) -> R
         cell.append(f"{wait}:{b.get('wait_event')} ", style="dim")
     cell.append(q[:query_chars])
     return (f"{indent}{b.get('pid')}", state_t, app_name[:PG_APP_CHARS], cell)
-
-
-def _age(s: float) -> str:
-    """Ages in the tree, short: 850ms, 2.5s, 95s, 12m, 3.1h."""
-    return f"{s:.0f}s" if 10 <= s < 120 else fmt_age(s)
 
 
 def _fit(row: Row, room: int) -> Row:
@@ -466,15 +457,15 @@ def pg_summary(d: Mapping[str, Any]) -> Text:
     if rates:
         dl = rates.get("deadlocks", 0) or 0
         parts.append("  deadlocks ")
-        parts.append(f"{dl:.1f}/s", style="bold red" if dl else "")
+        parts.append(f"{fmt.rate(dl)}/s", style="bold red" if dl else "")
         rb, cm = rates.get("rollbacks", 0) or 0, rates.get("commits", 0) or 0
         high = rb >= 1 and rb / max(rb + cm, 1e-9) >= 0.1
         parts.append("  rollbacks ")
-        parts.append(f"{fmt_rate(rb)}/s", style="bold red" if high else "")
-        parts.append(f"  commits {fmt_rate(cm)}/s")
+        parts.append(f"{fmt.rate(rb)}/s", style="bold red" if high else "")
+        parts.append(f"  commits {fmt.rate(cm)}/s")
     oldest = d.get("oldest_xact_s")
     if oldest is not None:
-        parts.append(f"  oldest xact {fmt_age(oldest)}")
+        parts.append(f"  oldest xact {fmt.age(oldest)}")
     for b in d.get("blind") or ():
         parts.append(f"\nblind: {b.get('hidden')}: {b.get('grant')}", style="bold yellow")
     for c in d.get("cycles") or ():
@@ -549,13 +540,13 @@ class RedisPane(Pane):
             return
         d = r.data
         line = Text()
-        line.append(f"ops {fmt_rate(float(d.get('ops_per_sec') or 0))}/s  ")
+        line.append(f"ops {fmt.rate(float(d.get('ops_per_sec') or 0))}/s  ")
         line.append(f"clients {d.get('connected_clients', '-')}  ")
         blocked = d.get("blocked_clients") or 0
         line.append(f"blocked {blocked}  ", style="bold yellow" if blocked else "")
         mem = d.get("used_memory")
         maxm = d.get("maxmemory") or 0
-        line.append(f"mem {fmt_bytes(mem)}" + (f"/{fmt_bytes(maxm)}" if maxm else "") + "  ")
+        line.append(f"mem {fmt.size(mem)}" + (f"/{fmt.size(maxm)}" if maxm else "") + "  ")
         ev = d.get("evicted_keys_delta") or 0
         if ev:
             line.append(f"evicted {ev}  ", style="bold red")
@@ -586,8 +577,8 @@ class RedisPane(Pane):
             lrows[str(lk.get("key"))] = (
                 elide_middle(short_key(str(lk.get("key"))), key_w),
                 elide_middle(str(lk.get("holder") or ""), holder_w),
-                fmt_age(lk.get("age_s")),
-                Text("NO TTL", style="bold red") if no_ttl else f"{pttl}ms",
+                fmt.age(lk.get("age_s")),
+                Text("NO TTL", style="bold red") if no_ttl else fmt.ms(pttl),
             )
         locks = self.query_one("#redis-locks", DataTable)
         sync_table(locks, lrows, self._locks)
@@ -618,11 +609,11 @@ class RedisPane(Pane):
                 label,
                 str(depth),
                 trend_t,
-                "-" if age is None else fmt_age(age),
+                "-" if age is None else fmt.age(age),
                 _opt(q.get("in_flight")),
                 _opt(q.get("failed")),
                 _opt(q.get("scheduled")),
-                "-" if consumed is None else fmt_rate(float(consumed)),
+                "-" if consumed is None else fmt.rate(float(consumed)),
             )
         queues = self.query_one("#redis-queues", DataTable)
         sync_table(queues, qrows, self._queues)
@@ -663,21 +654,19 @@ class PodsPane(Pane):
             rows[key] = (
                 key[-36:],
                 _against(c.get("cpu_cores"), c.get("cpu_limit_cores"), lambda v: f"{v:.2f}"),
-                _against(c.get("memory_bytes"), c.get("memory_limit_bytes"), fmt_bytes),
+                _against(c.get("memory_bytes"), c.get("memory_limit_bytes"), fmt.size),
                 Text(str(c.get("restarts") or 0), "bold red" if c.get("restarts") else ""),
                 str(c.get("last_reason") or c.get("waiting_reason") or ""),
             )
         sync_table(self.query_one("#pods-table", DataTable), rows, self._cache)
 
 
-def _against(v: float | None, limit: float | None, fmt: Callable[[float], str]) -> Text:
+def _against(v: float | None, limit: float | None, show: Callable[[float], str]) -> Text:
     if v is None:
         return Text("n/a", style="dim")
-    if not limit:
-        return Text(fmt(v))
-    pct = 100.0 * v / limit
+    pct = 100.0 * v / limit if limit else 0.0
     style = "bold red" if pct >= 90 else ("yellow" if pct >= 70 else "")
-    return Text(f"{fmt(v)} {pct:.0f}%", style=style)
+    return Text(f"{show(v)} {fmt.share(v, limit)}", style=style)
 
 
 SEV_STYLE = {"critical": "bold white on red", "warning": "bold yellow", "info": "cyan"}
@@ -765,8 +754,8 @@ class AnomalyFeed(Pane):
 
 def _since(a: Anomaly, tick: Tick) -> str:
     if a.cleared_tick is not None:
-        return f"cleared {fmt_age(max(0.0, tick.t - (a.cleared_at or tick.t)))} ago"
-    return fmt_age(max(0.0, tick.t - a.started_at))
+        return f"cleared {fmt.age(tick.t - (a.cleared_at or tick.t))} ago"
+    return fmt.age(tick.t - a.started_at)
 
 
 def all_panes(panes: Iterable[Pane]) -> list[Pane]:

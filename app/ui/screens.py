@@ -12,7 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from app.ui.timeline import fmt_age
+from app import fmt
 
 LIVE_KEYS = [
     ("+ / -", "step concurrency up / down by the step size"),
@@ -130,9 +130,9 @@ class BlockerScreen(ModalScreen[None]):
             t.append(f"{label:>12}  ", "bold cyan")
             t.append(f"{v if v is not None else '-'}\n")
         t.append(f"{'transaction':>12}  ", "bold cyan")
-        t.append(f"{fmt_age(b.get('xact_age_s'))}\n")
+        t.append(f"{fmt.age(b.get('xact_age_s'))}\n")
         t.append(f"{'in state':>12}  ", "bold cyan")
-        t.append(f"{fmt_age(b.get('state_age_s'))}\n")
+        t.append(f"{fmt.age(b.get('state_age_s'))}\n")
         if b.get("blocked_by"):
             t.append(f"{'blocked by':>12}  ", "bold cyan")
             t.append(", ".join(str(p) for p in b["blocked_by"]) + "\n")

@@ -10,31 +10,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-
-from app.tick import ControlEvent, Tick, values_at_percentiles
+from app import fmt
+from app.tick import ControlEvent, Percentiles, Tick
 
 SPARK = "▁▂▃▄▅▆▇█"
 P95_MARK = "•"
 MARK_CHAR = "┊"
 CHANGE_KINDS = ("concurrency", "rate", "pause", "resume", "panic")
-
-
-@dataclass(frozen=True, slots=True)
-class Lat:
-    """p50/p95/p99 in ms."""
-
-    p50: float = 0.0
-    p95: float = 0.0
-    p99: float = 0.0
-
-
-def lat_of(h: HdrHistogram) -> Lat:
-    """p50/p95/p99 in one pass over the histogram (no mean: the UI needs none)."""
-    if not h.get_total_count():
-        return Lat()
-    p50, p95, p99 = values_at_percentiles(h, (50, 95, 99))
-    return Lat(p50 / 1000.0, p95 / 1000.0, p99 / 1000.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +26,7 @@ class ScenarioPoint:
     target: int
     ops: float
     err_pct: float
-    lat: Lat
+    lat: Percentiles
     last_error: str
     counters: tuple[tuple[str, float], ...] = ()  # ctx.count() per second
 
@@ -74,7 +56,7 @@ def point_of(tick: Tick) -> Point:
             target=s.target,
             ops=s.completed / iv,
             err_pct=100.0 * s.failed / s.completed if s.completed else 0.0,
-            lat=lat_of(s.hist),
+            lat=s.latency(),
             last_error=s.last_error,
             counters=tuple((k, v / iv) for k, v in s.counters.items()),
         )
@@ -84,7 +66,7 @@ def point_of(tick: Tick) -> Point:
         index=tick.index,
         elapsed=tick.elapsed,
         ops=sum(s.ops for s in scen),
-        p95=lat_of(tick.histogram()).p95 if tick.scenarios else 0.0,
+        p95=tick.latency().p95 if tick.scenarios else 0.0,
         target=tick.target_concurrency,
         concurrency=tick.concurrency,
         scenarios=scen,
@@ -202,53 +184,6 @@ def sparkline(values: list[float], width: int) -> str:
     return "".join(SPARK[min(n, round(v / top * n))] for v in vals)
 
 
-def fmt_ms(v: float) -> str:
-    if v <= 0:
-        return "-"
-    if v < 10:
-        return f"{v:.2f}ms"
-    if v < 1000:
-        return f"{v:.0f}ms"
-    return f"{v / 1000:.1f}s"
-
-
-def fmt_age(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.0f}ms"
-    if s < 120:
-        return f"{s:.1f}s"
-    if s < 7200:
-        return f"{s / 60:.0f}m"
-    return f"{s / 3600:.1f}h"
-
-
-def fmt_rate(v: float) -> str:
-    if v >= 10_000:
-        return f"{v / 1000:.1f}k"
-    if v >= 100:
-        return f"{v:.0f}"
-    return f"{v:.1f}"
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}T"
-
-
-def fmt_elapsed(s: float) -> str:
-    s = max(0, int(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
-
-
 def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -> str:
     """Throughput (left axis) and p95 (right axis) over the whole session,
     each concurrency change marked with a vertical line. Returns text with
@@ -279,6 +214,15 @@ def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -
     p95 = f.signal(xs, [p95_all[k] for k in keep], marker=P95_MARK, yside="right").lines()
     f.draw(ops)
     f.draw(p95)
+    # tick labels as the panes write numbers (6.5k, 12.3ms, 01:30), not plotext's 6.5e3
+    n = max(3, height // 3)
+    ops_v, p95_v = [ops_all[k] for k in keep], [p95_all[k] for k in keep]
+    for side, vals, label in (("left", ops_v, fmt.rate), ("right", p95_v, fmt.ms)):
+        marks = [(v, label(v)) for v in fmt.axis_ticks(min(vals), max(vals), n)]
+        marks = [m for i, m in enumerate(marks) if i == 0 or m[1] != marks[i - 1][1]]
+        f.ruler("y", side).ticks([v for v, _ in marks], [t for _, t in marks])
+    ticks = fmt.time_ticks(xs[0], xs[-1], max(3, width // 9))
+    f.ruler("x", "lower").ticks(ticks, [fmt.clock(v) for v in ticks])
     f.title("ops/s ⠒ left · p95 ms • right · ┊ change")
     marks = [x for x, _ in tl.changes() if xs[0] <= x <= xs[-1]]
     for x in marks[-40:]:

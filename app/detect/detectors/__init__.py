@@ -1,5 +1,7 @@
-"""Every built-in detector; importing this module registers them all."""
+"""Every built-in detector. `BUILTIN` is the list a session runs (in this
+order); importing a module registers nothing."""
 
+from app.detect.base import Detector
 from app.detect.detectors.load import (
     CapacityKneeDetector,
     ErrorBurstDetector,
@@ -34,7 +36,36 @@ from app.detect.detectors.redis import (
     RedisPressureDetector,
 )
 
+BUILTIN: tuple[type[Detector], ...] = (
+    LatencySpikeDetector,
+    SloBreachDetector,
+    ErrorBurstDetector,
+    CapacityKneeDetector,
+    InvariantDetector,
+    GeneratorSaturatedDetector,
+    LockWaitChainDetector,
+    IdleInTransactionBlockerDetector,
+    LongTransactionDetector,
+    ConnectionSaturationDetector,
+    ProbeBlindDetector,
+    PgDeadlocksDetector,
+    PgRollbacksDetector,
+    PgConflictsDetector,
+    PgTempFilesDetector,
+    LockContentionDetector,
+    DeadlockCycleDetector,
+    PodDetector,
+    RedisLockDetector,
+    QueueBacklogDetector,
+    QueueStuckDetector,
+    ConsumersGoneDetector,
+    QueuePendingDetector,
+    LockTakeoverDetector,
+    RedisPressureDetector,
+)
+
 __all__ = [
+    "BUILTIN",
     "CapacityKneeDetector",
     "ConnectionSaturationDetector",
     "ConsumersGoneDetector",

@@ -11,13 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app import fmt
+from app.detect.base import Detector, Finding, Options, TickView
 from app.detect.stats import MAD_TO_SIGMA, fit_usl, mad, median, slope
-from app.tick import Tick
-
-
-def _step_id(tick: Tick, target: int) -> tuple[int, float | None]:
-    return (target, tick.rate if tick.mode == "rate" else None)
+from app.tick import Tick, step_key
 
 
 def _pg_waiting(tick: Tick) -> int | None:
@@ -45,14 +42,13 @@ class LatencySpikeOptions(Options):
 
 @dataclass
 class _StepBase:
-    step: tuple[int, float | None]
+    step: tuple[int, str, float | None]  # app.tick.step_key, per scenario
     ticks: int = 0
     p95: deque[float] = field(default_factory=deque)
     p99: deque[float] = field(default_factory=deque)
     last: Finding | None = None
 
 
-@register
 class LatencySpikeDetector(Detector):
     """p95 or p99 above the current step's own baseline (median + k·MAD)."""
 
@@ -76,7 +72,7 @@ class LatencySpikeDetector(Detector):
         out: list[Finding] = []
         for s in tick.scenarios:
             st = self._st.get(s.name)
-            step = _step_id(tick, s.target)
+            step = step_key(tick, s.target)
             if st is None or st.step != step:
                 st = self._st[s.name] = _StepBase(
                     step, p95=deque(maxlen=o.baseline_ticks), p99=deque(maxlen=o.baseline_ticks)
@@ -125,8 +121,8 @@ class LatencySpikeDetector(Detector):
                 subject=s.name,
                 severity="critical" if ratio >= 5 else "warning",
                 summary=(
-                    f"{s.name}: {which} {val:.1f} ms is {ratio:.1f}x this step's baseline "
-                    f"{base:.1f} ms at {s.target} workers{hint}"
+                    f"{s.name}: {which} {fmt.ms(val)} is {ratio:.1f}x this step's baseline "
+                    f"{fmt.ms(base)} at {s.target} workers{hint}"
                 ),
                 evidence={
                     "scenario": s.name,
@@ -169,7 +165,6 @@ class SloBreachOptions(Options):
     min_ops: int = 1
 
 
-@register
 class SloBreachDetector(Detector):
     """p95 / p99 / error ratio over the SLO thresholds."""
 
@@ -200,9 +195,9 @@ class SloBreachDetector(Detector):
             breaches = []
             if lat.count >= o.min_ops:
                 if lat.p95 > o.p95_ms:
-                    breaches.append(f"p95 {lat.p95:.0f} ms > {o.p95_ms:g} ms")
+                    breaches.append(f"p95 {fmt.ms(lat.p95)} > {fmt.ms(o.p95_ms)}")
                 if lat.p99 > o.p99_ms:
-                    breaches.append(f"p99 {lat.p99:.0f} ms > {o.p99_ms:g} ms")
+                    breaches.append(f"p99 {fmt.ms(lat.p99)} > {fmt.ms(o.p99_ms)}")
             if done >= o.min_ops and ratio > o.error_ratio:
                 breaches.append(f"errors {ratio * 100:.2f}% > {o.error_ratio * 100:g}%")
             if not breaches:
@@ -266,7 +261,6 @@ class ErrorBurstOptions(Options):
     severe_min_count: int = 2  # severe classes need only this count, whatever the ratio
 
 
-@register
 class ErrorBurstDetector(Detector):
     """An error rate by class, naming the class."""
 
@@ -351,7 +345,6 @@ class _Point:
     target: int
 
 
-@register
 class CapacityKneeDetector(Detector):
     """Throughput stops growing with concurrency while latency climbs; the
     steps' (concurrency, throughput) points are fitted to the USL."""
@@ -367,6 +360,7 @@ class CapacityKneeDetector(Detector):
         super().__init__(options)
         self._points: dict[int, _Point] = {}  # by target concurrency: the latest visit
         self._step: int | None = None
+        self._key: tuple[int, str, float | None] | None = None  # app.tick.step_key
         self._ticks = 0
         self._acc: list[tuple[float, float, float]] = []  # (n, x, p95) of settled ticks
         self._fit_key: tuple | None = None
@@ -388,13 +382,14 @@ class CapacityKneeDetector(Detector):
         o = self.opt
         if tick.mode != "workers":
             return ()
-        if tick.target_concurrency != self._step:
+        if step_key(tick) != self._key:
             cur = self._current()
             if cur is not None:
                 self._points[cur.target] = cur
                 while len(self._points) > self.MAX_POINTS:
                     del self._points[next(iter(self._points))]
             self._step, self._ticks, self._acc = tick.target_concurrency, 0, []
+            self._key = step_key(tick)
         if tick.paused or not tick.target_concurrency:
             return self._hold()
         self._ticks += 1
@@ -432,7 +427,7 @@ class CapacityKneeDetector(Detector):
             return ()
         fitd = fit.as_dict() if fit is not None else None
         peak_txt = (
-            f"; USL peak ~{fitd['x_peak']:.0f} ops/s at N~{fitd['n_peak']:.0f} "
+            f"; USL peak ~{fmt.rate(fitd['x_peak'])} ops/s at N~{fitd['n_peak']:.0f} "
             f"(sigma {fitd['sigma']:.3f}, kappa {fitd['kappa']:.5f})"
             if fitd and fitd["n_peak"] is not None
             else ""
@@ -442,8 +437,9 @@ class CapacityKneeDetector(Detector):
             subject="load",
             severity="critical" if retro else "warning",
             summary=(
-                f"past the knee: {cur.x:.0f} ops/s at {cur.target} workers vs {best.x:.0f} "
-                f"at {best.target}, p95 {cur.p95:.0f} ms vs {below.p95:.0f} ms{peak_txt}; "
+                f"past the knee: {fmt.rate(cur.x)} ops/s at {cur.target} workers vs "
+                f"{fmt.rate(best.x)} at {best.target}, p95 {fmt.ms(cur.p95)} vs "
+                f"{fmt.ms(below.p95)}{peak_txt}; "
                 f"more workers only add latency, cap near {best.target}"
             ),
             evidence={
@@ -478,7 +474,6 @@ class InvariantOptions(Options):
     max_per_scenario: int = 20  # further violations are counted in one extra anomaly
 
 
-@register
 class InvariantDetector(Detector):
     """Every string a scenario's verify() returns."""
 
@@ -585,7 +580,6 @@ class GeneratorSaturatedOptions(Options):
     window_ticks: int = 5
 
 
-@register
 class GeneratorSaturatedDetector(Detector):
     """loadtop itself is the bottleneck (event-loop lag, CPU, schedule lag)."""
 
@@ -608,11 +602,11 @@ class GeneratorSaturatedDetector(Detector):
         self._lag.append((tick.elapsed, sched))
         reasons = []
         if g.loop_lag_ms >= o.loop_lag_ms:
-            reasons.append(f"event-loop lag {g.loop_lag_ms:.0f} ms")
+            reasons.append(f"event-loop lag {fmt.ms(g.loop_lag_ms)}")
         growth = slope(list(self._lag)) if len(self._lag) >= 3 else 0.0
         behind = tick.mode == "rate" and sched >= o.schedule_lag_ms and growth > 0
         if behind:
-            reasons.append(f"schedule lag {sched:.0f} ms, growing {growth:.0f} ms/s")
+            reasons.append(f"schedule lag {fmt.ms(sched)}, growing {fmt.ms(growth)}/s")
         if g.cpu_pct >= o.cpu_pct and (reasons or g.loop_lag_ms >= o.cpu_loop_lag_ms):
             reasons.append(f"CPU {g.cpu_pct:.0f}%")
         if not reasons:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app.detect.base import Detector, Finding, Options, TickView
 from app.detect.detectors.postgres import _backend, _q, _who
 from app.tick import Tick
 
@@ -38,7 +38,6 @@ class ProbeBlindOptions(Options):
     pass
 
 
-@register
 class ProbeBlindDetector(Detector):
     """A probe that cannot see what it should: other roles' sessions, a denied view
     or function, Redis commands denied by ACL, pods or metrics forbidden by RBAC."""
@@ -116,7 +115,6 @@ class PgDeadlocksOptions(Options):
     pass
 
 
-@register
 class PgDeadlocksDetector(Detector):
     """Deadlocks (40P01) counted by the server in the target database, whoever's
     sessions they were; stays raised while they keep coming."""
@@ -177,7 +175,6 @@ class PgRollbacksOptions(Options):
     min_per_s: float = 1.0  # rollbacks per second, so a handful of them is not a ratio
 
 
-@register
 class PgRollbacksDetector(Detector):
     """The target database rolls back a large share of its transactions
     (serialization failures, deadlocks, application errors)."""
@@ -233,7 +230,6 @@ class PgConflictsOptions(Options):
     pass
 
 
-@register
 class PgConflictsDetector(Detector):
     """Queries cancelled by recovery conflicts (a standby replaying what they read)."""
 
@@ -268,7 +264,6 @@ class PgTempFilesOptions(Options):
     bytes_per_s: float = 16 * 1024 * 1024  # temp file bytes written per second
 
 
-@register
 class PgTempFilesDetector(Detector):
     """Queries of the target database spill sorts and hashes to temp files."""
 
@@ -314,7 +309,6 @@ class LockContentionOptions(Options):
     min_waiting: int = 3
 
 
-@register
 class LockContentionDetector(Detector):
     """Many active backends wait on locks held by active sessions, each briefly
     (a hot row): sustained for several polls, throughput is capped by the lock,
@@ -388,7 +382,6 @@ class DeadlockCycleOptions(Options):
     pass
 
 
-@register
 class DeadlockCycleDetector(Detector):
     """Backends that wait on each other, seen before the server breaks the cycle."""
 

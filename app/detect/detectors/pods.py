@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app import fmt
+from app.detect.base import Detector, Finding, Options, TickView
 from app.tick import Tick
 
 
@@ -24,7 +25,6 @@ class _Container:
     events: list[tuple[int, int, int, str]] = field(default_factory=list)  # tick, from, to, reason
 
 
-@register
 class PodDetector(Detector):
     """A restart, an OOM kill, CPU at its limit, memory >= 90% of its limit."""
 
@@ -85,8 +85,8 @@ class PodDetector(Detector):
                 mem_r = mem / mem_lim if _num(mem) and _num(mem_lim) and mem_lim > 0 else None
                 if mem_r is not None and mem_r >= o.memory_ratio:
                     problems.append(
-                        f"{pod}/{cont} memory {mem / 2**20:.0f} MiB of its "
-                        f"{mem_lim / 2**20:.0f} MiB limit ({mem_r * 100:.0f}%): an OOM kill is near"
+                        f"{pod}/{cont} memory {fmt.size(mem)} of its {fmt.size(mem_lim)} "
+                        f"limit ({fmt.share(mem, mem_lim)}): an OOM kill is near"
                     )
                 if not problems:
                     continue

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app import fmt
+from app.detect.base import Detector, Finding, Options, TickView
 from app.readings import describe_wait
 from app.tick import Tick
 
@@ -46,7 +47,7 @@ def _q(b: Mapping[str, Any], n: int = 60) -> str:
 
 
 def _age(x: Any) -> str:
-    return f"{x:.0f}s" if isinstance(x, int | float) else "?"
+    return fmt.age(x) if isinstance(x, int | float) else "?"
 
 
 # ---- lock-wait-chain -------------------------------------------------------------
@@ -59,7 +60,6 @@ class LockWaitChainOptions(Options):
     critical_depth: int = 3
 
 
-@register
 class LockWaitChainDetector(Detector):
     """Backends waiting on locks for 2 ticks or more; evidence names the root."""
 
@@ -154,7 +154,6 @@ class IdleInTxBlockerOptions(Options):
     min_idle_s: float = 1.0  # idle in transaction at least this long (state_age_s)
 
 
-@register
 class IdleInTransactionBlockerDetector(Detector):
     """A session idle in a transaction that others wait on."""
 
@@ -204,7 +203,6 @@ class LongTransactionOptions(Options):
     max_xact_s: float = 30.0
 
 
-@register
 class LongTransactionDetector(Detector):
     """The oldest transaction is older than a threshold."""
 
@@ -227,7 +225,7 @@ class LongTransactionDetector(Detector):
                     subject=f"{name}:pid {pid}" if pid is not None else name,
                     severity="critical" if age >= 10 * self.opt.max_xact_s else "warning",
                     summary=(
-                        f"transaction open {age:.0f}s in {_who(b)}, {b.get('state', '?')}: "
+                        f"transaction open {fmt.age(age)} in {_who(b)}, {b.get('state', '?')}: "
                         f"{_q(b)}; it holds back vacuum and may hold locks"
                     ),
                     evidence={
@@ -251,7 +249,6 @@ class ConnectionSaturationOptions(Options):
     error_classes: tuple[str, ...] = ("53300", "pool", "acquire")
 
 
-@register
 class ConnectionSaturationDetector(Detector):
     """Connections at >= 90% of the usable slots (max_connections minus the
     reserved ones), the probe finding no slot, or pool acquire timeouts."""

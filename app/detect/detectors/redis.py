@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.detect.base import Detector, Finding, Options, TickView, register
+from app import fmt
+from app.detect.base import Detector, Finding, Options, TickView
 from app.detect.stats import median, slope
 from app.tick import Tick
 
@@ -69,7 +70,6 @@ class _LockState:
     events: dict[str, tuple[_Suspect, int, list[str]]] = field(default_factory=dict)
 
 
-@register
 class RedisLockDetector(Detector):
     """Lock keys with no TTL held N s, held far past their usual hold, or taken
     over by a new holder after expiring while the old holder still worked."""
@@ -335,12 +335,6 @@ def _queues_of(data: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]
             yield qname, q
 
 
-def _fmt_s(s: float | None) -> str:
-    if s is None:
-        return "?"
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}min"
-
-
 def _consumers_txt(cons: Any) -> str:
     if not isinstance(cons, Mapping):
         return "consumers unknown"
@@ -370,7 +364,6 @@ class _Queue:
     hist: _QHist = field(default_factory=_QHist)
 
 
-@register
 class QueueBacklogDetector(Detector):
     """Depth growing (arrivals above service); stays raised while the backlog is
     still high and drains too slowly; says when the consumers are gone."""
@@ -525,7 +518,6 @@ class QueueStuckOptions(Options):
     busy_factor: float = 2.0  # consumers busy (in flight > 0): wait this many windows
 
 
-@register
 class QueueStuckDetector(Detector):
     """A queue with ready items and no consumption, or whose oldest ready item ages
     with the wall clock; also a queue already stuck when the watch starts."""
@@ -577,7 +569,7 @@ class QueueStuckDetector(Detector):
                     if idle
                     else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"  # type: ignore[operator]
                 )
-                old = f", oldest {_fmt_s(last.oldest)}" if last.oldest is not None else ""
+                old = f", oldest {fmt.age(last.oldest)}" if last.oldest is not None else ""
                 busy_txt = f", {last.in_flight} in flight" if last.in_flight else ""
                 out.append(
                     Finding(
@@ -615,7 +607,6 @@ class ConsumersGoneOptions(Options):
     min_samples: int = 2
 
 
-@register
 class ConsumersGoneDetector(Detector):
     """The consumers of THIS queue are gone while items wait: stream consumers
     idle, no worker registered or heartbeating, no client blocked on the queue's
@@ -718,7 +709,6 @@ class QueuePendingOptions(Options):
     idle_s: float = 30.0  # pending owned by a consumer idle this long
 
 
-@register
 class QueuePendingDetector(Detector):
     """Stream consumer groups whose pending entries grow (read, never acknowledged)
     or are owned by consumers idle past a threshold; names group and consumers."""
@@ -807,7 +797,6 @@ class LockTakeoverOptions(Options):
     hold_ticks: int = 10  # a takeover stays raised this many ticks after it was seen
 
 
-@register
 class LockTakeoverDetector(Detector):
     """A lock whose holder changed right after its PTTL ran out (seen by the
     probe's fast watch of expiring locks, or proven by a keyspace event): the old
@@ -882,7 +871,6 @@ class RedisPressureOptions(Options):
     clients_ratio: float = 0.90
 
 
-@register
 class RedisPressureDetector(Detector):
     """Evictions or rejected connections rising, memory >= 90% of maxmemory."""
 
