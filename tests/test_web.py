@@ -111,7 +111,7 @@ def test_web_view_in_a_browser_read_only(pg_dsn: str) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         line = run.stderr.readline()
-        while line and "web view" not in line:
+        while line and "web view (read-only)" not in line:
             line = run.stderr.readline()
         assert f"web view (read-only) on {base}/?token={token}" in line, line
         # the token is checked on the page, its static files and its websocket
@@ -179,7 +179,7 @@ def test_viewer_keys_never_reach_the_load(pg_dsn: str, tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         line = run.stderr.readline()
-        while line and "web view" not in line:
+        while line and "web view (read-only)" not in line:
             line = run.stderr.readline()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -205,3 +205,10 @@ def test_viewer_keys_never_reach_the_load(pg_dsn: str, tmp_path: Path) -> None:
     assert "key" not in sources, sources
     ticks = [x for x in lines if x["type"] == "tick"]
     assert all(x["target_concurrency"] == 2 for x in ticks[:-1])
+
+
+def test_web_needs_a_recording_it_can_follow() -> None:
+    p = subprocess.run([sys.executable, "-m", "app.cli", "run", "--headless", "-s", "pg-select",
+                        "--record", "/dev/null", "--web", "127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 2 and "not a regular file" in p.stderr, p.stderr

@@ -68,6 +68,11 @@ def team_outputs(cfg: RunConfig, say: Callable[[str], None]) -> Iterator[Callabl
                 tmp = tempfile.mkdtemp(prefix="loadtop-web-")
                 stack.callback(shutil.rmtree, tmp, True)
                 cfg.record = os.path.join(tmp, f"loadtop-{cfg.run_id}.jsonl")
+                say("web view: recording to a temporary file, removed at exit"
+                    " (give --record F.jsonl to keep it)")  # fmt: skip
+            elif os.path.exists(cfg.record) and not os.path.isfile(cfg.record):
+                fail(f"--web follows the recording, and --record {cfg.record} is not a regular"
+                     " file: give a file name, or leave --record out")  # fmt: skip
             host, port = cfg.web
             view = WebView(cfg.record, host, port, cfg.web_token)
             try:
