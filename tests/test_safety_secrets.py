@@ -94,6 +94,7 @@ def test_no_secret_in_any_output(secured_pg, secured_redis, tmp_path: Path) -> N
         "stderr": proc.stderr,
         "recording": rec.read_text(),
         "export": md.read_text(),
+        "export chart": md.with_suffix(".svg").read_text(),
     }
     # the run did hit the leaky error paths
     assert "RuntimeError" in outputs["recording"]

@@ -357,6 +357,10 @@ async def test_export_key_writes_the_report(
         path = Path(live.app.exports[0])
         assert path.parent == tmp_path and path.exists()
         assert "sleepy" in path.read_text()
+        # its chart, written off the UI thread with a plotext figure of its own
+        svg = path.with_suffix(".svg")
+        assert svg.exists() and f"]({svg.name})" in path.read_text()
+        assert '<path class="series" data-series="ops/s"' in svg.read_text()
         await until(
             pilot, lambda: any(str(path) in str(n.message) for n in live.app._notifications)
         )

@@ -276,6 +276,7 @@ async def test_replay_keys_step_seek_and_play(tmp_path: Path) -> None:
         await app.workers.wait_for_complete()
         assert app.exports and Path(app.exports[0]).exists()
         assert "# " in Path(app.exports[0]).read_text()
+        assert Path(app.exports[0]).with_suffix(".svg").exists()
         await pilot.press("q")
     assert app.return_code == 0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
@@ -269,11 +269,23 @@ class _Section:
             return {"error": f"{type(e).__name__}: {e}"}
 
 
-def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any], Any]:
+class TickSection(Protocol):
+    """A report section fed in the report's one pass (the chart): `add` sees
+    each tick with its windows' histograms, decoded once for the whole pass."""
+
+    def add(self, tick: Tick, hists: Sequence[HdrHistogram]) -> None: ...
+
+    def markdown(self) -> str: ...
+
+
+def _report_pass(
+    rec: Recording, *, probes: bool = True, also: Sequence[TickSection] = ()
+) -> tuple[dict[str, Any], Any]:
     """One streaming pass over the recording's ticks: the summary, and the
     probe section's Markdown. Each tick's histograms are decoded once, merged
     into the step, scenario and capacity accumulators, and let go; nothing
-    per tick is kept but control events (and a tick count)."""
+    per tick is kept but control events (and a tick count). `also`: sections
+    fed in the same pass."""
     h = rec.header
     end = rec.end or {}
     total = _Figures(hist=False)
@@ -329,6 +341,8 @@ def _report_pass(rec: Recording, *, probes: bool = True) -> tuple[dict[str, Any]
         anomalies.add(t, hists)
         if probe_sec is not None:
             probe_sec.add(t, hists)
+        for sec in also:
+            sec.add(t, hists)
         del hists
     if step is not None:
         steps.append(step.close())
@@ -436,14 +450,20 @@ def _table(headers: list[str], rows: list[list[str]], align: str | None = None) 
 FAIL_KINDS = frozenset({"queue-stuck", "lock-takeover", "consumers-gone"})
 
 
-def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> str:
+def render_markdown(
+    rec: Recording, summary: dict[str, Any] | None = None, *, chart: TickSection | None = None
+) -> str:
     """The Markdown report: one streaming pass over the ticks (two when a
-    summary is given: the probe section still needs its own)."""
+    summary is given: the probe section still needs its own). `chart`: the
+    chart section (app.session.export's: the SVG link and the text chart),
+    fed in the same pass and placed after the headline."""
+    also = (chart,) if chart is not None else ()
     if summary is None:
-        s, probe_md = _report_pass(rec)
+        s, probe_md = _report_pass(rec, also=also)
     else:
         s = summary
-        probe_md = _report_pass(rec)[1]
+        probe_md = _report_pass(rec, also=also)[1]
+    chart_md = chart.markdown() if chart is not None else ""
     L: list[str] = []
     # a stuck queue, a lock taken over after expiry or consumers gone is never a pass
     failing = sorted(set(s.get("anomaly_kinds") or ()) & FAIL_KINDS)
@@ -469,6 +489,9 @@ def render_markdown(rec: Recording, summary: dict[str, Any] | None = None) -> st
         f" p95 {fmt.ms(t['p95_ms'])}, p99 {fmt.ms(t['p99_ms'])}, errors {t['error_pct']:.3g}%"
     )
     L.append("")
+    if chart_md:
+        L.append(chart_md)
+        L.append("")
     L.append("## Run")
     L.append("")
     rows = [[k, f"`{v}`"] for k, v in s["targets"].items()]
