@@ -147,8 +147,8 @@ async def test_replay_from_file_seeks_to_the_same_state_as_from_memory(tmp_path:
 
     from app.tick import tick_to_json
     from app.ui.main import make_replay_app
-    from tests.test_ui_replay import T0 as R0
-    from tests.test_ui_replay import make_recording
+    from tests.unit.ticks import T0 as R0
+    from tests.unit.ticks import make_recording
 
     rec = make_recording()
     path = tmp_path / "r.jsonl"

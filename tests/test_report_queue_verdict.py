@@ -9,7 +9,7 @@ import pytest
 
 from app.session.report import render_markdown
 from app.tick import Anomaly
-from tests.test_ui_replay import T0, make_recording
+from tests.unit.ticks import T0, make_recording
 
 
 def verdict(md: str) -> str:

@@ -6,12 +6,28 @@ in the next tick, so charts mark it and the report lists it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from app.tick import Tick
 
 TickListener = Callable[[Tick], None]
+
+
+class SessionOutcome(Protocol):
+    """How a finished session ended (`app.session.runner.Outcome` is one)."""
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def exit_code(self) -> int: ...
+
+    @property
+    def report_path(self) -> str | None: ...
+
+    @property
+    def record_path(self) -> str | None: ...
 
 
 class SessionControl(Protocol):
@@ -81,7 +97,28 @@ class SessionControl(Protocol):
 
     def terminate_backend(self, pid: int) -> str: ...
 
-    # ---- end -----------------------------------------------------------------
+    # ---- start and end -------------------------------------------------------
+    def start_thread(self) -> None:
+        """Start the session on its own thread and loop; returns once it has
+        started, or failed to (then `error` says why)."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why the session never started (bad target, failed setup), one
+        line, secrets redacted; None once it has started."""
+        ...
+
+    @property
+    def outcome(self) -> SessionOutcome | None:
+        """How it ended; None until it has finished."""
+        ...
+
+    @property
+    def messages(self) -> Sequence[str]:
+        """Status lines for the end (embedded servers, faults, teardown)."""
+        ...
+
     def export_report(self, path: str | None = None) -> str:
         """Write the Markdown summary of the ticks so far; returns the path."""
         ...

@@ -47,16 +47,19 @@ def keys_markdown(replay: bool = False) -> str:
 
 
 class HelpScreen(ModalScreen[None]):
+    """The keys of the console it was opened from (`LIVE_KEYS`, `REPLAY_KEYS`)."""
+
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
-    def __init__(self, replay: bool) -> None:
+    def __init__(self, title: str, keys: list[tuple[str, str]]) -> None:
         super().__init__()
-        self.replay = replay
+        self.title_text = title
+        self.keys = keys
 
     def compose(self) -> ComposeResult:
         text = Text()
-        text.append("loadtop replay keys\n\n" if self.replay else "loadtop keys\n\n", "bold")
-        for k, v in REPLAY_KEYS if self.replay else LIVE_KEYS:
+        text.append(f"{self.title_text}\n\n", "bold")
+        for k, v in self.keys:
             text.append(f"{k:>12}  ", "bold cyan")
             text.append(f"{v}\n")
         text.append("\nescape closes this help", "dim")

@@ -224,8 +224,8 @@ def render_chart(tl: Timeline, width: int, height: int, *, color: bool = True) -
     ticks = fmt.time_ticks(xs[0], xs[-1], max(3, width // 9))
     f.ruler("x", "lower").ticks(ticks, [fmt.clock(v) for v in ticks])
     f.title("ops/s ⠒ left · p95 ms • right · ┊ change")
-    marks = [x for x, _ in tl.changes() if xs[0] <= x <= xs[-1]]
-    for x in marks[-40:]:
+    changes = [x for x, _ in tl.changes() if xs[0] <= x <= xs[-1]]
+    for x in changes[-40:]:
         f.line(round(x, 3), "v", style="dotted")
     return f.build().string(True)
 

@@ -10,8 +10,9 @@ import pytest
 
 from app.session.recording import Recording
 from app.tick import Reading
+from app.ui.main import make_replay_app
 from app.ui.textshot import screen_text
-from tests.test_ui_replay import T0, make_recording, make_replay_app
+from tests.unit.ticks import T0, make_recording
 
 HOLDER = "worker-host-42:pid-7731:6f1c0e4a9b2d4c3e8f7a6b5c4d3e2f1a"
 QUEUE = "tenant-eu-west-1:billing:invoices:pending-emails"
@@ -31,8 +32,8 @@ def recording() -> Recording:
     ]  # fmt: skip
     data["unmatched_keys"] = ["myapp_mutex_orders"]
     readings = {**last.readings, "redis": Reading("redis", T0 + 19, True, 2.0, data)}
-    rec.ticks[-1] = dataclasses.replace(last, readings=readings)
-    return rec
+    ticks = [*rec.ticks[:-1], dataclasses.replace(last, readings=readings)]
+    return dataclasses.replace(rec, ticks=ticks)
 
 
 @pytest.mark.parametrize("width", [100, 140])

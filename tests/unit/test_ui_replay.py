@@ -1,10 +1,11 @@
 """The console over a recording: replay navigation, hidden panes, snapshots.
 
-The timeline is synthetic and fixed (fixed wall times, fixed histograms, fixed
-probe readings), so the SVG snapshots are byte-stable: no real clock, no
-network. The snapshots live in tests/__snapshots__/test_ui_replay/; after a
-deliberate change to the console, refresh them with
-`uv run pytest tests/test_ui_replay.py --snapshot-update`.
+The timeline is synthetic and fixed (tests/unit/ticks.py: fixed wall times,
+fixed histograms, fixed probe readings), so the SVG snapshots are
+byte-stable: no real clock, no network. The snapshots live in
+tests/unit/__snapshots__/test_ui_replay/; after a deliberate change to the
+console, refresh them with
+`uv run pytest tests/unit/test_ui_replay.py --snapshot-update`.
 """
 
 from __future__ import annotations
@@ -16,224 +17,17 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable
 
-from app.session.recording import Recording, read_recording
-from app.tick import (
-    Anomaly,
-    ControlEvent,
-    Reading,
-    ScenarioWindow,
-    Tick,
-    new_histogram,
-    tick_to_json,
-)
-from app.ui.main import LoadtopApp, make_replay_app
-from app.ui.panes import AnomalyFeed, PodsPane, PostgresPane, RedisPane
+from app.session.recording import read_recording
+from app.tick import tick_to_json
+from app.ui.main import ReplayConsole, make_replay_app
+from app.ui.panes import AnomalyFeed
+from app.ui.probe_panes import PodsPane, PostgresPane, RedisPane
+from app.ui.screens import BlockerScreen
 from app.ui.textshot import screen_text
-
-T0 = 1_790_000_000.0  # a fixed wall time: the snapshots never see a real clock
-PLAN = [2, 4, 8]
+from tests.unit.ticks import T0, make_recording
 
 
-def _hist(base_us: int, spread_us: int, n: int) -> Any:
-    h = new_histogram()
-    for i in range(n):
-        h.record_value(base_us + (i * 7919) % max(spread_us, 1))
-    return h
-
-
-def _pg(i: int) -> Reading:
-    waiting = 2 if i >= 12 else 0
-    tree = []
-    if waiting:
-        tree = [
-            {
-                "root": {
-                    "pid": 4242,
-                    "application_name": "loadtop:stock-reservation:w3",
-                    "usename": "app",
-                    "state": "idle in transaction",
-                    "wait_event_type": "Client",
-                    "wait_event": "ClientRead",
-                    "xact_age_s": 3.5 + i,
-                    "state_age_s": 3.0,
-                    "query": "UPDATE products SET quantity = quantity - $2 WHERE id = $1",
-                },
-                "waiters": [
-                    {
-                        "pid": 4300 + k,
-                        "application_name": f"loadtop:stock-reservation:w{k}",
-                        "state": "active",
-                        "wait_event_type": "Lock",
-                        "wait_event": "transactionid",
-                        "xact_age_s": 1.0 + k,
-                        "query": "SELECT quantity FROM products WHERE id = $1 FOR UPDATE",
-                        "blocked_by": [4242],
-                    }
-                    for k in range(2)
-                ],
-                "depth": 1,
-                "waiting_count": 2,
-            }
-        ]
-    data = {
-        "server_version": "18.0",
-        "max_connections": 100,
-        "connections": 6 + i % 3,
-        "by_state": {"active": 4, "idle": 2, "idle in transaction": 1 if waiting else 0},
-        "by_wait": {"Lock:transactionid": waiting},
-        "waiting": waiting,
-        "blocking_tree": tree,
-        "oldest_xact_s": 3.5 + i if waiting else 0.01,
-        "rates": {"commits": 900.0 + i, "rollbacks": 0.0, "deadlocks": 0.0},
-    }
-    return Reading("postgres", T0 + i, True, 4.0, data)
-
-
-def _redis(i: int) -> Reading:
-    data = {
-        "version": "8.0.0",
-        "ops_per_sec": 1500.0,
-        "connected_clients": 9,
-        "blocked_clients": 1,
-        "used_memory": 2_000_000,
-        "maxmemory": 0,
-        "locks": [
-            {"key": "orders:lock:7", "holder": "w1:ab12", "pttl_ms": 4200, "age_s": 0.8},
-            {
-                "key": "cron:lock",
-                "holder": "host-3",
-                "pttl_ms": None,
-                "age_s": 60.0 + i,
-                "no_ttl": True,
-            },
-        ],  # fmt: skip
-        "queues": [
-            {"name": "jobs", "layout": "list", "depth": 10 * i, "in_flight": 2, "failed": 0}
-        ],
-    }
-    return Reading("redis", T0 + i, True, 2.0, data)
-
-
-def _pods(i: int) -> Reading:
-    data = {
-        "source": "kubernetes",
-        "namespace": "staging",
-        "containers": [
-            {"pod": "shop-7f9c", "container": "api", "cpu_cores": 0.45, "cpu_limit_cores": 0.5,
-             "memory_bytes": 300 * 2**20, "memory_limit_bytes": 512 * 2**20, "restarts": 1,
-             "last_reason": "OOMKilled"},
-            {"pod": "shop-8d1e", "container": "api", "cpu_cores": 0.12, "cpu_limit_cores": 0.5,
-             "memory_bytes": 200 * 2**20, "memory_limit_bytes": 512 * 2**20, "restarts": 0},
-        ],
-    }  # fmt: skip
-    return Reading("pods", T0 + i, True, 30.0, data)
-
-
-def make_ticks(n: int = 20, *, probes: bool = True, anomalies: bool = True) -> list[Tick]:
-    ticks = []
-    target = PLAN[0]
-    for i in range(n):
-        events: tuple[ControlEvent, ...] = ()
-        step = min(i // 7, len(PLAN) - 1)
-        if i % 7 == 0 and i // 7 < len(PLAN):
-            before, target = target, PLAN[step]
-            events = (
-                ControlEvent(T0 + i, "plan-step", "plan", before, target),
-                ControlEvent(T0 + i, "concurrency", "plan", before, target),
-            )
-        scen = []
-        for name, base in (("stock-reservation", 1500), ("redis-lock", 600)):
-            ops = 400 * target // (1 + i // 10)
-            scen.append(
-                ScenarioWindow(
-                    name=name,
-                    concurrency=target // 2,
-                    target=target // 2,
-                    started=ops,
-                    ok=ops - (3 if i == 15 else 0),
-                    failed=3 if i == 15 else 0,
-                    errors={"40P01": 3} if i == 15 else {},
-                    hist=_hist(base * (1 + i // 5), base * 4, max(ops, 1)),
-                )  # fmt: skip
-            )
-        active: list[Anomaly] = []
-        cleared: list[Anomaly] = []
-        if anomalies and i >= 12:
-            active.append(
-                Anomaly(
-                    "lock-chain:postgres",
-                    "lock-chain",
-                    "warning",
-                    "postgres",
-                    12,
-                    T0 + 12,
-                    "backend 4242 (idle in transaction) blocks 2 backends",
-                    {"root_pid": 4242},
-                )  # fmt: skip
-            )
-        if anomalies and 14 <= i < 17:
-            active.append(
-                Anomaly(
-                    "slo:stock-reservation",
-                    "slo-breach",
-                    "critical",
-                    "stock-reservation",
-                    14,
-                    T0 + 14,
-                    "p99 1200ms above the SLO 1000ms",
-                    {"p99": 1200},
-                )  # fmt: skip
-            )
-        if anomalies and i == 17:
-            cleared.append(
-                Anomaly(
-                    "slo:stock-reservation",
-                    "slo-breach",
-                    "critical",
-                    "stock-reservation",
-                    14,
-                    T0 + 14,
-                    "p99 1200ms above the SLO 1000ms",
-                    {"p99": 1200},
-                    cleared_tick=17,
-                    cleared_at=T0 + 17,
-                )  # fmt: skip
-            )
-        readings = {"postgres": _pg(i), "redis": _redis(i), "pods": _pods(i)} if probes else {}
-        ticks.append(
-            Tick(
-                index=i,
-                t=T0 + i + 1,
-                elapsed=float(i + 1),
-                interval=1.0,
-                mode="workers",
-                target_concurrency=target,
-                concurrency=target,
-                plan_step=step,
-                scenarios=tuple(scen),
-                readings=readings,
-                anomalies=tuple(active),
-                cleared=tuple(cleared),
-                events=events,
-            )  # fmt: skip
-        )
-    return ticks
-
-
-def make_recording(**kw: Any) -> Recording:
-    header = {
-        "type": "header",
-        "version": 1,
-        "run_id": "snap0001",
-        "started": T0,
-        "targets": {"postgres": "postgresql://app@db:5432/shop", "redis": "redis://cache:6379/0"},
-        "scenarios": [{"name": "stock-reservation", "weight": 1.0}],
-        "load": {"mode": "workers", "plan": PLAN, "step_seconds": 7, "interval_s": 1.0},
-    }
-    return Recording(header=header, ticks=make_ticks(**kw), end={"type": "end", "reason": "x"})
-
-
-def replay_app(**kw: Any) -> LoadtopApp:
+def replay_app(**kw: Any) -> ReplayConsole:
     return make_replay_app(make_recording(**kw), clock=lambda: T0, autoplay=False)
 
 
@@ -279,6 +73,7 @@ async def test_replay_keys_step_seek_and_play(tmp_path: Path) -> None:
         assert Path(app.exports[0]).with_suffix(".svg").exists()
         await pilot.press("q")
     assert app.return_code == 0
+    assert app.return_value == 0  # what app.run() hands `loadtop replay`
 
 
 async def test_replay_play_advances_and_stops_at_end() -> None:
@@ -375,8 +170,6 @@ async def test_blocker_details_in_replay_have_no_cancel_keys() -> None:
         table = app.query_one("#blockers", DataTable)
         table.focus()
         await pilot.press("enter")
-        from app.ui.screens import BlockerScreen
-
         assert isinstance(app.screen, BlockerScreen)
         assert app.screen.act is None
         assert "read-only" in screen_text(app)

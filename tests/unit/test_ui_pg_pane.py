@@ -13,10 +13,10 @@ from textual.widgets import DataTable
 
 from app.session.recording import Recording
 from app.tick import Reading, Tick
-from app.ui.main import LoadtopApp, make_replay_app
-from app.ui.panes import PostgresPane
+from app.ui.main import ReplayConsole, make_replay_app
+from app.ui.probe_panes import PostgresPane
 from app.ui.textshot import screen_text
-from tests.test_ui_replay import make_ticks
+from tests.unit.ticks import make_ticks
 
 T0 = 1_790_000_000.0
 
@@ -83,7 +83,7 @@ def pg_reading(i: int) -> Reading:
     return Reading("postgres", T0 + i, True, 4.0, data)
 
 
-def pg_app() -> LoadtopApp:
+def pg_app() -> ReplayConsole:
     ticks: list[Tick] = []
     for tk in make_ticks(6, anomalies=False):
         readings = dict(tk.readings)
