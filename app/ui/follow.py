@@ -19,10 +19,10 @@ from typing import Any
 
 from textual.binding import Binding
 
+from app import fmt
 from app.session.recording import RecordingError, RecordingTail
 from app.ui.console import Clock
 from app.ui.replay import ReplayConsole
-from app.ui.timeline import fmt_elapsed
 
 FOLLOW_KEYS = [
     ("end", "back to live (the newest tick, following)"),
@@ -119,7 +119,7 @@ class FollowConsole(ReplayConsole):
     def _replay_status(self) -> None:
         rp = self.replay
         n = len(rp.ticks)
-        at = fmt_elapsed(rp.ticks[rp.pos].elapsed) if n else "00:00"
+        at = fmt.clock(rp.elapsed[rp.pos]) if n else "00:00"
         if not n:
             state = "● waiting for the first tick"
         elif self.live:
