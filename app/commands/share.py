@@ -84,6 +84,11 @@ def team_outputs(cfg: RunConfig, say: Callable[[str], None]) -> Iterator[Callabl
             for line in web_summary(view):
                 say(line)
 
+            def count(session: Any, view: Any = view) -> None:
+                session.web_viewers = lambda: view.viewers
+
+            listeners.append(count)
+
         def attach(session: Any) -> None:
             for listen in listeners:
                 listen(session)

@@ -129,6 +129,8 @@ class Session:
         self._admin_conn: Any = None
         self._admin_lock: asyncio.Lock | None = None
         self._created_prefixes: set[str] = set()
+        # --web: how many browsers follow this session (set by the command)
+        self.web_viewers: Callable[[], int] | None = None
         self.messages: list[str] = []  # status lines (embedded servers, faults)
         self.procs: ProcessWorkers | None = None
         self.verifier: Verifier | None = None
