@@ -123,3 +123,14 @@ async def test_follow_console_shows_each_tick_within_a_tick(tmp_path: Path) -> N
         assert tail.ended and "ended: duration" in screen_text(app)
         await pilot.press("q")
     assert max(lags) < interval
+
+
+def test_follow_of_a_path_that_cannot_exist_is_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "app.cli", "replay", "--follow",
+                        str(tmp_path / "no-dir" / "x.jsonl")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1

@@ -24,7 +24,13 @@ class Replay:
         if not args.recording.strip():
             fail("the recording is empty text: give the path of a .jsonl recording")
         if args.follow:
+            from pathlib import Path
+
             from app.ui.follow import run_follow
+
+            where = Path(args.recording).parent
+            if not where.is_dir():
+                fail(f"--follow {args.recording}: directory {where} does not exist: check the path")
 
             try:
                 return run_follow(args.recording, viewers_file=args.viewers_file)
