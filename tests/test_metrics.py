@@ -162,8 +162,8 @@ def test_the_flag_serves_metrics_during_a_cli_run(pg_dsn: str) -> None:
     port = _free_port()
     p = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "run", "--headless", "-s", "pg-select", "--pg", pg_dsn,
-         "-d", "4s", "--no-probes", "--metrics", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+         "-d", "8s", "--no-probes", "--metrics", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "LOADTOP_METRICS": ""},
     )  # fmt: skip
     try:
@@ -181,11 +181,18 @@ def test_the_flag_serves_metrics_during_a_cli_run(pg_dsn: str) -> None:
         assert scraped is not None, "no scrape with a tick"
         assert _value(scraped["loadtop_operations"], "loadtop_operations_total",
                       scenario="pg-select", outcome="ok") > 0  # fmt: skip
-        _, err = p.communicate(timeout=60)
+        # scrapers that leave mid-answer: EPIPE in the server's thread, never a
+        # SIGPIPE that would stop the run as if its stdout had closed
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and gone, unread
+        out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0, err
+    assert "stopped: duration" in out, out
+    assert "Traceback" not in err and "reset" not in err, err
     assert f"metrics on http://127.0.0.1:{port}/metrics" in err
 
 

@@ -99,8 +99,11 @@ def _viewers() -> list[psutil.Process]:
     return out
 
 
-def test_web_view_in_a_browser_read_only(pg_dsn: str) -> None:
+def test_web_view_in_a_browser_read_only(pg_dsn: str, tmp_path: Path) -> None:
+    """The screenshot goes to docs/web-view.png (the README's) with
+    LOADTOP_UPDATE_DOCS=1, else to a temporary directory."""
     sync_playwright = _playwright()
+    shot = (DOCS if os.environ.get("LOADTOP_UPDATE_DOCS") == "1" else tmp_path) / "web-view.png"
     port, token = _free_port(), "test-token-2f9c1a"
     run = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "run", "--headless", "-s", "pg-select", "--pg", pg_dsn,
@@ -143,12 +146,19 @@ def test_web_view_in_a_browser_read_only(pg_dsn: str) -> None:
                 for key in ("p", "+", "]", "x", "Space", "End"):
                     page.keyboard.press(key)
                 page.wait_for_timeout(1500)
-                page.screenshot(path=str(DOCS / "web-view.png"))
+                page.screenshot(path=str(shot))
             finally:
                 browser.close()
         assert _viewers(), "the viewer's replay --follow process"
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=60)
+    except BaseException:
+        if run.poll() is not None:  # say why the run is gone
+            print(
+                f"the run ended with {run.returncode}: {run.stderr.read()[-2000:]}"
+                f" {run.stdout.read()[-2000:] if run.stdout else ''}"
+            )
+        raise
     finally:
         if run.poll() is None:
             run.kill()
@@ -162,7 +172,7 @@ def test_web_view_in_a_browser_read_only(pg_dsn: str) -> None:
     while _viewers() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _viewers()
-    assert (DOCS / "web-view.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
 
 def test_viewer_keys_never_reach_the_load(pg_dsn: str, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, genera
 from prometheus_client.registry import CollectorRegistry
 
 from app import __version__
+from app.frontends.streams import block_sigpipe
 from app.tick import HIST_MAX_US, Tick, mean_value
 
 # Bucket bounds in seconds: 1-2.5-5 steps from 25 µs (a Redis command on
@@ -250,14 +251,24 @@ class MetricsServer:
                 pass  # the console owns the terminal
 
         family = _family(host)
-        server_cls = type("Server", (ThreadingHTTPServer,), {"address_family": family,
-                                                             "daemon_threads": True})  # fmt: skip
+
+        class Server(ThreadingHTTPServer):
+            address_family = family
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a scraper that left mid-answer: nothing to print on the console
+
+        server_cls = Server
         self.httpd = server_cls((host, port), Handler)
         self.host = host
         self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="loadtop-metrics", daemon=True
-        )
+
+        def serve() -> None:
+            block_sigpipe()
+            self.httpd.serve_forever()
+
+        self._thread = threading.Thread(target=serve, name="loadtop-metrics", daemon=True)
 
     @property
     def url(self) -> str:

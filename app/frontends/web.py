@@ -32,6 +32,8 @@ from aiohttp import web
 from textual_serve.app_service import AppService
 from textual_serve.server import Server
 
+from app.frontends.streams import block_sigpipe
+
 COOKIE = "loadtop_web_token"
 
 
@@ -215,6 +217,7 @@ class WebView:
                 self.port = int(sockets[0].getsockname()[1])
 
         def main() -> None:
+            block_sigpipe()  # a browser that leaves is not the run's stdout closing
             loop = asyncio.new_event_loop()
             self._loop = loop
             try:
