@@ -222,3 +222,24 @@ def test_web_needs_a_recording_it_can_follow() -> None:
                         "--record", "/dev/null", "--web", "127.0.0.1:0"],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 2 and "not a regular file" in p.stderr, p.stderr
+
+
+def test_off_loopback_a_token_is_generated_printed_and_checked(tmp_path: Path) -> None:
+    from app.frontends.web import WebView, web_summary
+
+    view = WebView(tmp_path / "r.jsonl", "0.0.0.0", 0).start()
+    try:
+        lines = web_summary(view)
+        assert view.generated and view.token and any(view.token in x for x in lines[1:])
+        assert (
+            lines[0] == f"web view (read-only) on http://127.0.0.1:{view.port}/?token={view.token}"
+        )
+        base = f"http://127.0.0.1:{view.port}"
+        assert _status(f"{base}/") == 403
+        assert _status(f"{base}/?token={view.token[:-1]}") == 403
+        assert _status(f"{base}/ws") == 403
+        assert _status(f"{base}/?token={view.token}") == 200
+        assert (tmp_path / "r.jsonl.viewers").read_text().strip() == "0"
+    finally:
+        view.close()
+    assert not (tmp_path / "r.jsonl.viewers").exists()
