@@ -1,8 +1,9 @@
 """The `loadtop` command: parse, dispatch to a command (app.commands), and
 turn bad input into one line on stderr.
 
-Exit codes: 0 ran and every threshold held; 1 a threshold or an invariant
-failed; 2 bad input (one line on stderr that says what to fix, no traceback).
+Exit codes (EXIT_CODES_HELP, also in --help): the run's verdict, from
+app.session.report.verdict: 0 PASS; 1 FAIL or INCOMPLETE; 2 bad input (one
+line on stderr that says what to fix, no traceback).
 No traceback reaches the screen: an unexpected exception is one line (exit 2
 before a run starts, 1 once it has), its traceback goes to a log file whose
 path the line names.
@@ -37,12 +38,26 @@ class _Parser(argparse.ArgumentParser):
              if " " in self.prog else f"{message} (see `loadtop --help`)")  # fmt: skip
 
 
+EXIT_CODES_HELP = """exit codes (the report's verdict):
+  0  PASS: complete; every threshold, SLO and verify() held; cleanup complete
+  1  FAIL: one of them broke, no operation succeeded, a final verify() could
+     not run, cleanup left something (the commands to remove it are printed),
+     or a failing anomaly was raised; INCOMPLETE: the run ended in an error
+  2  bad input (one line on stderr says what to fix)
+`loadtop report` exits 0 once the report is written, whatever its verdict."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="loadtop", description="A live console for concurrency stress tests.")
+    raw = argparse.RawDescriptionHelpFormatter
+    ap = _Parser(prog="loadtop", description="A live console for concurrency stress tests.",
+                 epilog=EXIT_CODES_HELP, formatter_class=raw)  # fmt: skip
     ap.add_argument("--version", action="version", version=f"loadtop {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
-        command.add_arguments(sub.add_parser(command.name, help=command.help))
+        epilog = EXIT_CODES_HELP if command.name in ("run", "watch", "demo") else None
+        command.add_arguments(
+            sub.add_parser(command.name, help=command.help, epilog=epilog, formatter_class=raw)
+        )
     return ap
 
 

@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -201,6 +202,24 @@ class DemoService:
         self.redis_url = redis_url
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._closing = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    def supervise(self, backoff: float = 0.2) -> None:
+        """Restart the service when it dies (a pod-kill fault), as a Deployment
+        would: a thread that respawns it (PR_SET_PDEATHSIG is per thread, so the
+        thread that forks a new one lives as long as the service) until close()."""
+
+        def loop() -> None:
+            while not self._closing.wait(backoff):
+                p = self.proc
+                if p is not None and p.poll() is not None and not self._closing.is_set():
+                    self.restarts += 1
+                    self.spawn()
+
+        self._supervisor = threading.Thread(target=loop, name="demo-supervisor", daemon=True)
+        self._supervisor.start()
 
     @property
     def url(self) -> str:
@@ -247,6 +266,9 @@ class DemoService:
         return self.proc.pid if self.proc is not None else None
 
     def close(self) -> None:
+        self._closing.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(5)
         p, self.proc = self.proc, None
         if p is None or p.poll() is not None:
             return

@@ -16,6 +16,7 @@ rest of loadtop, so any layer may use it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 NONE = "-"  # what a missing figure reads as
 
@@ -192,7 +193,7 @@ def time_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return _ticks(lo, hi, n, _TIME_STEPS + [d * 86400 for d in (1, 2, 7, 14, 28)])
 
 
-def _ticks(lo: float, hi: float, n: int, steps: list[float]) -> list[float]:
+def _ticks(lo: float, hi: float, n: int, steps: Sequence[float]) -> list[float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
     if hi <= lo:

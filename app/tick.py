@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from ctypes import addressof
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from hdrh.histogram import HdrHistogram
 from pyhdrh import add_array as _add_array
@@ -173,7 +173,8 @@ def _decode_raw(text: str) -> HdrHistogram:
 def _counts(h: HdrHistogram) -> memoryview:
     """The histogram's counts up to its highest recorded value, as C integers."""
     top = h._counts_index_for(h.get_max_value()) + 1
-    fmt = {2: "H", 4: "I", 8: "Q"}[h.word_size]
+    fmts: dict[int, Literal["H", "I", "Q"]] = {2: "H", 4: "I", 8: "Q"}
+    fmt = fmts[h.word_size]
     return memoryview(h.counts).cast("B").cast(fmt)[:top]
 
 
@@ -679,7 +680,7 @@ def tick_from_json(d: Mapping[str, Any]) -> Tick:
                 ok=int(s["ok"]),
                 failed=int(s["failed"]),
                 errors={str(k): int(v) for k, v in s.get("errors", {}).items()},
-                hist=lazy_hist(s["hist"]),  # type: ignore[arg-type]
+                hist=lazy_hist(s["hist"]),
                 scheduled=int(s.get("scheduled", 0)),
                 dropped=int(s.get("dropped", 0)),
                 lag_ms=float(s.get("lag_ms", 0.0)),

@@ -161,7 +161,8 @@ class HttpRequest(Scenario):
         super().__init__(params)
         self.cfg: dict[str, Any] | None = None
         self.httpx: Any = None
-        # GET, HEAD and OPTIONS may run under --readonly; any other method writes
+        # GET, HEAD and OPTIONS may run under --readonly; any other method writes.
+        # `writes` is a ClassVar on Scenario; here the instance's method decides it.
         method = self.params.get("method", "GET").strip().upper()
         self.writes = method not in ("GET", "HEAD", "OPTIONS")  # type: ignore[misc]
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
+
+from redis.typing import EncodableT, FieldT
 
 from app.engine.errors import OperationError
 from app.scenario import Context, Param, Scenario, ScenarioError
@@ -445,7 +447,9 @@ class RedisQueue(Scenario):
             job = int(raw)
             self._crash(ctx, cfg, job)
             await self._process(ctx, cfg, job)
-            await r.lrem(q, -1, raw)  # ... and remove it later: two consumers got it
+            # ... and remove it later: two consumers got it. (redis-py types lrem's value
+            # as str, but it sends bytes as they are, like every other value.)
+            await r.lrem(q, -1, cast(str, raw))
             return
         got = await r.brpop([q], timeout=cfg["block_ms"] / 1000.0)
         if got is None:
@@ -470,7 +474,9 @@ class RedisQueue(Scenario):
             got = await r.xreadgroup(g, me, {q: ">"}, count=1, block=cfg["block_ms"])
             if not got:
                 return
-            messages = got[0][1]
+            # redis-py types the RESP2 and RESP3 shapes together; this client speaks
+            # RESP2 (the default): a list of [stream, messages]
+            messages = cast(list[list[Any]], got)[0][1]
         for msg_id, fields in messages:
             job = int(fields.get(b"job", fields.get("job", 0)))
             if cfg["mode"] == "unsafe":
@@ -750,7 +756,7 @@ class SessionIsolation(Scenario):
         st["n"] += 1
         nonce = f"{st['n']}:{ctx.rng.getrandbits(32):08x}"
         mine = st["key"]
-        data = {"owner": str(ctx.worker), "nonce": nonce}
+        data: dict[FieldT, EncodableT] = {"owner": str(ctx.worker), "nonce": nonce}
         for i in range(st["fields"]):
             data[f"f{i}"] = f"w{ctx.worker}-{i}"
         if st["unsafe"]:

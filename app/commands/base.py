@@ -25,8 +25,8 @@ __all__ = [
 class Command(Protocol):
     """One `loadtop` subcommand. `cli` adds a subparser named `name` with
     `help`, lets the command add its arguments, and calls `run` with the
-    parsed arguments; `run` returns the exit code (0 ok, 1 a threshold or an
-    invariant failed, 2 bad input) or raises `UsageError` for bad input."""
+    parsed arguments; `run` returns the exit code (the run's verdict: 0 PASS,
+    1 FAIL or INCOMPLETE, 2 bad input) or raises `UsageError` for bad input."""
 
     name: str
     help: str

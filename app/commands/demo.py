@@ -17,12 +17,16 @@ from typing import TYPE_CHECKING, Any
 from app.session.config import build_run_config
 
 if TYPE_CHECKING:
+    from app.scenario import Scenario
     from app.session.runner import RunConfig
 
 DEMO_SCENARIOS = ("stock-reservation", "redis-lock", "redis-queue")
 HTTP_SCENARIOS = ("http-reserve", "http")  # the first one present is used
 DEMO_PLAN = [4, 8, 16, 32]
 DEMO_STEP_SECONDS = 15.0
+# what the console's fault menu pre-fills: the demo service's own connections and table
+DEMO_FAULT_HINTS = {"pg_app": "demo-shop", "redis_name": "demo-shop",
+                    "pg_table": "loadtop_demo_shop.products", "pg_row": "1"}  # fmt: skip
 
 
 class Demo:
@@ -34,6 +38,10 @@ class Demo:
         parser.add_argument("--duration", "-d", metavar="T")
         parser.add_argument("--record", metavar="F.jsonl")
         parser.add_argument("--export", metavar="F.md")
+        parser.add_argument("--allow-faults", action="store_true", default=None,
+                            help="the f menu and --fault may hit the demo's servers and service")  # fmt: skip
+        parser.add_argument("--fault", action="append", metavar="SPEC",
+                            help="e.g. 'at=40s,kind=pod-kill' (repeatable; needs --allow-faults)")  # fmt: skip
         from app.commands.share import add_team_flags
 
         add_team_flags(parser)
@@ -42,7 +50,7 @@ class Demo:
         return run_demo(args)
 
 
-def demo_mix() -> list[tuple[type, float]]:
+def demo_mix() -> list[tuple[type[Scenario], float]]:
     """stock-reservation plus the Redis and HTTP scenarios this build has."""
     from app.scenario import builtin_scenarios
 
@@ -64,6 +72,8 @@ def demo_config(
     record: str | None = None,
     export: str | None = None,
     local_pids: dict[str, Any] | None = None,
+    allow_faults: bool | None = None,
+    faults: list[str] | None = None,
     metrics: str | None = None,
     web: str | None = None,
     web_token: str | None = None,
@@ -81,6 +91,8 @@ def demo_config(
         duration=None if duration is None else str(duration),
         record=record,
         export=export,
+        allow_faults=True if allow_faults is None else allow_faults,  # all its own servers
+        fault=faults,
         metrics=metrics,
         web=web,
         web_token=web_token,
@@ -156,6 +168,8 @@ def run_demo(args: Any) -> int:
         duration=getattr(args, "duration", None),
         record=getattr(args, "record", None),
         export=getattr(args, "export", None),
+        allow_faults=getattr(args, "allow_faults", None),
+        faults=getattr(args, "fault", None),
         metrics=getattr(args, "metrics", None),
         web=getattr(args, "web", None),
         web_token=getattr(args, "web_token", None),
@@ -196,14 +210,18 @@ def run_demo(args: Any) -> int:
         if isinstance(service_f.exception(), RuntimeError):
             _say(str(service_f.exception()))
             return 2
-        for f in (pg_f, redis_f, service_f):
-            if f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
+        for done in (pg_f, redis_f, service_f):
+            exc = done.exception()
+            if exc is not None:
+                raise exc
         _say(f"demo service on {service.url} (POST /reserve, GET /stock/{{id}})")
         cfg.pg_dsn, cfg.redis_url = pg.dsn, redis.url
         if "http" in {n for cls, _ in cfg.scenarios for n in cls.needs}:
             cfg.http_url = service.url
         cfg.local_pids = demo_processes(pg, redis)
+        service.supervise()  # a killed service comes back, as under a Deployment
+        cfg.fault_processes = {"demo-service": lambda: service.pid}
+        cfg.fault_hints = DEMO_FAULT_HINTS
         if headless:
             from app.frontends.headless import headless_printer, run_headless
 

@@ -75,7 +75,15 @@ def run_console(session: Any, cleanup: Callable[[], None] | None = None) -> int:
     from app.ui.main import run_session_console
 
     try:
-        return run_session_console(session, say=say_err, cleanup=cleanup)
+        code = run_session_console(session, say=say_err, cleanup=cleanup)
+        outcome = getattr(session, "outcome", None)
+        if outcome is not None and getattr(outcome, "why", "") and outcome.exit_code != 2:
+            # the verdict, as in the report; its code also after an error mid-run
+            # (INCOMPLETE, 1), which the console alone would call bad input (2);
+            # bad input stays the console's one line
+            say_err(f"{outcome.verdict}: {outcome.why}")
+            return int(outcome.exit_code)
+        return code
     except OSError as e:
         outcome = getattr(session, "outcome", None)
         if not stdout_gone(e) or outcome is None:
@@ -99,13 +107,22 @@ def add_load(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-concurrency", metavar="N",
                    help=f"hard cap on workers (default 256; at most {MAX_WORKERS})")  # fmt: skip
     g.add_argument("--abort-on", action="append", metavar="EXPR",
-                   help="stop the load when it holds 3 ticks: p95>500ms, errors>1%%, ops<100/s")  # fmt: skip
+                   help="stop the load when it holds 3 ticks: p95>500ms, errors>1%%, ops<100/s,"
+                   " recovery>30s (a fault's recovery)")  # fmt: skip
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--processes", metavar="N",
                    help="run the workers in N processes when one core is not enough (default 1)")  # fmt: skip
     g.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="a scenario parameter (`loadtop scenarios` lists each one's)")  # fmt: skip
     g.add_argument("--interval", metavar="T", help="tick length (default 1s)")
+    f = p.add_argument_group("faults (chaos under load)")
+    f.add_argument("--fault", action="append", metavar="SPEC",
+                   help="inject a fault at a time: 'at=30s,kind=pod-kill',"
+                   " 'at=60s,kind=redis-pause,ms=5000' (repeatable; needs --allow-faults)")  # fmt: skip
+    f.add_argument("--allow-faults", action="store_true", default=None,
+                   help="let --fault and the console's f menu hit the targets for real")  # fmt: skip
+    f.add_argument("--http-via-proxy", action="store_true", default=None,
+                   help="send the HTTP load through a loopback proxy (http-latency/-drop/-503)")  # fmt: skip
 
 
 @contextlib.contextmanager

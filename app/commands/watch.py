@@ -24,7 +24,9 @@ class Watch:
         add_team_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        """Until --duration, Ctrl-C, SIGTERM or SIGHUP. Exit code 0, 2 for bad input."""
+        """Until --duration, Ctrl-C, SIGTERM or SIGHUP. The exit code is the
+        watch's verdict (0 PASS, 1 FAIL: a critical or failing anomaly was
+        raised), 2 for bad input."""
         cfg = build_run_config(args, watch=True)  # checks --record / --export too
         forget_secret_environment()
         mark_run_started()
@@ -41,5 +43,4 @@ class Watch:
 
             session = WatchSession(cfg, printer=headless_printer(cfg))
             attach(session)
-            code = run_headless(session)
-            return 0 if code != 2 else 2
+            return run_headless(session)

@@ -93,6 +93,11 @@ class TickView:
 # ---- detectors -----------------------------------------------------------------
 
 
+# `Detector.Options` (the class attribute) shadows the module-level class inside
+# the class body, so annotations there name the base class through this alias.
+_BaseOptions = Options
+
+
 class Detector:
     """One kind of anomaly. Subclasses set `kind`, `Options`, and `check`."""
 
@@ -102,7 +107,7 @@ class Detector:
     clear_ticks: ClassVar[int] = 3
     description: ClassVar[str] = ""
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: _BaseOptions | None = None) -> None:
         self.opt = options if options is not None else self.Options()
 
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:

@@ -163,13 +163,11 @@ def server_errors_md(data: dict[str, Any] | None) -> list[str]:
 
 
 def headline_notes(s: dict[str, Any], lines: list[str]) -> list[str]:
-    """Lines under the report's headline: server-side errors (which also turn
-    a PASS headline, `lines[2]`, into FAIL) and what the probes could not see."""
+    """Lines under the report's headline: server-side errors (which the
+    verdict counts too) and what the probes could not see."""
     out: list[str] = []
     bad = server_errors_bad(s.get("server_errors"), s.get("anomaly_kinds") or ())
-    if bad:
-        if len(lines) > 2 and lines[2].startswith("**PASS**"):
-            lines[2] = "**FAIL**" + lines[2][len("**PASS**") :]
+    if bad:  # the headline already says FAIL: app.session.report.verdict reads these
         out += [f"Server side: {', '.join(bad)} (see Errors).", ""]
     return out + blind_md(s.get("probe_blind") or [])
 

@@ -43,6 +43,10 @@ class _Episodes:
     def add(self, tk: Tick, t0: float) -> None:
         eps = self.eps
         for a in (*tk.anomalies, *tk.cleared):
+            if a.kind == "fault":
+                # what was done, not what was found: the report's Faults section
+                # has it, with its baseline, impact and recovery
+                continue
             ident = (a.key, a.started_tick)
             ep = eps.get(ident)
             if ep is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,10 @@ class _Worker:
     idle: bool = False  # open model: waiting for an intended start
 
 
+CONNECTS_AT_ONCE = 64  # a pool's connection attempts in flight at one time
+SLICE_S = 0.001  # the rate scheduler's batch: starts closer than this are laid per slice
+
+
 class ScenarioRun:
     """One scenario's workers, open window and scheduler in a pool."""
 
@@ -63,6 +68,8 @@ class ScenarioRun:
         self.scheduler: asyncio.Task | None = None
         self.never_connected: set[int] = set()
         self.ever_connected: set[int] = set()
+        self.high = 0  # worker indexes below this were handed out ...
+        self.free: list[int] = []  # ... and these of them are free again (a heap)
         self.redact = redact  # the session's Redactor
 
     def active(self) -> int:
@@ -125,6 +132,8 @@ class WorkerPool:
         self._shares = [0] * len(self.runs)
         self._rates: list[float] = []
         self._closing = False
+        self._reconcile_soon = False
+        self._connect_slots: asyncio.Semaphore | None = None
         self._bg: list[asyncio.Task] = []
         self._events: list[tuple[float, str, str]] = []  # (wall time, kind, note)
 
@@ -198,13 +207,20 @@ class WorkerPool:
                     # a rate-mode worker waiting for a start must not wait forever
                     w.task.cancel()
         for i, (r, share) in enumerate(zip(self.runs, shares, strict=True)):
+            # counted once, then kept up to date: r.active() is O(workers), and
+            # calling it per spawn made 10,000 workers take seconds to start
+            active = r.active()
             for w in sorted(r.workers.values(), key=lambda w: w.index):
-                if r.active() >= share:
+                if active >= share:
                     break
                 if w.stopping and not (w.task is not None and w.task.cancelling()):
                     w.stopping = False  # revive a worker that is still finishing
-            while r.active() < share and self.live_total < self.cap:
+                    active += 1
+            live = self.live_total
+            while active < share and live < self.cap:
                 self._spawn(r)
+                active += 1
+                live += 1
             if self.mode == "rate":
                 r.rate = rates[i] if rates else 0.0
                 if share and r.rate > 0 and not self.paused:
@@ -213,9 +229,16 @@ class WorkerPool:
                     self._stop_scheduler(r)
 
     def _spawn(self, r: ScenarioRun) -> None:
-        idx = self.worker_offset
-        while idx in r.workers:
-            idx += 1
+        # the lowest free worker index, without scanning the workers (O(1) per
+        # spawn: the scan made 10,000 workers take seconds to start)
+        r.high = max(r.high, self.worker_offset)
+        while r.free and r.free[0] in r.workers:
+            heapq.heappop(r.free)
+        if r.free:
+            idx = heapq.heappop(r.free)
+        else:
+            idx = r.high
+            r.high += 1
         ctx = Context(
             worker=idx,
             params=r.params,
@@ -237,24 +260,40 @@ class WorkerPool:
     def _worker_done(self, r: ScenarioRun, w: _Worker) -> None:
         if r.workers.get(w.index) is w:
             del r.workers[w.index]
+            heapq.heappush(r.free, w.index)
         if not w.connected_once and r.needs_pg:
             r.never_connected.add(w.index)
-        # a worker leaving frees capacity: a deferred step-up may proceed
+        # a worker leaving frees capacity: a deferred step-up may proceed; one
+        # reconcile for all the workers leaving together (each is O(workers))
+        if not self._closing and not self._reconcile_soon:
+            self._reconcile_soon = True
+            asyncio.get_running_loop().call_soon(self._deferred_reconcile)
+
+    def _deferred_reconcile(self) -> None:
+        self._reconcile_soon = False
         if not self._closing:
-            asyncio.get_running_loop().call_soon(self.reconcile)
+            self.reconcile()
 
     async def _connect(self, r: ScenarioRun, w: _Worker) -> bool:
         import asyncpg
 
+        if self._connect_slots is None:
+            self._connect_slots = asyncio.Semaphore(CONNECTS_AT_ONCE)
         try:
-            w.ctx.conn = await asyncpg.connect(
-                self.clients.pg_dsn,
-                timeout=10,
-                server_settings={
-                    "application_name": f"loadtop:{r.name}:w{w.index}"[:63],
-                    **self.clients.pg_settings,
-                },
-            )
+            # at most CONNECTS_AT_ONCE connection attempts in flight: 10,000
+            # workers starting at once would otherwise storm the server (each
+            # attempt forks a backend, refused or not) and starve this loop:
+            # no tick, and a stop that waits for them
+            async with self._connect_slots:
+                conn = await asyncpg.connect(
+                    self.clients.pg_dsn,
+                    timeout=10,
+                    server_settings={
+                        "application_name": f"loadtop:{r.name}:w{w.index}"[:63],
+                        **self.clients.pg_settings,
+                    },
+                )
+            w.ctx.conn = conn
             w.connected_once = True
             r.ever_connected.add(w.index)
             r.never_connected.discard(w.index)
@@ -279,14 +318,23 @@ class WorkerPool:
                     # a run() that never suspends (pure CPU, or failing before its
                     # first await) would otherwise starve the loop: no tick, no stop
                     await asyncio.sleep(0)
-                if backoff:
-                    await asyncio.sleep(backoff)
-                    if w.stopping:
-                        break
                 need_conn = r.needs_pg and (ctx.conn is None or ctx.conn.is_closed())
-                if need_conn and not await self._connect(r, w):
-                    backoff = min(max(backoff * 2, 0.05), 1.0)
-                    continue
+                if backoff or need_conn:
+                    # no operation in flight while backing off or connecting: a
+                    # stopping pool cancels such a worker at once, not after the
+                    # drain (10,000 workers connecting must not hold up shutdown)
+                    w.idle = True
+                    try:
+                        if backoff:
+                            await asyncio.sleep(backoff)
+                        if w.stopping:
+                            break
+                        connected = not need_conn or await self._connect(r, w)
+                    finally:
+                        w.idle = False
+                    if not connected:
+                        backoff = min(max(backoff * 2, 0.05), 1.0)
+                        continue
                 if r.queue is not None and self.mode == "rate":
                     w.idle = True
                     try:
@@ -351,27 +399,38 @@ class WorkerPool:
     async def _schedule(self, r: ScenarioRun) -> None:
         """Lay intended start times at r.rate per second. The backlog of starts
         no worker has taken is bounded by the worker count: a start beyond it is
-        dropped (and counted), as pgbench's --rate skips late transactions."""
+        dropped (and counted), as pgbench's --rate skips late transactions.
+
+        Constant work per scheduling slice at any rate: the starts due since
+        the last slice are counted arithmetically, at most the free backlog
+        slots are queued, the rest are dropped in one sum; every slice yields
+        to the loop (at least SLICE_S apart once the gap is shorter than that)."""
         perf = time.perf_counter
         nxt = perf()
         assert r.queue is not None
+        queue = r.queue
         while True:
             rate = r.rate
             if rate <= 0:
                 return
+            gap = 1.0 / rate
+            now = perf()
+            # sleep until the next start, but never spin: below SLICE_S between
+            # starts, wake once a slice and take the slice's starts as a batch
+            wait = max(nxt - now, SLICE_S if gap < SLICE_S else 0.0)
+            await asyncio.sleep(wait)
             now = perf()
             if nxt > now:
-                await asyncio.sleep(nxt - now)
-            now = perf()
-            gap = 1.0 / rate
-            while nxt <= now:
-                win = r.win
-                win.scheduled += 1
-                if r.queue.qsize() >= max(r.active(), 1):
-                    win.dropped += 1
-                else:
-                    r.queue.put_nowait(nxt)
-                nxt += gap
+                continue
+            due = int((now - nxt) / gap) + 1
+            free = max(max(r.active(), 1) - queue.qsize(), 0)
+            put = min(due, free)
+            for k in range(put):
+                queue.put_nowait(nxt + k * gap)
+            win = r.win
+            win.scheduled += due
+            win.dropped += due - put
+            nxt += due * gap
 
     # ---- ending --------------------------------------------------------------------
     def _terminate_worker_backends(

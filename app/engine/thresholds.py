@@ -1,7 +1,8 @@
 """`--abort-on` thresholds and the SLO verdict.
 
 An expression is `<metric><op><number><unit>`: `p95>500ms`, `p99>1s`,
-`errors>1%`, `ops<100/s`. It is evaluated on every tick's figures (all
+`errors>1%`, `ops<100/s`, `recovery>30s` (a fault's time to
+recover, app/faults/recovery.py). It is evaluated on every tick's figures (all
 scenarios together); it *trips* when it has held for `grace` consecutive
 ticks (3 by default), and then the load stops.
 """
@@ -14,12 +15,26 @@ from dataclasses import dataclass
 from app.tick import Percentiles, ThresholdStatus, Tick
 
 _EXPR = re.compile(
-    r"^\s*(?P<metric>p50|p90|p95|p99|p99\.9|p999|max|mean|errors|error_rate|ops|rps)\s*"
+    r"^\s*(?P<metric>p50|p90|p95|p99|p99\.9|p999|max|mean|errors|error_rate|ops|rps|recovery)\s*"
     r"(?P<op><=|>=|<|>)\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|us|µs|%|/s)?\s*$"
 )
 
 DEFAULT_SLO = {"p95_ms": 500.0, "p99_ms": 1000.0, "error_pct": 0.1}
 GRACE_TICKS = 3
+
+
+def recovery_seconds(tick: Tick) -> float | None:
+    """The longest recovery among the `fault` anomalies of the tick (app.faults.
+    recovery): a finished one's time, or the time so far for one still recovering."""
+    best = None
+    for a in (*tick.anomalies, *tick.cleared):
+        if a.kind != "fault":
+            continue
+        ev = a.evidence
+        v = ev.get("recovery_s") if ev.get("recovered") else ev.get("recovering_s")
+        if v is not None:
+            best = float(v) if best is None else max(best, float(v))
+    return best
 
 
 class ThresholdError(ValueError):
@@ -49,6 +64,10 @@ class Threshold:
         if metric in ("errors",):
             if unit not in ("%", ""):
                 raise ThresholdError(f"--abort-on {text!r}: errors take a percentage, e.g. 1%")
+        elif metric == "recovery":
+            if unit not in ("s", "ms", ""):
+                raise ThresholdError(f"--abort-on {text!r}: recovery takes s, e.g. recovery>30s")
+            num = num / 1000.0 if unit == "ms" else num
         elif metric == "ops":
             if unit not in ("/s", ""):
                 raise ThresholdError(f"--abort-on {text!r}: ops take a rate, e.g. 100/s")
@@ -59,6 +78,8 @@ class Threshold:
         return cls(expr=text.strip(), metric=metric, op=m["op"], limit=num)
 
     def value(self, tick: Tick) -> float | None:
+        if self.metric == "recovery":
+            return recovery_seconds(tick)
         if self.metric == "ops":
             return tick.ops_per_s
         if self.metric == "errors":
@@ -96,7 +117,9 @@ class ThresholdSet:
     def evaluate(self, tick: Tick) -> tuple[ThresholdStatus, ...]:
         out = []
         for i, th in enumerate(self.thresholds):
-            if tick.paused or (tick.concurrency == 0 and th.metric == "ops"):
+            if th.metric != "recovery" and (
+                tick.paused or (tick.concurrency == 0 and th.metric == "ops")
+            ):
                 # no load, no verdict: a paused run does not trip ops<N/s
                 self._streak[i] = 0
                 out.append(ThresholdStatus(th.expr, None, False, 0, False))
@@ -104,7 +127,8 @@ class ThresholdSet:
             v = th.value(tick)
             breached = th.holds(v)
             self._streak[i] = self._streak[i] + 1 if breached else 0
-            tripped = self._streak[i] >= self.grace
+            # a recovery longer than the limit is a fact, not a noisy figure: no grace
+            tripped = self._streak[i] >= self.grace or (breached and th.metric == "recovery")
             st = ThresholdStatus(th.expr, v, breached, self._streak[i], tripped)
             if tripped and self.tripped is None:
                 self.tripped = st

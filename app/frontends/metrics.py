@@ -78,7 +78,7 @@ def bucket_counts(h: Any, bounds_us: Sequence[int]) -> list[int]:
     if not total:
         return [0 for _ in bounds_us]
     top = h._counts_index_for(h.get_max_value()) + 1
-    fmt = {2: "H", 4: "I", 8: "Q"}[h.word_size]
+    fmt: Any = {2: "H", 4: "I", 8: "Q"}[h.word_size]
     counts = memoryview(h.counts).cast("B").cast(fmt)[:top]
     cum = list(itertools.accumulate(counts))
     out = []

@@ -127,9 +127,13 @@ class _ReadOnlyServer(Server):
         service: AppService | None = None
         try:
             await websocket.prepare(request)
+
+            async def close() -> None:
+                await websocket.close()
+
             service = AppService(
                 self.command, write_bytes=websocket.send_bytes, write_str=websocket.send_str,
-                close=websocket.close, download_manager=self.download_manager,
+                close=close, download_manager=self.download_manager,
             )  # fmt: skip
             self.services.add(service)
             await service.start(width, height)

@@ -346,8 +346,8 @@ class KubeClient(_Paged):
             fresh = c is not None and (
                 c.expires is None or c.expires > now + 10 or now - c.obtained < 1.0
             )
-            if fresh and (stale is None or c is not stale):
-                return c  # type: ignore[return-value]
+            if c is not None and fresh and (stale is None or c is not stale):
+                return c
             self._exec_cred = c = await run_exec_plugin(self.cfg, timeout=max(self.timeout, 10.0))
             return c
 
@@ -404,6 +404,19 @@ class KubeClient(_Paged):
         if resp.status_code == 401 and self.cfg.exec:
             headers, _ = await self._prepare(stale=cred)
             resp = await self._http.get(path, params=params, headers=headers, extensions=extensions)
+        return resp
+
+    async def delete(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        """DELETE with credentials (pod-kill, app/faults/actions.py: the one write)."""
+        headers, cred = await self._prepare()
+        assert self._http is not None
+        extensions = {"sni_hostname": self.cfg.tls_server_name} if self.cfg.tls_server_name else {}
+        resp = await self._http.delete(path, params=params, headers=headers, extensions=extensions)
+        if resp.status_code == 401 and self.cfg.exec:
+            headers, _ = await self._prepare(stale=cred)
+            resp = await self._http.delete(
+                path, params=params, headers=headers, extensions=extensions
+            )
         return resp
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from app.probes.schema import PgBackend, PgBlockNode
+from app.probes.schema import PgBackend, PgBlockNode, PgWait
 
 MAX_LOCK_ROWS = 5000
 MAX_TREES = 10
@@ -86,7 +86,7 @@ def lock_object(row: Mapping[str, Any]) -> str:
 
 def waits_for(
     lock_rows: Iterable[Mapping[str, Any]], blocked_by: Mapping[int, list[int]]
-) -> tuple[dict[int, dict[str, Any]], dict[int, list[str]]]:
+) -> tuple[dict[int, PgWait], dict[int, list[str]]]:
     """For each waiting pid: its ungranted request and who holds (or queues
     ahead on) the same object, and the relations it holds locks on (for the
     waiters on a transaction id, whose request names no relation).
@@ -104,7 +104,7 @@ def waits_for(
                 if name and name not in rels and not name.startswith("pg_catalog."):
                     rels.append(name)
         holds[pid] = rels
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, PgWait] = {}
     for pid, blockers in blocked_by.items():
         want = next((r for r in by_pid.get(pid, ()) if not r["granted"]), None)
         if want is None:
@@ -115,7 +115,7 @@ def waits_for(
             for r in by_pid.get(b, ()):
                 if _key(r) == k:
                     holders.append({"pid": b, "mode": r["mode"], "granted": bool(r["granted"])})
-        w: dict[str, Any] = {
+        w: PgWait = {
             "locktype": want["locktype"],
             "object": lock_object(want),
             "mode": want["mode"],
@@ -307,6 +307,7 @@ def blocking_tree(
             key=lambda b: (-(b.get("state_age_s") or 0), b["pid"]),
         )
         longest_wait = max((b.get("state_age_s") or 0 for b in ws), default=0.0)
+        # root and tree rows are built as plain dicts (tree_rows serves other callers)
         node: PgBlockNode = {
             "root": root,  # type: ignore[typeddict-item]
             "waiters": ws[:MAX_WAITERS_PER_TREE],

@@ -272,7 +272,9 @@ class PrometheusPodsProbe(Probe):
             calls.append(self._query(f"kube_pod_labels{{{ns}{_selector_matchers(self.selector)}}}"))
         results = await asyncio.gather(*calls, return_exceptions=True)
         if all(isinstance(r, BaseException) for r in results):
-            raise results[0]  # type: ignore[misc]
+            first = results[0]
+            assert isinstance(first, BaseException)  # all of them are
+            raise first
         if self.selector:
             lab = results[-1]
             pods_allowed = (

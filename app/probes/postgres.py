@@ -248,7 +248,8 @@ class PostgresProbe(Probe):
         if self._blind:
             data["blind"] = list(self._blind.values())
             data["warning"] = "; ".join(f"{b['hidden']}: {b['grant']}" for b in data["blind"])
-        return data
+        # Probe.poll returns a plain dict; a TypedDict is not a dict[str, Any] to mypy
+        return dict(data)
 
     def describe(self, exc: BaseException) -> str:
         return describe_pg_error(exc, self.target, self.statement_timeout_ms)
@@ -434,7 +435,7 @@ def summarize_activity(
     blocked_by = {p: list(b.get("blocked_by") or ()) for p, b in waiters.items()}
     wf, _holds = pg_locks.waits_for(lock_rows, blocked_by)
     for p, w in wf.items():
-        waiters[p]["waits_for"] = w  # type: ignore[typeddict-unknown-key]
+        waiters[p]["waits_for"] = w
     iit_rows.sort(key=lambda r: -(r["xact_age"] or 0))
     oldest = backend(oldest_row) if oldest_row is not None else None
     out: PgReading = {

@@ -477,7 +477,7 @@ class RedisProbe(Probe):
             self._slowlog_last = -1
         if last is None:
             return []  # older entries predate this session
-        new = []
+        new: list[dict[str, Any]] = []
         for e in entries:
             if not isinstance(e, dict) or int(e.get("id", -1)) <= last:
                 continue

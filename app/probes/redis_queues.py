@@ -31,11 +31,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
-from app.probes.schema import RedisQueue
+from app.probes.schema import QueueConsumers, RedisQueue
 
 MAX_QUEUES = 100
 MAX_AUX_KEYS = 500  # arq in-progress / retry keys, dramatiq ack sets followed at most
@@ -438,8 +438,8 @@ class QueueFinder:
             plan.q["consumers"] = self._blocked(clients, LIST_POPS)
             plans.append(plan)
         # -- generic sorted sets scored by due time
-        for k in sorted(self.zsets)[:MAX_QUEUES]:
-            n = _s(k)
+        for zk in sorted(self.zsets)[:MAX_QUEUES]:
+            n = _s(zk)
             if n in claimed:
                 continue
             plan = _Plan({"name": n, "layout": "zset", "key": n})
@@ -449,13 +449,13 @@ class QueueFinder:
                                                         "evidence": "indirect"}  # fmt: skip
             plans.append(plan)
         # -- streams
-        for k in sorted(self.streams)[:MAX_QUEUES]:
-            n = _s(k)
+        for sk in sorted(self.streams)[:MAX_QUEUES]:
+            n = _s(sk)
             if n in claimed or _BULL_RE.match(n):
                 continue
             plan = _Plan({"name": n, "layout": "stream", "key": n})
-            plan.idx["length"] = b.add("XLEN", k)
-            plan.idx["groups"] = b.add("XINFO GROUPS", k)
+            plan.idx["length"] = b.add("XLEN", sk)
+            plan.idx["groups"] = b.add("XINFO GROUPS", sk)
             plans.append(plan)
         # the only queue popped with a blocking command on this database: the clients
         # blocked there wait on it (the server does not say which key they wait on)
@@ -463,16 +463,16 @@ class QueueFinder:
                     and "via" not in pl.q["consumers"]]  # fmt: skip
         if len(blocking) == 1:
             blocking[0].q["consumers"].update(
-                evidence="direct", note="clients blocked in a pop on this database, which "
-                "has no other queue read that way")  # fmt: skip
+                {"evidence": "direct", "note": "clients blocked in a pop on this database, "
+                 "which has no other queue read that way"})  # fmt: skip
         # hint candidates: their types
         hint_keys = [k for k in sorted(self.hint_candidates) if k not in self.hint_types][:50]
         i_hint = {k: b.add("TYPE", k) for k in hint_keys}
         await b.run()
         cmds = b.n
 
-        for k, i in i_hint.items():
-            self.hint_types[k] = _s(b.get(i, b"none"))
+        for hk, i in i_hint.items():
+            self.hint_types[hk] = _s(b.get(i, b"none"))
 
         out: list[RedisQueue] = []
         heads: list[tuple[RedisQueue, bytes]] = []
@@ -497,11 +497,13 @@ class QueueFinder:
             else:
                 q["depth"] = sum(_int(b.get(i, 0)) for i in idx.get("depth", ()))
                 q["consumed_per_s"] = self._consumed(b, idx.get("lists", ()), now)
-            for role in ("in_flight", "failed", "scheduled", "retry"):
+            roles: tuple[Literal["in_flight", "failed", "scheduled", "retry"], ...] = (
+                "in_flight", "failed", "scheduled", "retry")  # fmt: skip
+            for role in roles:
                 if role in idx:
-                    q[role] = sum(_int(b.get(i, 0)) for i in idx[role])  # type: ignore[literal-required]
+                    q[role] = sum(_int(b.get(i, 0)) for i in idx[role])
                 else:
-                    q.setdefault(role, None)  # type: ignore[misc]
+                    q.setdefault(role, None)
             if "sched_acks" in idx:
                 q["scheduled"] = (q.get("scheduled") or 0) + sum(
                     _int(b.get(i, 0)) for i in idx["sched_acks"]
@@ -537,13 +539,13 @@ class QueueFinder:
                 q["consumers"] = {"kind": "registry", "count": alive, "evidence": "direct",
                                   "via": "sidekiq processes"}  # fmt: skip
             if q["layout"] in ("list", "zset"):
-                k = q["key"].encode()
+                bkey = q["key"].encode()
                 if q["depth"] or q.get("scheduled"):
-                    self.alive[k] = now
-                elif now - self.alive.setdefault(k, now) > FORGET_EMPTY_S:
-                    self.lists.discard(k)
-                    self.zsets.discard(k)
-                    self.alive.pop(k, None)
+                    self.alive[bkey] = now
+                elif now - self.alive.setdefault(bkey, now) > FORGET_EMPTY_S:
+                    self.lists.discard(bkey)
+                    self.zsets.discard(bkey)
+                    self.alive.pop(bkey, None)
                     continue
             head = b.get(idx.get("head"))
             if head:
@@ -564,7 +566,7 @@ class QueueFinder:
         return out[:MAX_QUEUES], hints, cmds
 
     # ---- consumers evidence from CLIENT LIST --------------------------------------
-    def _blocked(self, clients: dict[str, Any], cmds: set[str]) -> dict[str, Any]:
+    def _blocked(self, clients: dict[str, Any], cmds: set[str]) -> QueueConsumers:
         blocked = clients.get("blocked")
         if blocked is None:
             return {"kind": "unknown", "count": None, "evidence": "indirect"}
@@ -580,7 +582,7 @@ class QueueFinder:
             "on which key",
         }
 
-    def _named(self, clients: dict[str, Any], name: str) -> dict[str, Any]:
+    def _named(self, clients: dict[str, Any], name: str) -> QueueConsumers:
         names = clients.get("names")
         if names is None:
             return {"kind": "unknown", "count": None, "evidence": "indirect"}
@@ -614,7 +616,9 @@ class QueueFinder:
                 score = 0.0
             sec = _ts_seconds(score)
             if sec is None and key.encode() in self.user_zsets:  # a priority queue
-                q.update(depth=card, scheduled=None, oldest_age_s=None, consumed_per_s=None)
+                q.update(
+                    {"depth": card, "scheduled": None, "oldest_age_s": None, "consumed_per_s": None}
+                )
                 return True
             if sec is None:  # scores are not times: a leaderboard or a counter, not a queue
                 self.zsets.discard(key.encode())
@@ -624,7 +628,7 @@ class QueueFinder:
             unit = 1e3 if 500 < unit < 2e3 else (1e6 if unit > 2e3 else 1.0)
             self._zunit[key] = unit
         if unit is None:  # empty and never seen with items
-            q.update(depth=0, scheduled=0, oldest_age_s=None, consumed_per_s=None)
+            q.update({"depth": 0, "scheduled": 0, "oldest_age_s": None, "consumed_per_s": None})
             return (card == 0 and q["layout"] == "arq") or bool(card)
         due = _int(b.get(idx["due"], 0)) if "due" in idx else None
         if due is None:  # the first poll of a zset whose unit was just learned
@@ -733,7 +737,7 @@ class QueueFinder:
             self.streams.discard(q["key"].encode())
             return False
         groups_raw = b.get(idx["groups"], []) or []
-        groups = []
+        groups: list[dict[str, Any]] = []  # RedisQueue.groups rows
         for g in groups_raw:
             if not isinstance(g, dict):
                 continue
@@ -836,7 +840,7 @@ class QueueFinder:
         active_by: dict[str, int] = {}
         for q, g, i in i_cons:
             rows = b.get(i, []) or []
-            cons = []
+            cons: list[dict[str, Any]] = []
             for c in rows[:20]:
                 if not isinstance(c, dict):
                     continue

@@ -44,9 +44,9 @@ class PgWait(TypedDict, total=False):
     holders: list[dict]  # [{pid, mode, granted}]: blockers' locks on the same object
     #                     (granted False = queued ahead of it with a conflicting request)
     relation: str  # schema.table (for a transaction id: a table the waiter holds)
-    advisory: list[int]  # [classid, objid, objsubid]
-    tuple: list[int]  # [page, tuple]
-    xid: str
+    advisory: list[int | None]  # [classid, objid, objsubid] (pg_locks columns, nullable)
+    tuple: list[int | None]  # [page, tuple] (pg_locks columns, nullable)
+    xid: str | None  # pg_locks.transactionid as text
 
 
 class PgBlind(TypedDict):
@@ -153,7 +153,8 @@ class QueueConsumers(TypedDict, total=False):
     evidence: str  # direct (about this queue) | indirect (about its database or layout)
     via: str  # where it came from, e.g. "heartbeats", "client name"
     db: int
-    db_clients: int  # blocked: clients connected to that database (busy ones included)
+    db_clients: int | None  # blocked: clients connected to that database (busy ones
+    #                         included); None when CLIENT LIST gave no count
     registered: int  # streams: consumers in the groups; RQ: workers registered
     idle_after_ms: int  # streams: a consumer idle longer than this is not counted
     note: str

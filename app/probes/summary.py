@@ -227,7 +227,7 @@ class _Redis:
         self.mem_r: Reading | None = None
         self.ev = self.rej = self.cl = 0
         self.holds: dict[str, dict[str, Any]] = {}  # per key: its longest hold and its holders
-        self.more_keys: set[str] | int = 0
+        self.more_keys = 0  # lock keys not kept (past MAX_LOCK_KEYS), counted per sighting
         self.queues = _Queues()
 
     def add(self, r: Reading, before: Reading | None) -> None:
@@ -248,7 +248,7 @@ class _Redis:
             h = self.holds.get(lk["key"])
             if h is None:
                 if len(self.holds) >= MAX_LOCK_KEYS:
-                    self.more_keys += 1  # type: ignore[operator]
+                    self.more_keys += 1
                     continue
                 h = self.holds[lk["key"]] = {"age": -1.0, "holder": "", "holders": set(),
                                              "no_ttl": False}  # fmt: skip
@@ -275,7 +275,7 @@ class _Redis:
         holds = self.holds
         if holds:
             rows = sorted(holds.items(), key=lambda kv: (not kv[1]["no_ttl"], -kv[1]["age"]))
-            n_keys = len(rows) + int(self.more_keys)
+            n_keys = len(rows) + self.more_keys
             lines.append("")
             lines.append(f"Lock holders seen ({n_keys} keys):")
             lines.append("")
@@ -402,9 +402,9 @@ class _StepProbes:
             elif probe == "redis":
                 self.rd.add(r, self.before.get("redis"))
             elif probe == "pg_queues":
-                b = self.before.get("pg_queues")
-                if b is not None and self.pgq.first_t is None:
-                    self.pgq.add(b.t, b.data, before=True)
+                bf = self.before.get("pg_queues")
+                if bf is not None and self.pgq.first_t is None:
+                    self.pgq.add(bf.t, bf.data, before=True)
                 self.pgq.add(r.t, r.data)
                 if len(self.pgq_errors) < 20:
                     self.pgq_errors.update(r.data.get("errors") or ())

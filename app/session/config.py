@@ -343,6 +343,10 @@ SCHEMA: dict[str, Key] = {
                                'redis_lock_patterns = ["*:lock:*"]', items=str),
     "redis_queue_patterns": Key("redis_queue_patterns", (list, str),
                                 'redis_queue_patterns = ["*:queue:*"]', items=str),
+    "fault": Key("--fault", (str, list), 'fault = ["at=30s,kind=pod-kill"]', items=str),
+    "allow_faults": Key("--allow-faults", (bool,), "allow_faults = true", _bool("--allow-faults")),
+    "http_via_proxy": Key("--http-via-proxy", (bool,), "http_via_proxy = true",
+                          _bool("--http-via-proxy")),
     "metrics": Key("--metrics", (str,), 'metrics = "127.0.0.1:9108"', parse_listen("--metrics"),
                    "LOADTOP_METRICS"),
     "web": Key("--web", (str,), 'web = "127.0.0.1:8080"', parse_listen("--web"), "LOADTOP_WEB"),
@@ -522,6 +526,7 @@ def build_run_config(
         # before any embedded server starts: one line, exit 2
         fail(f"scenario {writing[0]!r} writes to its target and --readonly is set:"
              " drop --readonly or choose a read-only scenario (e.g. pg-select)")  # fmt: skip
+    faults, allow_faults, via_proxy = _faults(raw, value, readonly, http, watch)
     detect = _detect_table(prof["detect"]) if "detect" in prof else None
     slo = value("slo")
     if getattr(args, "detect", None):
@@ -547,7 +552,8 @@ def build_run_config(
         probes=not getattr(args, "no_probes", False), probe_intervals=value("probe_intervals"),
         redis_lock_patterns=_str_list(raw("redis_lock_patterns")),
         redis_queue_patterns=_str_list(raw("redis_queue_patterns")), detect=detect, slo=slo,
-        processes=procs, pg_sql_queues=sql_queues,
+        processes=procs, pg_sql_queues=sql_queues, faults=faults, allow_faults=allow_faults,
+        http_via_proxy=via_proxy,
     )  # fmt: skip
     cfg.metrics = value("metrics")
     cfg.web = value("web")
@@ -561,6 +567,47 @@ def build_run_config(
             "watch needs a target: give --pg, --pg-monitor, --redis, --k8s-namespace or --prometheus"
         )
     return cfg
+
+
+def _faults(
+    raw: Callable[[str], Any],
+    value: Callable[..., Any],
+    readonly: bool,
+    http: str | None,
+    watch: bool,
+) -> tuple[list[Any], bool, bool]:
+    """--fault specs (each parsed and checked now), --allow-faults, --http-via-proxy."""
+    from app.faults import FaultError, parse_fault_spec
+
+    specs = raw("fault") or []
+    if isinstance(specs, str):
+        specs = [specs]
+    try:
+        faults = [parse_fault_spec(s) for s in specs]
+    except FaultError as e:
+        fail(str(e))
+    allow = bool(value("allow_faults", False))
+    via_proxy = bool(value("http_via_proxy", False))
+    if via_proxy and not http:
+        fail("--http-via-proxy needs --http URL: the proxy goes in front of it")
+    if via_proxy and http and not http.startswith("http://"):
+        fail("--http-via-proxy needs an http:// URL: TLS is not proxied")
+    if faults:
+        if watch:
+            fail("--fault is for runs under load: use `loadtop run` (watch drives no load)")
+        if readonly:
+            fail("--fault and --readonly do not mix: a fault writes to its target; drop one")
+        if not allow:
+            fail("--fault needs --allow-faults (or allow_faults = true in loadtop.toml):"
+                 " faults hit the targets for real")  # fmt: skip
+        for f in faults:
+            if f.kind.startswith("http-") and not via_proxy:
+                fail(f"--fault kind={f.kind} needs --http-via-proxy (and --http URL)")
+            if f.at is not None and f.at > MAX_DURATION:
+                fail(
+                    f"--fault at={f.at:g}s is later than any run: give at most {MAX_DURATION_TEXT}"
+                )
+    return faults, allow and not readonly, via_proxy
 
 
 def forget_secret_environment(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:

@@ -97,6 +97,31 @@ class SessionControl(Protocol):
 
     def terminate_backend(self, pid: int) -> str: ...
 
+    # ---- faults (issue 15; app/faults): --allow-faults, never with --readonly ----
+    def fault_disabled(self) -> str | None:
+        """None when faults may be injected; else one line saying why not and how
+        to enable them (the console's menu shows it instead of the actions)."""
+        ...
+
+    def fault_actions(self) -> dict[str, str | None]:
+        """kind -> None when the configured targets allow it, else why not
+        ({} when faults are disabled)."""
+        ...
+
+    def fault_suggestions(self) -> dict[str, str]:
+        """kind -> a spec to pre-fill, e.g. "kind=pg-terminate,app=demo-shop"."""
+        ...
+
+    def describe_fault(self, spec: str) -> tuple[bool, str]:
+        """(True, exactly what `inject_fault(spec)` would hit: pod name, backend
+        pids, client ids, key), resolved now; (False, why not). Blocks briefly."""
+        ...
+
+    def inject_fault(self, spec: str, source: str = "key") -> str:
+        """Inject it (the match shown by the last describe_fault of the same
+        spec); marked on the timeline as a "fault" event; returns one line."""
+        ...
+
     # ---- start and end -------------------------------------------------------
     def start_thread(self) -> None:
         """Start the session on its own thread and loop; returns once it has

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from app.detect import build_detectors, detect_flags
 from app.engine.engine import LoadEngine
 from app.engine.errors import classify, is_connection_error
 from app.engine.thresholds import ThresholdSet
+from app.faults.recovery import RecoveryTracker
 from app.scenario import Context, Scenario
 from app.session.recording import Recording
 from app.tick import ControlEvent, Tick
@@ -58,26 +59,61 @@ class Verifier:
 
     async def verify_all(self) -> None:
         for inst in self.scenarios:
-            try:
-                async with self.admin(inst.name) as ctx:
-                    found = await asyncio.wait_for(inst.verify(ctx), 30)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                cls = classify(e)
-                if is_connection_error(cls) or cls == "timeout":
-                    # the target is down or restarting: that is an outage (counted by
-                    # the workers), not a broken invariant; verify runs again later
-                    self.event("verify-skipped", "system", note=f"{inst.name}: {cls}")
-                    continue
-                found = [f"verify() could not run: {cls}: {str(e)[:160]}"]
-            found = [self.redact(str(v)) for v in found or []]
-            if found:
-                seen = self.violations.setdefault(inst.name, [])
-                for v in found:
-                    if v not in seen and len(seen) < 100:
-                        seen.append(v)
-            self._pending[inst.name] = tuple(found)
+            await self._verify_one(inst)
+
+    async def verify_final(
+        self, retry_s: float, reconnect: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, str]:
+        """The final verify() of every scenario. One whose target cannot be
+        reached is tried again with backoff, after a reconnect, for up to
+        `retry_s` in all; returns those that never ran, with why."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_s
+        unverified: dict[str, str] = {}
+        for inst in self.scenarios:
+            delay, tries = 0.25, 0
+            while True:
+                tries += 1
+                cls = await self._verify_one(inst)
+                if cls is None:
+                    break
+                if loop.time() + delay > deadline:
+                    unverified[inst.name] = f"{cls}, tried {tries} times over {retry_s:g} s"
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                if reconnect is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(reconnect(), 5)
+        return unverified
+
+    async def _verify_one(self, inst: Scenario) -> str | None:
+        """Run `inst.verify()` once; returns the error class when its target
+        could not be reached (it did not run), else None."""
+        try:
+            async with self.admin(inst.name) as ctx:
+                found = await asyncio.wait_for(inst.verify(ctx), 30)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            cls = classify(e)
+            if is_connection_error(cls) or cls == "timeout":
+                # the target is down or restarting: that is an outage (counted by
+                # the workers), not a broken invariant; verify runs again later
+                self.event("verify-skipped", "system", note=f"{inst.name}: {cls}")
+                return cls
+            found = [f"verify() could not run: {cls}: {str(e)[:160]}"]
+        self._found(inst, found)
+        return None
+
+    def _found(self, inst: Scenario, found: Any) -> None:
+        found = [self.redact(str(v)) for v in found or []]
+        if found:
+            seen = self.violations.setdefault(inst.name, [])
+            for v in found:
+                if v not in seen and len(seen) < 100:
+                    seen.append(v)
+        self._pending[inst.name] = tuple(found)
 
     async def loop(self, every: float) -> None:
         """verify_all() every `every` seconds until `closed` (a flag as well as
@@ -117,6 +153,22 @@ def with_anomalies(detectors: Analyzer) -> Enricher:
     return enrich
 
 
+def with_recovery(tracker: RecoveryTracker) -> Enricher:
+    """The `fault` anomalies: each fault's baseline, impact and recovery."""
+
+    def enrich(tick: Tick) -> Tick:
+        try:
+            return tracker.evaluate(tick)
+        except Exception as e:  # a bug here must not stop the run
+            note = f"recovery: {type(e).__name__}: {e}"
+            return dataclasses.replace(
+                tick,
+                events=(*tick.events, ControlEvent(tick.t, "detector-error", "system", note=note)),
+            )
+
+    return enrich
+
+
 def with_thresholds(thresholds: ThresholdSet) -> Enricher:
     def enrich(tick: Tick) -> Tick:
         statuses = thresholds.evaluate(tick)
@@ -125,13 +177,17 @@ def with_thresholds(thresholds: ThresholdSet) -> Enricher:
     return enrich
 
 
-def redetect(ticks: Iterable[Tick], detectors: Analyzer) -> Iterator[Tick]:
+def redetect(
+    ticks: Iterable[Tick], detectors: Analyzer, slo: dict[str, float] | None = None
+) -> Iterator[Tick]:
     """A recording's ticks with their anomalies found again by `detectors`
-    (a fresh DetectorSet, e.g. with other options): the detectors read the
-    ticks only, so this is what a live run with those options would have raised."""
+    (a fresh DetectorSet, e.g. with other options) and the faults' recoveries
+    measured again: both read the ticks only, so this is what a live run with
+    those options would have raised."""
     enrich = with_anomalies(detectors)
+    recovery = with_recovery(RecoveryTracker(slo))
     for t in ticks:
-        yield enrich(dataclasses.replace(t, anomalies=(), cleared=()))
+        yield recovery(enrich(dataclasses.replace(t, anomalies=(), cleared=())))
 
 
 def redetect_recording(rec: Recording, flags: Iterable[str] = ()) -> Recording:
@@ -142,7 +198,7 @@ def redetect_recording(rec: Recording, flags: Iterable[str] = ()) -> Recording:
     if rec.header.get("slo") and "slo" not in config:
         config["slo"] = rec.header["slo"]
     config = detect_flags(flags, config)
-    ticks = list(redetect(rec.ticks, build_detectors(config)))
+    ticks = list(redetect(rec.ticks, build_detectors(config), config.get("slo")))
     return dataclasses.replace(rec, ticks=ticks)
 
 
@@ -158,6 +214,7 @@ class Pipeline:
         detectors: Analyzer | None = None,
         thresholds: ThresholdSet | None = None,
         verifier: Verifier | None = None,
+        recovery: RecoveryTracker | None = None,
     ) -> None:
         self.engine = engine
         self.cfg = engine.cfg
@@ -168,8 +225,11 @@ class Pipeline:
             self.enrichers.append(with_invariants(verifier))
         if detectors is not None:
             self.enrichers.append(with_anomalies(detectors))
+        if recovery is not None:
+            self.enrichers.append(with_recovery(recovery))
         self.enrichers.append(with_thresholds(self.thresholds))
         self.outputs: list[Output] = []
+        self.before_last_tick: list[Callable[[], Awaitable[None]]] = []
         self.ticks_emitted = 0
         self.last_tick: Tick | None = None
 
@@ -228,6 +288,11 @@ class Pipeline:
             for t in bg:
                 t.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
+            for hook in self.before_last_tick:  # e.g. heal the faults, marked in that tick
+                try:
+                    await hook()
+                except Exception as e:
+                    eng.event("detector-error", "system", note=f"{type(e).__name__}: {e}")
             # the last (partial) window, so nothing recorded is lost
             self._emit(self.enrich(await eng.wind_down(loop.time)))
         return eng.stop_reason

@@ -26,6 +26,7 @@ from app.detect.pg_report import PgReportAcc
 from app.detect.report import AnomalyReport, render_anomaly_section
 from app.engine.errors import is_connection_error
 from app.engine.thresholds import DEFAULT_SLO
+from app.faults.recovery import FaultReport, fault_markdown
 from app.probes.summary import ProbeReport
 from app.session.recording import Recording
 from app.tick import (
@@ -269,6 +270,150 @@ class _Section:
             return {"error": f"{type(e).__name__}: {e}"}
 
 
+# ---- the verdict ---------------------------------------------------------------
+# One function judges a run from its summary: the report's headline (Markdown
+# and JSON), the closing lines and the process's exit code all come from it.
+
+# anomaly kinds whose presence at any moment fails a run (and a watch); other
+# branches add theirs (queue-stuck, lock-takeover, consumers-gone, ...)
+FAIL_ON_ANOMALY_KINDS: set[str] = {"queue-stuck", "lock-takeover", "consumers-gone"}
+# a watch loads nothing, so no SLO or capacity judges it: the systems do, and
+# an anomaly of one of these severities fails it
+WATCH_FAILS_ON_SEVERITY: set[str] = {"critical"}
+# ... except these, which judge load (a watch applies none)
+LOAD_ONLY_KINDS: set[str] = {"slo-breach", "capacity-knee", "generator-saturated"}
+
+# more rules, for a run and a watch alike: each reads the summary and returns
+# the reasons it fails the run ([] when it does not), e.g. server-side errors
+VERDICT_CHECKS: list[Callable[[dict[str, Any]], list[str]]] = []
+
+
+def _server_side(s: dict[str, Any]) -> list[str]:
+    """Issue 12: the target database's own errors (deadlocks, a rollback ratio,
+    recovery conflicts) fail a run and a watch alike."""
+    bad = pg_report.server_errors_bad(s.get("server_errors"), s.get("anomaly_kinds") or ())
+    return [f"server side: {', '.join(bad)}"] if bad else []
+
+
+VERDICT_CHECKS.append(_server_side)
+
+EXIT_CODES = {"PASS": 0, "FAIL": 1, "INCOMPLETE": 1, "ERROR": 2}
+
+
+def _reasons_run(s: dict[str, Any]) -> list[str]:
+    """Why a run (with load) fails, most telling first; [] when it passes."""
+    out: list[str] = []
+    t = s.get("total") or {}
+    done = t.get("ok", 0) + t.get("failed", 0)
+    if s.get("scenarios") and s.get("ticks") and not t.get("ok"):
+        if done:
+            top = next(iter(t.get("errors") or {}), "errors")
+            out.append(f"no operation succeeded ({t['failed']:,} failed, mostly {top})")
+        else:
+            out.append("no operation ran")
+    for name, vs in (s.get("invariants") or {}).items():
+        more = f" (and {len(vs) - 1} more)" if len(vs) > 1 else ""
+        out.append(f"invariant violated: {name}: {vs[0]}{more}" if vs else f"invariant: {name}")
+    tr = (s.get("thresholds") or {}).get("tripped")
+    if tr:
+        at = f" at {tr['elapsed_s']} s" if tr.get("elapsed_s") is not None else ""
+        out.append(f"--abort-on {tr.get('expr')} tripped{at}")
+    slo = s.get("slo") or {}
+    if done and slo.get("checks") and not slo.get("met"):
+        seen = {"p95": f"{t.get('p95_ms', 0):.4g} ms", "p99": f"{t.get('p99_ms', 0):.4g} ms",
+                "errors": f"{t.get('error_pct', 0):.3g}%"}  # fmt: skip
+        broken = [f"{k} (was {seen.get(k.split()[0], '?')})"
+                  for k, ok in slo["checks"].items() if not ok]  # fmt: skip
+        out.append(f"SLO broken: {', '.join(broken)}")
+    return out
+
+
+def _reasons_common(s: dict[str, Any]) -> list[str]:
+    """Why a run or a watch fails whatever its load: a check that could not
+    run, what was left behind, an anomaly that never passes."""
+    out: list[str] = []
+    for name, why in (s.get("unverified") or {}).items():
+        out.append(f"final verify() of {name} could not run ({why})")
+    left = s.get("leftovers") or []
+    if left:
+        out.append("cleanup failed: left " + "; ".join(x["what"] for x in left)
+                   + " (commands to remove it in the report)")  # fmt: skip
+    kinds = set(s.get("anomaly_kinds") or ())
+    failing = sorted(k for k in kinds if k in FAIL_ON_ANOMALY_KINDS)
+    if failing:
+        out.append(f"raised: {', '.join(failing)}")
+    for check in VERDICT_CHECKS:
+        try:
+            out += check(s)
+        except Exception as e:  # a check that breaks fails closed, and says so
+            out.append(f"verdict check {getattr(check, '__name__', check)} failed: {e}")
+    return out
+
+
+def verdict(s: dict[str, Any]) -> dict[str, Any]:
+    """PASS (exit 0): the run is complete and every threshold, SLO and
+    invariant held, cleanup removed everything and no failing anomaly was
+    raised. FAIL (1): any of those broke, or a final verify() could not run.
+    INCOMPLETE (1): the recording has no end record (a killed run), or the run
+    ended in an error. ERROR (2): the run never started on bad input. A watch
+    is judged by the systems it watched (anomalies), never by an SLO.
+    Returns {verdict, exit_code, why (one line), reasons}."""
+    end_error = s.get("error")
+    watching = (s.get("load") or {}).get("mode") == "watch"
+    reasons = [] if watching else _reasons_run(s)
+    reasons += _reasons_common(s)
+    if watching:
+        severity = s.get("anomaly_severity") or {}
+        bad = sorted(k for k, sev in severity.items() if sev in WATCH_FAILS_ON_SEVERITY
+                     and k not in FAIL_ON_ANOMALY_KINDS and k not in LOAD_ONLY_KINDS)  # fmt: skip
+        if bad:
+            reasons.append(f"critical: {', '.join(bad)}")
+    if end_error and s.get("exit_code") == 2:
+        name, why = "ERROR", f"the run did not start: {end_error}"
+    elif not s.get("complete"):
+        name = "INCOMPLETE"
+        why = ("the recording has no end record (a killed run): judged up to tick"
+               f" {max(s.get('ticks', 0) - 1, 0)} only")  # fmt: skip
+        if reasons:
+            why += "; " + "; ".join(reasons)
+    elif end_error:
+        name, why = "INCOMPLETE", f"the run ended in an error: {end_error}"
+    elif reasons:
+        name = "FAIL"
+        why = "; ".join(reasons[:3]) + (
+            f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+        )
+    else:
+        name = "PASS"
+        if watching:
+            n = len(s.get("anomaly_kinds") or {})
+            why = f"a watch: nothing failing raised ({n} anomaly kinds seen)" if n else \
+                "a watch: no anomaly raised"  # fmt: skip
+        else:
+            why = "every threshold, SLO and invariant held; cleanup complete"
+    return {"verdict": name, "exit_code": EXIT_CODES[name], "why": why, "reasons": reasons}
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    """The one closing line: `FAIL: SLO broken: ...`."""
+    return f"{v['verdict']}: {v['why']}"
+
+
+class _Severity:
+    """Every anomaly kind raised during the run, with its worst severity (what
+    a watch's verdict reads), one tick at a time."""
+
+    RANK = {"info": 0, "warning": 1, "critical": 2}
+
+    def __init__(self) -> None:
+        self.worst: dict[str, str] = {}
+
+    def add(self, t: Tick) -> None:
+        for a in (*t.anomalies, *t.cleared):
+            if self.RANK.get(a.severity, 0) >= self.RANK.get(self.worst.get(a.kind, ""), -1):
+                self.worst[a.kind] = a.severity
+
+
 class TickSection(Protocol):
     """A report section fed in the report's one pass (the chart): `add` sees
     each tick with its windows' histograms, decoded once for the whole pass."""
@@ -296,6 +441,7 @@ def _report_pass(
     outages = _Outages()
     invariants: dict[str, list[str]] = dict(end.get("invariants") or {})
     pg = PgReportAcc()  # issue 12: blind probes, server-side errors, latest invariants
+    severity = _Severity()  # issue 13: what a watch's verdict reads
     tripped = end.get("threshold_tripped")
     find_trip = tripped is None
     events_raw: list[Any] = []
@@ -304,8 +450,10 @@ def _report_pass(
     n = 0
     anomalies = _Section(AnomalyReport, slo=h.get("slo"))
     probe_sec = _Section(ProbeReport) if probes else None
+    faults = FaultReport()
     for t in rec.ticks:
         hists = window_hists(t)
+        faults.add(t)
         n += 1
         if first is None:
             first = t
@@ -332,6 +480,7 @@ def _report_pass(
         counters.add(t)
         outages.add(t)
         pg.add(t)
+        severity.add(t)
         if find_trip and tripped is None:
             hit = next((s for s in t.thresholds if s.tripped), None)
             if hit is not None:
@@ -403,8 +552,15 @@ def _report_pass(
         "thresholds": {"abort_on": h.get("thresholds", []), "tripped": tripped},
         "slo": slo_verdict(total_fig, h.get("slo")),
         "events": events,
+        # what the verdict reads besides the figures (see verdict())
+        "anomaly_severity": severity.worst,
+        "unverified": dict(end.get("unverified") or {}),
+        "leftovers": list(end.get("leftovers") or []),
+        "error": end.get("error"),
     }
+    summary["faults"] = faults.result()
     summary["anomalies"] = anomalies.result()
+    summary["verdict"] = verdict(summary)
     return summary, probe_sec.result() if probe_sec is not None else None
 
 
@@ -447,9 +603,6 @@ def _table(headers: list[str], rows: list[list[str]], align: str | None = None) 
     return out
 
 
-FAIL_KINDS = frozenset({"queue-stuck", "lock-takeover", "consumers-gone"})
-
-
 def render_markdown(
     rec: Recording, summary: dict[str, Any] | None = None, *, chart: TickSection | None = None
 ) -> str:
@@ -465,15 +618,15 @@ def render_markdown(
         probe_md = _report_pass(rec, also=also)[1]
     chart_md = chart.markdown() if chart is not None else ""
     L: list[str] = []
+    v = s.get("verdict") or verdict(s)
     # a stuck queue, a lock taken over after expiry or consumers gone is never a pass
-    failing = sorted(set(s.get("anomaly_kinds") or ()) & FAIL_KINDS)
-    verdict = "PASS" if s["slo"]["met"] and not s["invariants"] and not s["thresholds"][
-        "tripped"] and not failing else "FAIL"  # fmt: skip
+    failing = sorted(set(s.get("anomaly_kinds") or ()) & FAIL_ON_ANOMALY_KINDS)
     L.append(f"# loadtop report — {', '.join(s['scenarios']) or 'no scenario'}")
     L.append("")
     state = "" if s["complete"] else " · **recording ends without an end record (killed run)**"
     L.append(
-        f"**{verdict}** · {_ts(s['started'])} · {fmt.seconds(s['duration_s'])} · {s['ticks']} ticks"
+        f"**{v['verdict']}** · {_ts(s['started'])} · {fmt.seconds(s['duration_s'])}"
+        f" · {s['ticks']} ticks"
         f" · stopped: {s['stop_reason']}{state}"
     )
     if failing:
@@ -481,6 +634,8 @@ def render_markdown(
         L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
     recorded = s.get("recorded_by") or "an unknown version"
     L.append(f"Recorded by loadtop {recorded} · reported by loadtop {s['reported_by']}")
+    L.append("")
+    L.append(f"Verdict: {v['why']}.")
     L.append("")
     t = s["total"]
     L += pg_report.headline_notes(s, L)
@@ -581,15 +736,22 @@ def render_markdown(
         for name, n in s["never_connected"].items():
             L.append(f"- `{name}`: {n} worker(s) never got a connection")
     L.append("")
+    if s.get("faults"):
+        L += fault_markdown(s["faults"])
+        L.append("")
     L.append("## Invariants")
     L.append("")
     if s["invariants"]:
         for name, vs in s["invariants"].items():
             for v in pg_report.first_and_more(vs, 20):
                 L.append(f"- **{name}**: {v}")
-    else:
+    if s.get("unverified"):
+        for name, why in s["unverified"].items():
+            L.append(f"- **{name}**: the final `verify()` could not run ({why}): not verified")
+    elif not s["invariants"]:
         L.append("Every scenario's `verify()` held.")
     L.append("")
+    L += cleanup_md(s.get("leftovers") or [])
     L.append("## Thresholds")
     L.append("")
     slo = s["slo"]
@@ -627,6 +789,21 @@ def render_markdown(
         L.append("No control events.")
     L.append("")
     return pg_report.watch_sections("\n".join(L), s)
+
+
+def cleanup_md(leftovers: list[dict[str, Any]]) -> list[str]:
+    """The `## Cleanup` section: only when something was left on a target."""
+    if not leftovers:
+        return []
+    L = ["## Cleanup", "", "**Cleanup failed.** What this run left, and how to remove it:", ""]
+    for x in leftovers:
+        L.append(f"- {x['target']}: {x['what']} ({x.get('error') or 'not removed'})")
+        L.append("")
+        L.append("  ```")
+        L += [f"  {c}" for c in x.get("commands", [])]
+        L.append("  ```")
+    L.append("")
+    return L
 
 
 def render_json(rec: Recording) -> str:

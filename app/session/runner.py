@@ -35,10 +35,17 @@ from app.engine.clients import Clients, close_clients, connect_clients
 from app.engine.engine import EngineConfig, LoadEngine, allocate
 from app.engine.errors import classify
 from app.engine.procs import HostSpec, ProcessWorkers
+from app.engine.thresholds import ThresholdError
+from app.faults import FaultError, parse_fault_spec
+from app.faults.actions import FaultTargets
+from app.faults.proxy import FaultProxy
+from app.faults.recovery import RecoveryTracker
+from app.faults.scheduler import FaultScheduler
 from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
 from app.session.export import write_report
 from app.session.pipeline import Pipeline, Verifier
 from app.session.recording import Recorder, Recording, RecordingError, read_recording
+from app.session.report import build_summary
 from app.session.retention import TRIM_EVERY, RecentTicks, release_free_memory
 from app.targets import Redactor, TargetError, redact_params
 from app.tick import Tick, tick_to_json
@@ -75,6 +82,16 @@ class RunConfig:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     embedded: list[str] = field(default_factory=list)  # which targets are embedded
     processes: int = 1  # worker processes (--processes); 1: workers on the session's loop
+    faults: list[Any] = field(default_factory=list)  # --fault (app.faults.FaultSpec)
+    allow_faults: bool = False  # --allow-faults: the console's fault menu may inject
+    http_via_proxy: bool = False  # --http-via-proxy: the load goes through app.faults.proxy
+    # processes loadtop started that pod-kill may SIGKILL (the demo service): name -> pid
+    fault_processes: dict[str, Callable[[], int | None]] = field(default_factory=dict)
+    kube_config: Any = None  # tests: a KubeConfig for a loopback fake API
+    fault_hints: dict[str, str] = field(default_factory=dict)  # app.faults.actions.FaultTargets
+    # how long the final verify() and the cleanup each retry a target that
+    # cannot be reached (with backoff, after a reconnect) before giving up
+    retry_s: float = 30.0
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
     web: tuple[str, int] | None = None  # --web HOST:PORT
     web_token: str | None = None  # --web-token (required off loopback)
@@ -89,6 +106,10 @@ class Outcome:
     tripped: str | None
     report_path: str | None = None
     record_path: str | None = None
+    verdict: str = "PASS"  # PASS | FAIL | INCOMPLETE | ERROR (app.session.report.verdict)
+    why: str = ""  # the verdict in one line
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
+    unverified: dict[str, str] = field(default_factory=dict)
 
 
 class Session:
@@ -129,12 +150,18 @@ class Session:
         self._admin_conn: Any = None
         self._admin_lock: asyncio.Lock | None = None
         self._created_prefixes: set[str] = set()
+        self._error_input = False  # self.error is bad input (exit 2), not a failed run
+        self.unverified: dict[str, str] = {}  # final verify() that could not run: why
         # --web: how many browsers follow this session (set by the command)
         self.web_viewers: Callable[[], int] | None = None
         self.messages: list[str] = []  # status lines (embedded servers, faults)
         self.procs: ProcessWorkers | None = None
         self.verifier: Verifier | None = None
         self.pipeline: Pipeline | None = None
+        self.faults: FaultScheduler | None = None
+        self.proxy: FaultProxy | None = None
+        self.http_upstream = cfg.http_url
+        self._described: tuple[str, Any] | None = None  # the fault the console was shown
 
     # ---- SessionControl: facts --------------------------------------------------
     @property
@@ -144,8 +171,10 @@ class Session:
             out["postgres"] = self.redactor(self.cfg.pg_dsn)
         if self.cfg.redis_url:
             out["redis"] = self.redactor(self.cfg.redis_url)
-        if self.cfg.http_url:
-            out["http"] = self.redactor(self.cfg.http_url)
+        if self.http_upstream:
+            out["http"] = self.redactor(self.http_upstream)
+            if self.cfg.http_via_proxy:
+                out["http"] += " (via loadtop's fault proxy)"
         if self.cfg.k8s_namespace:
             sel = f" ({self.cfg.k8s_selector})" if self.cfg.k8s_selector else ""
             out["pods"] = f"k8s {self.cfg.k8s_namespace}{sel}"
@@ -214,6 +243,9 @@ class Session:
 
     def panic(self, source: str = "key") -> None:
         self._engine_call("panic", source)
+        faults = self.faults
+        if faults is not None and faults.active:  # a panic lifts every fault too
+            self._call(lambda: asyncio.ensure_future(faults.heal_active("panic")))
 
     def start_plan(self, source: str = "key") -> None:
         self._engine_call("start_plan", source)
@@ -279,6 +311,80 @@ class Session:
     def terminate_backend(self, pid: int) -> str:
         return self._backend_call("pg_terminate_backend", pid)
 
+    # ---- SessionControl: faults (thread-safe; --allow-faults, never --readonly) ----
+    def fault_actions(self) -> dict[str, str | None]:
+        """kind -> None when the configured targets allow it, else why not; {}
+        when faults are disabled (`fault_disabled()` says why)."""
+        if self.fault_disabled() or self.faults is None:
+            return {}
+        return self.faults.available()
+
+    def fault_suggestions(self) -> dict[str, str]:
+        """kind -> a spec the console pre-fills (editable) for each allowed kind."""
+        if self.fault_disabled() or self.faults is None:
+            return {}
+        return self.faults.suggestions()
+
+    def fault_disabled(self) -> str | None:
+        if self.cfg.readonly:
+            return "read-only session: faults are disabled"
+        if not self.cfg.allow_faults:
+            return ("faults are off: start with --allow-faults (or allow_faults = true in"
+                    " loadtop.toml) to inject them from here")  # fmt: skip
+        return None
+
+    def _fault_call(self, coro_fn: Callable[[], Any], timeout: float = 20) -> str:
+        loop = self._loop
+        if loop is None or self.faults is None:
+            return "session is not running"
+        fut = asyncio.run_coroutine_threadsafe(coro_fn(), loop)
+        try:
+            return str(fut.result(timeout=timeout))
+        except FaultError as e:
+            return str(e)
+        except Exception as e:
+            return self.redactor(f"fault failed: {type(e).__name__}: {str(e)[:160]}")
+
+    def describe_fault(self, spec: str) -> tuple[bool, str]:
+        """(True, what `inject_fault(spec)` would hit: pod name, pids, client
+        ids, key), resolved now; that exact match is what a following
+        inject_fault of the same spec hits. (False, why not) when refused."""
+        why = self.fault_disabled()
+        if why:
+            return False, why
+        try:
+            parsed = parse_fault_spec(spec)
+        except FaultError as e:
+            return False, str(e)
+        faults = self.faults
+        if faults is None or self._loop is None:
+            return False, "session is not running"
+        self._described = None
+
+        async def go() -> str:
+            action, text = await faults.describe(parsed)
+            self._described = (spec, action)
+            return self.redactor(text)
+
+        text = self._fault_call(go)
+        shown = self._described
+        return shown is not None and shown[0] == spec, text
+
+    def inject_fault(self, spec: str, source: str = "key") -> str:
+        why = self.fault_disabled()
+        if why:
+            return why
+        try:
+            parsed = parse_fault_spec(spec)
+        except FaultError as e:
+            return str(e)
+        shown = self._described
+        self._described = None
+        action = shown[1] if shown is not None and shown[0] == spec else None
+        faults = self.faults
+        assert faults is not None
+        return self._fault_call(lambda: faults.inject(parsed, source, action))
+
     def _report_source(self) -> Recorder | None:
         """The recording file a report is streamed from: --record when it is
         a regular file, else the session's private spool."""
@@ -342,6 +448,9 @@ class Session:
             self._open_spool()
         reason = "error"
         try:
+            if cfg.http_via_proxy and cfg.http_url:
+                self.proxy = await FaultProxy(cfg.http_url).start()
+                self.clients.http_url = cfg.http_url = self.proxy.url
             await self._connect()
             await self._setup()
             self._start_observers()
@@ -361,22 +470,44 @@ class Session:
                 [inst for inst, _ in self.instances], self._admin_ctx, self.engine.event,
                 self.redactor,
             )  # fmt: skip
-            self.pipeline = Pipeline(self.engine, detectors=self.detectors, verifier=self.verifier)
+            self.pipeline = Pipeline(
+                self.engine, detectors=self.detectors, verifier=self.verifier,
+                recovery=RecoveryTracker(cfg.slo),
+            )  # fmt: skip
             self.pipeline.subscribe(self._on_tick)
+            if (cfg.faults or cfg.allow_faults) and not cfg.readonly:
+                self.faults = FaultScheduler(self._fault_targets(), self.engine.event, cfg.faults)
+                faults = self.faults
+                self.pipeline.before_last_tick.append(lambda: faults.heal_all("session ending"))
+                faults.start()
             if install_signals:
                 self._install_signals()
             if self._stop_requested:
                 self.engine.stop(self._stop_requested)
             self._ready.set()
             reason = await self.pipeline.run()
-            await self.verifier.verify_all()
+            self.unverified = await self.verifier.verify_final(cfg.retry_s, self._reconnect)
+            for name, why in self.unverified.items():
+                self.messages.append(f"final verify() of {name} could not run: {why}")
         except Exception as e:
             self.error = self.redactor(str(e))
+            self._error_input = isinstance(
+                e, TargetError | SetupError | ScenarioError | RecordingError | ThresholdError
+            )
             raise
         finally:
             await self._finish(reason)
         assert self.outcome is not None
         return self.outcome
+
+    def _fault_targets(self) -> FaultTargets:
+        cfg = self.cfg
+        return FaultTargets(
+            pg_dsn=cfg.pg_dsn, redis_url=cfg.redis_url, proxy=self.proxy,
+            k8s_namespace=cfg.k8s_namespace, k8s_selector=cfg.k8s_selector,
+            k8s_context=cfg.k8s_context, kube_config=cfg.kube_config,
+            processes=dict(cfg.fault_processes), hints=dict(cfg.fault_hints),
+        )  # fmt: skip
 
     def _open_spool(self) -> None:
         """Without --record (or with one that cannot be read back, a pipe),
@@ -601,6 +732,12 @@ class Session:
         """Teardown, cleanup, close: runs whatever happened before."""
         if self._stop_requested and reason in ("stop", "error"):
             reason = self._stop_requested
+        if self.faults is not None:  # after an error the pipeline's hook may not have run
+            try:
+                await asyncio.wait_for(self.faults.heal_all(f"session ending: {reason}"), 30)
+            except BaseException as e:
+                self.messages.append(f"healing the faults failed: {type(e).__name__}: {e}")
+            self.messages.extend(self.redactor(m) for m in self.faults.results)
         if self.procs is not None:  # gone before teardown; a no-op after an orderly stop
             await self.procs.aclose()
         for inst, _ in self.instances:
@@ -611,23 +748,26 @@ class Session:
                     await asyncio.wait_for(inst.teardown(ctx), 60)
             except BaseException as e:
                 self.messages.append(self.redactor(f"{inst.name}: teardown failed: {classify(e)}"))
-        await self._cleanup_prefixes()
+        leftovers = await self._cleanup_prefixes()
         if self.probe_set is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.probe_set.stop(), 5)
         await self._close_clients()
+        if self.proxy is not None:
+            await self.proxy.aclose()
         eng = self.engine
         invariants = dict(self.verifier.violations) if self.verifier else {}
         thresholds = self.pipeline.thresholds if self.pipeline else None
         tripped = thresholds.tripped if thresholds else None
-        code = 1 if invariants or tripped else 0
-        if self.error:
-            code = 2
-        end = {
+        end: dict[str, Any] = {
             "ended": time.time(),
             "reason": reason,
-            "exit_code": code,
+            "exit_code": 2 if self.error and self._error_input else None,  # the verdict's, below
             "invariants": invariants,
+            "unverified": dict(self.unverified),
+            "leftovers": leftovers,
+            # an end with no reason of its own (a cancelled task) did not finish either
+            "error": self.error or ("interrupted" if reason == "error" else None),
             "threshold_tripped": (
                 {"expr": tripped.expr, "tick": thresholds.tripped_tick, "value": tripped.value}
                 if tripped and thresholds
@@ -636,6 +776,14 @@ class Session:
             "never_connected": eng.never_connected() if eng else {},
             "messages": self.messages[-50:],
         }
+        # the one verdict: the same function the report uses, over the same data
+        try:
+            v = build_summary(self._report_recording(end))["verdict"]
+        except Exception as e:  # judging must not lose the end record: fail closed
+            v = {"verdict": "FAIL", "exit_code": 1, "reasons": [],
+                 "why": f"the run could not be judged: {type(e).__name__}: {e}"}  # fmt: skip
+        end.update(exit_code=v["exit_code"], verdict=v["verdict"], why=v["why"])
+        code = v["exit_code"]
         self.end = end
         if self.recorder is not None:
             try:
@@ -661,40 +809,165 @@ class Session:
         self.outcome = Outcome(
             reason=reason, exit_code=code, ticks=self.ticks.total, invariants=invariants,
             tripped=tripped.expr if tripped else None, report_path=report_path,
-            record_path=self.cfg.record,
+            record_path=self.cfg.record, verdict=v["verdict"], why=self.redactor(v["why"]),
+            leftovers=leftovers, unverified=dict(self.unverified),
         )  # fmt: skip
 
-    async def _cleanup_prefixes(self) -> None:
-        """Remove everything this run created on its targets, whatever teardown did."""
-        pattern = f"loadtop_{self.cfg.run_id}_"
+    async def _reconnect(self) -> None:
+        """Drop the shared clients' connections, so the next use opens fresh
+        ones (after a target restart the pooled ones are dead)."""
         if self.clients.pg is not None:
-            try:
-                async with self.clients.pg.acquire(timeout=15) as conn:
-                    names = await conn.fetch(
-                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
-                        pattern.replace("_", r"\_") + "%",
-                    )
-                    for row in names:
-                        await conn.execute(f'DROP SCHEMA IF EXISTS "{row[0]}" CASCADE')
-            except Exception as e:
-                self.messages.append(
-                    self.redactor(f"cleanup of postgres schemas failed: {classify(e)}")
-                )
+            with contextlib.suppress(Exception):
+                await self.clients.pg.expire_connections()
         if self.clients.redis is not None:
-            try:
-                batch: list[Any] = []
-                async for key in self.clients.redis.scan_iter(match=f"{pattern}*", count=1000):
-                    batch.append(key)
-                    if len(batch) >= 500:
-                        await self.clients.redis.unlink(*batch)
-                        batch = []
-                if batch:
-                    await self.clients.redis.unlink(*batch)
-            except Exception as e:
-                self.messages.append(self.redactor(f"cleanup of redis keys failed: {classify(e)}"))
+            with contextlib.suppress(Exception):
+                await self.clients.redis.connection_pool.disconnect()
+
+    async def _cleanup_prefixes(self) -> list[dict[str, Any]]:
+        """Remove everything this run created on its targets, whatever teardown
+        did. A target that cannot be reached is tried again on a fresh
+        connection, with backoff, for up to `cfg.retry_s`; returns what is
+        left (target, what, error, the commands that remove it)."""
+        pattern = f"loadtop_{self.cfg.run_id}_"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.retry_s
+        todo: dict[str, Callable[[], Any]] = {}
+        if self.cfg.readonly:  # nothing was created (the server refused writes)
+            return []
+        if self.clients.pg is not None and self.cfg.pg_dsn:
+            todo["postgres"] = lambda: self._cleanup_pg(pattern)
+        if self.clients.redis is not None and self.cfg.redis_url:
+            todo["redis"] = lambda: self._cleanup_redis(pattern)
+        errors: dict[str, str] = {}
+        delay, tries = 0.25, 0
+        while todo:
+            tries += 1
+            for target, attempt in list(todo.items()):
+                try:
+                    remaining = max(deadline - loop.time(), 5.0)
+                    await asyncio.wait_for(attempt(), remaining)
+                    todo.pop(target)
+                    if tries > 1:
+                        self.messages.append(f"cleanup of {target} done on attempt {tries}")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    errors[target] = self.redactor(f"{classify(e)}: {str(e)[:160]}")
+            if not todo or loop.time() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        left = [self._leftover(t, pattern, errors.get(t, "?"), tries) for t in todo]
+        for x in left:
+            self.messages.append(f"cleanup of {x['target']} failed: left {x['what']}"
+                                 f" ({x['error']}); remove with: {' && '.join(x['commands'])}")  # fmt: skip
+        return left
+
+    async def _cleanup_pg(self, pattern: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            self.cfg.pg_dsn, timeout=5,
+            server_settings={"application_name": "loadtop:cleanup", **self.clients.pg_settings},
+        )  # fmt: skip
+        try:
+            names = await conn.fetch(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                pattern.replace("_", r"\_") + "%",
+            )
+            for row in names:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{row[0]}" CASCADE')
+        finally:
+            await _close_quietly(conn)
+
+    async def _cleanup_redis(self, pattern: str) -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            self.cfg.redis_url, socket_connect_timeout=5, socket_timeout=10,
+            client_name="loadtop:cleanup",
+        )  # fmt: skip
+        try:
+            batch: list[Any] = []
+            async for key in client.scan_iter(match=f"{pattern}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    await client.unlink(*batch)
+                    batch = []
+            if batch:
+                await client.unlink(*batch)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 5)
+
+    def _leftover(self, target: str, pattern: str, error: str, tries: int) -> dict[str, Any]:
+        """What a failed cleanup left on `target`, and the commands that remove it."""
+        why = f"{error}; tried {tries} times over {self.cfg.retry_s:g} s"
+        if target == "postgres":
+            schemas = [
+                self.prefixes[inst.name]
+                for inst, _ in self.instances
+                if "postgres" in inst.needs and inst.name in self._created_prefixes
+            ] or [f"{pattern}..."]
+            dsn = self.redactor(self.cfg.pg_dsn or "")
+            return {
+                "target": "postgres",
+                "what": ", ".join(f"schema {n}" for n in schemas),
+                "schemas": schemas,
+                "error": why,
+                "commands": [
+                    f"psql '{dsn}' -c 'DROP SCHEMA IF EXISTS \"{n}\" CASCADE;'" for n in schemas
+                ],
+            }
+        cli = redis_cli_args(self.cfg.redis_url or "")
+        from urllib.parse import urlsplit
+
+        # redis-cli reads the password from REDISCLI_AUTH; never print the real one
+        auth = (
+            "export REDISCLI_AUTH='<password>'; "
+            if urlsplit(self.cfg.redis_url or "").password
+            else ""
+        )
+        return {
+            "target": "redis",
+            "what": f"keys matching {pattern}*",
+            "pattern": f"{pattern}*",
+            "error": why,
+            "commands": [
+                f"{auth}redis-cli {cli} --scan --pattern '{pattern}*'"
+                f" | xargs -r redis-cli {cli} del"
+            ],
+        }
 
     async def _close_clients(self) -> None:
         await close_clients(self.clients)
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 2.0)
+    except BaseException:
+        conn.terminate()
+
+
+def redis_cli_args(url: str) -> str:
+    """redis-cli's options for `url`, without its password (redis-cli reads
+    REDISCLI_AUTH for that)."""
+    from urllib.parse import urlsplit
+
+    p = urlsplit(url)
+    if p.scheme == "unix":
+        args = f"-s {p.path}"
+    else:
+        args = f"-h {p.hostname or '127.0.0.1'} -p {p.port or 6379}"
+        if p.scheme == "rediss":
+            args += " --tls"
+    db = (p.path or "/").strip("/")
+    if p.scheme != "unix" and db.isdigit() and db != "0":
+        args += f" -n {db}"
+    if p.username and p.username not in ("", "default"):
+        args += f" --user {p.username}"
+    return args
 
 
 def run_sync(coro: Any) -> Any:
@@ -718,10 +991,15 @@ def print_outcome(session: Session, o: Outcome) -> None:
     for name, vs in o.invariants.items():
         for v in vs[:10]:
             print(scrub(f"invariant violated: {name}: {v}"), flush=True)
+    for x in o.leftovers:
+        print(scrub(f"cleanup failed: {x['target']}: left {x['what']}"), flush=True)
+        for c in x["commands"]:
+            print(scrub(f"  remove with: {c}"), flush=True)
     if o.report_path:
         print(f"report: {o.report_path}", flush=True)
     if o.record_path:
         print(f"recording: {o.record_path}", flush=True)
+    print(scrub(f"{o.verdict}: {o.why}"), flush=True)
 
 
 def verb_for(fn: str) -> str:

@@ -81,9 +81,13 @@ class LiveConsole(Console):
         Binding("p", "pause", "pause"),
         Binding("x", "panic", "PANIC"),
         Binding("r", "plan", "plan"),
+        Binding("f", "faults", "fault"),
+        # Ctrl-C quits as q does (teardown and all) after one y/n; Textual's own
+        # binding only said "press ctrl+q" while the load kept running
+        Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
         *Console.SHARED_BINDINGS,
     ]
-    LOAD_ACTIONS = frozenset({"step", "step_size", "pause", "panic", "plan"})
+    LOAD_ACTIONS = frozenset({"step", "step_size", "pause", "panic", "plan", "faults"})
     HELP_TITLE = "loadtop keys"
     HELP_KEYS = LIVE_KEYS
     LIVE = True
@@ -134,6 +138,9 @@ class LiveConsole(Console):
         return int(outcome.exit_code) if outcome is not None else 0
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # --readonly: no fault menu at all (hidden, not just inert)
+        if action == "faults" and self.control.readonly:
+            return False
         # the load keys go once quitting has begun
         return not (action in self.LOAD_ACTIONS and self.stopping)
 
@@ -264,6 +271,13 @@ class LiveConsole(Console):
 
         self.push_screen(ConfirmScreen("The load was panic-stopped. Resume it?"), answered)
 
+    def action_faults(self) -> None:
+        """The fault menu (app/ui/faults.py); without --allow-faults it says how."""
+        from app.ui.faults import FaultScreen
+
+        if not isinstance(self.screen, FaultScreen):
+            self.push_screen(FaultScreen(self.control))
+
     def action_plan(self) -> None:
         control = self.control
         if not control.plan:
@@ -295,6 +309,23 @@ class LiveConsole(Console):
         run = self.control.config.get("run_id") or "run"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return str(Path(self.export_dir) / f"loadtop-{run}-{stamp}.md")
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: ask once, then quit as `q` does; a second Ctrl-C while
+        asked (or once stopping) is the yes."""
+        if self.ended or self.stopping or getattr(self, "_asked_quit", False):
+            self.action_quit_console()
+            return
+        self._asked_quit = True
+
+        def answered(yes: bool | None) -> None:
+            self._asked_quit = False
+            if yes:
+                self.action_quit_console()
+
+        self.push_screen(
+            ConfirmScreen("Quit? The load stops, teardown runs, the recording closes."), answered
+        )
 
     def action_quit_console(self) -> None:
         if self.ended or self.stopping:

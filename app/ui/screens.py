@@ -20,11 +20,13 @@ LIVE_KEYS = [
     ("p", "pause / resume the load"),
     ("x", "panic: stop all load now (resuming asks first)"),
     ("r", "start / stop the ramp plan"),
+    ("f", "inject a fault: choose, see what it hits, y (needs --allow-faults)"),
     ("e", "export the Markdown summary now"),
     ("tab", "move between panes"),
     ("enter", "on a blocker: details (c cancel, k terminate)"),
     ("?", "this help"),
     ("q", "quit: stop the load, teardown, close the recording"),
+    ("ctrl+c", "the same as q, after a y/n"),
 ]
 REPLAY_KEYS = [
     ("space", "pause / play"),

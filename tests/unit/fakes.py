@@ -11,7 +11,7 @@ session does.
 
 It is not an engine: no worker, no timing, no database. Tests that are about a
 real session (a lock really held, a backend really terminated, a recording
-really closed) stay in tests/test_ui_console.py.
+really closed) stay in tests/integration/test_ui_console.py.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ class FakeSession:
     exit_code: int = 0  # the outcome's, once stopped
     finish_on_stop: bool = True  # False: stop() leaves the session running (slow teardown)
     wall_clock: Callable[[], float] = time.time
+    allow_faults: bool = False  # --allow-faults
+    # kind -> None (allowed) or why not; what describe_fault says it would hit
+    fault_kinds: dict[str, str | None] = field(
+        default_factory=lambda: {"pod-kill": None, "redis-pause": "redis-pause needs --redis"}
+    )
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -201,6 +206,33 @@ class FakeSession:
     def note(self, kind: str, note: str, source: str = "key") -> None:
         self.calls.append(("note", (kind, note, source)))
         self._event(kind, source, note=note)
+
+    # ---- faults: the menu's calls, recorded; inject marks a "fault" event ----------
+    def fault_disabled(self) -> str | None:
+        if self.readonly:
+            return "read-only session: faults are disabled"
+        if not self.allow_faults:
+            return (
+                "faults are off: start with --allow-faults (or allow_faults = true in loadtop.toml)"
+            )
+        return None
+
+    def fault_actions(self) -> dict[str, str | None]:
+        return {} if self.fault_disabled() else dict(self.fault_kinds)
+
+    def fault_suggestions(self) -> dict[str, str]:
+        return {k: f"kind={k}" for k, why in self.fault_actions().items() if why is None}
+
+    def describe_fault(self, spec: str) -> tuple[bool, str]:
+        self.calls.append(("describe_fault", (spec,)))
+        if spec == "kind=pod-kill":
+            return True, "SIGKILL demo-service (pid 4242)"
+        return False, f"--fault {spec!r}: refused"
+
+    def inject_fault(self, spec: str, source: str = "key") -> str:
+        self.calls.append(("inject_fault", (spec, source)))
+        self._event("fault", source, 1.0, 0.0, note=f"#1 {spec[5:]}: killed demo-service pid 4242")
+        return f"#1 {spec[5:]}: killed demo-service pid 4242"
 
     def cancel_backend(self, pid: int) -> str:
         self.calls.append(("cancel_backend", (pid,)))

@@ -4,7 +4,7 @@ Each test drives the real `LiveConsole` with Pilot, pushes ticks the way the
 engine thread does (`FakeSession.tick`), and asserts on the widgets, on the
 console's state and on which `SessionControl` calls the keys made. No server,
 no engine: what needs a real session (a lock really held, a backend really
-terminated, a recording really closed) is in tests/test_ui_console.py.
+terminated, a recording really closed) is in tests/integration/test_ui_console.py.
 """
 
 from __future__ import annotations
@@ -378,6 +378,34 @@ async def test_quit_while_teardown_runs_second_q_leaves_at_once() -> None:
     assert live.app.return_value == 0  # no outcome yet
     assert live.fake.called("stop") == [("quit",)]  # stop asked once
     live.fake.finish("quit")  # teardown ends: the quit worker's wait returns
+
+
+async def test_ctrl_c_asks_once_then_quits_like_q() -> None:
+    """Issue 13: Ctrl-C quits with teardown, as q does, after one confirmation
+    (it used to show Textual's "press ctrl+q" while the load kept running)."""
+    live = Live(exit_code=1)
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await live.tick(pilot)
+        await pilot.press("ctrl+c")
+        assert "Quit? The load stops" in live.screen()
+        await pilot.press("n")  # no: the load goes on
+        assert live.fake.called("stop") == [] and not live.app.stopping
+        await pilot.press("ctrl+c")
+        await pilot.press("y")
+        assert live.fake.called("stop") == [("quit",)]
+        await live.app.workers.wait_for_complete()
+        await pilot.pause()
+    assert live.app.return_value == 1  # the session's verdict, as with q
+
+
+async def test_a_second_ctrl_c_is_the_yes() -> None:
+    live = Live()
+    async with live.app.run_test(size=(120, 40)) as pilot:
+        await live.tick(pilot)
+        await pilot.press("ctrl+c", "ctrl+c")
+        assert live.fake.called("stop") == [("quit",)]
+        await live.app.workers.wait_for_complete()
+        await pilot.pause()
 
 
 async def test_session_that_never_started_exits_2() -> None:

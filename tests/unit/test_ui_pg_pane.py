@@ -1,7 +1,7 @@
 """Issue 12, item 8: the Postgres pane uses the width. Synthetic, fixed ticks
 (a deep chain, an ALTER amplifier, a wait cycle, a blind probe), so the
 snapshots are byte-stable. Refresh after a deliberate change with
-`uv run pytest tests/test_ui_pg_pane.py --snapshot-update`."""
+`uv run pytest tests/unit/test_ui_pg_pane.py --snapshot-update`."""
 
 from __future__ import annotations
 

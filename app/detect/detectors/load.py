@@ -13,7 +13,7 @@ from typing import Any
 
 from app import fmt
 from app.detect.base import Detector, Finding, Options, TickView
-from app.detect.stats import MAD_TO_SIGMA, fit_usl, mad, median, slope
+from app.detect.stats import MAD_TO_SIGMA, UslFit, fit_usl, mad, median, slope
 from app.tick import Tick, step_key
 
 
@@ -58,7 +58,7 @@ class LatencySpikeDetector(Detector):
     clear_ticks = 3
     opt: LatencySpikeOptions
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: LatencySpikeOptions | None = None) -> None:
         super().__init__(options)
         self._st: dict[str, _StepBase] = {}
 
@@ -174,7 +174,7 @@ class SloBreachDetector(Detector):
     clear_ticks = 3
     opt: SloBreachOptions
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: SloBreachOptions | None = None) -> None:
         super().__init__(options)
         self._err: dict[str, deque[tuple[int, int]]] = {}
 
@@ -270,7 +270,7 @@ class ErrorBurstDetector(Detector):
     clear_ticks = 3
     opt: ErrorBurstOptions
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: ErrorBurstOptions | None = None) -> None:
         super().__init__(options)
         self._win: dict[str, deque[tuple[int, dict[str, int], float]]] = {}
 
@@ -356,7 +356,7 @@ class CapacityKneeDetector(Detector):
     opt: CapacityKneeOptions
     MAX_POINTS = 64
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: CapacityKneeOptions | None = None) -> None:
         super().__init__(options)
         self._points: dict[int, _Point] = {}  # by target concurrency: the latest visit
         self._step: int | None = None
@@ -364,7 +364,7 @@ class CapacityKneeDetector(Detector):
         self._ticks = 0
         self._acc: list[tuple[float, float, float]] = []  # (n, x, p95) of settled ticks
         self._fit_key: tuple | None = None
-        self._fit = None
+        self._fit: UslFit | None = None
         self._last: Finding | None = None
 
     def _current(self) -> _Point | None:
@@ -483,7 +483,7 @@ class InvariantDetector(Detector):
     clear_ticks = 1
     opt: InvariantOptions
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: InvariantOptions | None = None) -> None:
         super().__init__(options)
         self._violations: dict[str, tuple[str, ...]] = {}
 
@@ -589,7 +589,7 @@ class GeneratorSaturatedDetector(Detector):
     clear_ticks = 3
     opt: GeneratorSaturatedOptions
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: GeneratorSaturatedOptions | None = None) -> None:
         super().__init__(options)
         self._lag: deque[tuple[float, float]] = deque(maxlen=5)
 

@@ -124,7 +124,7 @@ class PgDeadlocksDetector(Detector):
     raise_ticks = 1
     clear_ticks = 10
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: PgDeadlocksOptions | None = None) -> None:
         super().__init__(options)
         self._first: dict[str, int] = {}
 

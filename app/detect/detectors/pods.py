@@ -34,7 +34,7 @@ class PodDetector(Detector):
     clear_ticks = 2
     opt: PodOptions
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: PodOptions | None = None) -> None:
         super().__init__(options)
         self._c: dict[str, _Container] = {}
 

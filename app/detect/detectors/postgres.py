@@ -106,7 +106,7 @@ class LockWaitChainDetector(Detector):
                     f"{waiting} backends wait on locks behind {_who(root)}, "
                     f"{root.get('state', '?')}, {_in_tx(root)}, chain depth {depth}: {_q(root)}"
                 )
-            if wf:
+            if first is not None and wf:
                 head += f"; {_who(first)} {describe_wait(wf)}"
             if amps:
                 a = amps[0]

@@ -82,7 +82,7 @@ class RedisLockDetector(Detector):
     MAX_KEYS = 2000
     MAX_FAMILIES = 256
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: RedisLockOptions | None = None) -> None:
         super().__init__(options)
         self._st: dict[str, _LockState] = {}
         self._errors: deque[tuple[int, dict[str, int]]] = deque(maxlen=32)
@@ -142,7 +142,7 @@ class RedisLockDetector(Detector):
 
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
         o = self.opt
-        hits = {}
+        hits: dict[str, int] = {}
         for s in tick.scenarios:
             for c, n in s.errors.items():
                 if n and any(p.lower() in c.lower() for p in o.not_owned_classes):
@@ -375,7 +375,7 @@ class QueueBacklogDetector(Detector):
     opt: QueueBacklogOptions
     MAX_QUEUES = 500
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: QueueBacklogOptions | None = None) -> None:
         super().__init__(options)
         self._q: dict[tuple[str, str], _Queue] = {}
         self._blocked: dict[str, deque[tuple[float, int, int | None]]] = {}
@@ -529,7 +529,7 @@ class QueueStuckDetector(Detector):
     opt: QueueStuckOptions
     MAX_QUEUES = 500
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: QueueStuckOptions | None = None) -> None:
         super().__init__(options)
         self._q: dict[tuple[str, str], _QHist] = {}
 
@@ -554,12 +554,12 @@ class QueueStuckDetector(Detector):
                 idle = all(s.consumed == 0 for s in rec[1:]) and all(
                     s.depth >= o.floor for s in rec
                 )
-                ages = [s.oldest for s in rec]
+                ages = [s.oldest for s in rec if s.oldest is not None]
                 aging = (
-                    all(a is not None for a in ages)
+                    len(ages) == len(rec)
                     and last.depth >= 1
-                    and ages[-1] >= o.age_min_s  # type: ignore[operator]
-                    and ages[-1] - ages[0] >= 0.8 * (rec[-1].t - rec[0].t)  # type: ignore[operator]
+                    and ages[-1] >= o.age_min_s
+                    and ages[-1] - ages[0] >= 0.8 * (rec[-1].t - rec[0].t)
                 )
                 if not (idle or aging):
                     continue
@@ -567,7 +567,7 @@ class QueueStuckDetector(Detector):
                 why = (
                     f"nothing consumed for {span:.0f}s"
                     if idle
-                    else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"  # type: ignore[operator]
+                    else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"
                 )
                 old = f", oldest {fmt.age(last.oldest)}" if last.oldest is not None else ""
                 busy_txt = f", {last.in_flight} in flight" if last.in_flight else ""
@@ -619,7 +619,7 @@ class ConsumersGoneDetector(Detector):
     opt: ConsumersGoneOptions
     MAX_QUEUES = 500
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: ConsumersGoneOptions | None = None) -> None:
         super().__init__(options)
         self._q: dict[tuple[str, str], _QHist] = {}
 
@@ -720,7 +720,7 @@ class QueuePendingDetector(Detector):
     opt: QueuePendingOptions
     MAX_GROUPS = 500
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: QueuePendingOptions | None = None) -> None:
         super().__init__(options)
         self._g: dict[tuple[str, str, str], deque[tuple[float, int]]] = {}
 
@@ -809,7 +809,7 @@ class LockTakeoverDetector(Detector):
     opt: LockTakeoverOptions
     MAX_EVENTS = 256
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: LockTakeoverOptions | None = None) -> None:
         super().__init__(options)
         self._events: dict[tuple[str, str], tuple[Mapping[str, Any], int]] = {}
         self._seen: deque[tuple[str, str, float]] = deque(maxlen=1024)

@@ -1,5 +1,5 @@
 """The lock-graph helpers on rows shaped like pg_locks / pg_stat_activity
-(the real-server cases are in tests/test_pg_watch_real.py)."""
+(the real-server cases are in tests/integration/test_pg_watch_real.py)."""
 
 from __future__ import annotations
 

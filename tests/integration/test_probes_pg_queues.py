@@ -36,7 +36,7 @@ from app.probes.schema import RedisQueue
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def poll(probe: PgQueuesProbe) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from app.commands.demo import DEMO_PLAN, demo_config, demo_mix
 from app.demo_service import SERVICE_NAME, DemoService
 from app.scenario import builtin_scenarios
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

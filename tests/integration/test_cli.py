@@ -199,8 +199,12 @@ def test_slo_flag_sets_the_verdict_and_the_detector(pg_dsn: str, tmp_path: Path)
          "-c", "4", "-d", "4s", "--slo", "p95=1us,p99=2us,errors=50%", "--export", str(md)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    # the SLO is broken: the report says FAIL and so does the exit code (issue 13;
+    # this test used to pin exit 0 under a FAIL heading)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("FAIL: SLO broken: p95 < 0.001 ms")
     text = md.read_text()
+    assert "**FAIL**" in text
     assert "p95 < 0.001 ms ❌" in text and "errors < 50% ✅" in text
     # the headless line names the anomaly once, when it is raised
     assert proc.stdout.count("! slo-breach") == 1

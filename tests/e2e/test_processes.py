@@ -25,12 +25,12 @@ from app.engine.engine import EngineConfig
 from app.engine.procs import split_shares
 from app.scenario import Context, Scenario, load_scenarios
 from app.session.runner import RunConfig, Session
+from tests.detect_support import drive, wait_ticks
 from tests.helpers import totals
-from tests.test_detect_support import drive, wait_ticks
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_split_shares_deals_round_robin_within_caps() -> None:

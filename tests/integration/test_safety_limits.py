@@ -18,7 +18,11 @@ from app.session.runner import RunConfig, Session
 
 pytestmark = [pytest.mark.integration]
 
-WORKER_CONNS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'loadtop:%:w%'"
+# this database only: other runs may share the server
+WORKER_CONNS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'loadtop:%:w%'"
+    " AND datname = current_database()"
+)
 
 
 class Touch(Scenario):
@@ -152,6 +156,7 @@ async def test_panic_ends_load_within_a_second_while_blocked_on_a_lock(pg_dsn: s
             waiting = await watcher.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
                 " 'loadtop:touch:w%' AND wait_event_type = 'Lock'"
+                " AND datname = current_database()"
             )
             if waiting == 8:
                 break
@@ -168,6 +173,7 @@ async def test_panic_ends_load_within_a_second_while_blocked_on_a_lock(pg_dsn: s
                 busy = await watcher.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
                     " 'loadtop:%:w%' AND state IS DISTINCT FROM 'idle'"
+                    " AND datname = current_database()"
                 )
                 if busy == 0:
                     backends_gone = el

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 
 from app.probes.redis_locks import elide_middle
-from tests.test_queues_real_libs import Watch, record
+from tests.integration.test_queues_real_libs import Watch, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from app.detect import anomaly_report_data, anomaly_report_section, build_detectors
-from tests.test_detect_support import T0, Run, reading, tick, window
+from tests.detect_support import T0, Run, reading, tick, window
 
 
 def _usl_x(n: float) -> float:

@@ -25,7 +25,7 @@ from app.frontends.web import is_loopback, needs_token
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]  # fmt: skip
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 # what the page receives over its websocket (the console's output), as text:
 # the terminal draws on a canvas, so the DOM holds no text to wait for

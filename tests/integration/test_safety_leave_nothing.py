@@ -84,12 +84,16 @@ async def what_is_left(pg_dsn: str, redis_url: str, run_id: str) -> dict:
         for _ in range(20):
             sessions = [x[0] for x in await conn.fetch(
                 "SELECT application_name FROM pg_stat_activity"
-                " WHERE application_name LIKE 'loadtop%'")]  # fmt: skip
+                " WHERE application_name LIKE 'loadtop%'"
+                " AND datname = current_database()")]  # fmt: skip
             if not sessions:
                 break
             await asyncio.sleep(0.1)
         keys = [k async for k in r.scan_iter(match=f"loadtop_{run_id}*")]
-        clients = [c for c in await r.client_list() if c.get("name", "").startswith("loadtop")]
+        # this test's db only: other runs may share the server (their own db)
+        db = str(r.connection_pool.connection_kwargs.get("db", 0))
+        clients = [c for c in await r.client_list()
+                   if c.get("name", "").startswith("loadtop") and c.get("db") == db]  # fmt: skip
     finally:
         await conn.close()
         await r.aclose()

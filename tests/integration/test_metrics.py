@@ -104,7 +104,8 @@ async def test_scraped_during_a_real_run_and_equal_to_the_recording_at_the_end(
     args = SimpleNamespace(
         scenario=["opposite-order", "rate-limit"], pg=pg_dsn, redis=redis_url, concurrency="4",
         duration="4s", headless=True, record=str(rec_path), params=["hold_ms=2"],
-        slo="p95=40ms", no_probes=True,
+        slo="p95=40ms", no_probes=True, allow_faults=True,
+        fault=["at=1s,kind=redis-pause,ms=300"],
     )  # fmt: skip
     cfg = build_run_config(args, profile={}, env={})
     exporter = MetricsExporter(run_id=cfg.run_id, slo=cfg.slo,
@@ -156,6 +157,10 @@ async def test_scraped_during_a_real_run_and_equal_to_the_recording_at_the_end(
     # opposite order deadlocks: the errors by class are not an empty promise
     assert any("deadlock" in s.labels["class"] for s in final["loadtop_errors"])
     assert _value(final["loadtop_ticks"], "loadtop_ticks_total") == len(rec.ticks)
+    # the fault injected during the run: counted by kind, as the recording has it
+    faults = [e for t in rec.ticks for e in t.events if e.kind == "fault"]
+    assert len(faults) == 1 and "redis-pause" in faults[0].note
+    assert _value(final["loadtop_faults"], "loadtop_faults_total", kind="redis-pause") == 1
 
 
 def test_the_flag_serves_metrics_during_a_cli_run(pg_dsn: str) -> None:
@@ -223,7 +228,9 @@ def test_the_grafana_dashboard_reads_only_metrics_loadtop_serves() -> None:
     import json
     import re
 
-    dash = json.loads((Path(__file__).parent.parent / "docs" / "grafana-loadtop.json").read_text())
+    dash = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs" / "grafana-loadtop.json").read_text()
+    )
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     exprs += [a["expr"] for a in dash["annotations"]["list"] if "expr" in a]
     ex = MetricsExporter(run_id="r1", scenarios=["s"])

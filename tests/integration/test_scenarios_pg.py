@@ -16,7 +16,9 @@ async def _leftovers(dsn: str, run_id: str) -> list[str]:
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"loadtop\\_{run_id}%"
         )
         apps = await conn.fetch(
-            "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE $1",
+            # this database only: other runs may share the server
+            "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE $1"
+            " AND datname = current_database()",
             "loadtop:%",
         )
         return [r[0] for r in rows] + [r[0] for r in apps]

@@ -20,7 +20,7 @@ from app.probes.kube import KubeConfig
 from app.probes.pods import KubernetesPodsProbe
 from app.scenario import Context, Scenario
 from app.session.runner import RunConfig, Session
-from tests.test_detect_support import (
+from tests.detect_support import (
     Run,
     drive,
     first,

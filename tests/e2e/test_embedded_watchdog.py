@@ -72,7 +72,7 @@ def test_sigkill_during_start_up_leaves_nothing(tmp_path: Path, phase: str) -> N
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, order],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     try:
         hit = reached(tmp)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.test_queues_real_libs import Watch
+from tests.integration.test_queues_real_libs import Watch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

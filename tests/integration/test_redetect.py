@@ -16,7 +16,7 @@ from app.session.pipeline import redetect_recording
 from app.session.recording import read_recording
 from app.session.runner import RunConfig, Session
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Flaky(Scenario):

@@ -18,7 +18,7 @@ from app.probes.pods import KubernetesPodsProbe
 from app.probes.postgres import PostgresProbe
 from app.probes.redis import RedisProbe
 from tests.pg_watch_support import Watch, record, with_user
-from tests.test_probes_pods import ApiServer, write_kubeconfig
+from tests.unit.test_probes_pods import ApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,11 @@ async def test_watch_started_on_a_full_server_starts_and_waits_for_a_slot(tmp_pa
             for c in held:
                 c.terminate()
             await admin.close()
-    assert proc.returncode == 0, err.decode()
+    # the watch saw every application slot taken (a critical connection-saturation):
+    # its verdict, about the system watched, is FAIL, and so is its exit code (issue 13)
+    assert proc.returncode == 1, err.decode()
+    last = _out.decode().strip().splitlines()[-1]
+    assert last.startswith("FAIL: ") and "connection-saturation" in last, last
     lines = [json.loads(x) for x in rec.read_text().splitlines()]
     ticks = [x for x in lines if x["type"] == "tick"]
     pg_r = [t["readings"].get("postgres") for t in ticks if t["readings"].get("postgres")]

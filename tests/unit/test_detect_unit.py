@@ -11,7 +11,7 @@ import pytest
 
 from app.detect import BUILTIN, KINDS, DetectConfig, build_detectors, fit_usl
 from app.tick import GeneratorStats, Percentiles, new_histogram
-from tests.test_detect_support import T0, Run, only, reading, tick, window
+from tests.detect_support import T0, Run, only, reading, tick, window
 
 # ---- framework -----------------------------------------------------------------------
 

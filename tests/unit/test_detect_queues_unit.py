@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.test_detect_support import T0, Run, only, reading, tick
+from tests.detect_support import T0, Run, only, reading, tick
 
 
 def _q(i: int, probe: str = "redis", **data: Any) -> dict:

@@ -19,7 +19,7 @@ import asyncpg
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOADTOP = str(Path(sys.executable).parent / "loadtop")
 
 pytestmark = [

@@ -40,7 +40,7 @@ from app.tick import Anomaly, Tick
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 BULLMQ_DIR = ROOT / "tests" / "fixtures" / "bullmq"
 QUEUE_KINDS = ("queue-stuck", "consumers-gone", "queue-backlog")

@@ -17,7 +17,7 @@ from app.engine.engine import EngineConfig
 from app.scenario import Context, Scenario, load_scenarios
 from app.session.runner import RunConfig, Session
 from app.tick import Tick
-from tests.test_detect_support import drive, first, kinds, next_tick, record_ttd, wait_ticks
+from tests.detect_support import drive, first, kinds, next_tick, record_ttd, wait_ticks
 
 pytestmark = pytest.mark.integration
 
