@@ -7,6 +7,10 @@ Redis probe's default lock patterns (`*:lock:*`) show their holders and PTTL.
 
 Shared bookkeeping (operation logs, counts) lives on the scenario instance,
 which all workers of a run share; `stats()` returns it for tests and tools.
+
+Long by design: the six built-in Redis scenarios, each with its safe and unsafe
+mode, its parameters and its verify(); one module per target kind is the layout
+users read.
 """
 
 from __future__ import annotations

@@ -69,6 +69,12 @@ def add_targets(p: argparse.ArgumentParser) -> None:
     g.add_argument("--readonly", action="store_true", default=None,
                    help="never write: no writing scenarios, no backend cancel/terminate")  # fmt: skip
     g.add_argument("--no-probes", action="store_true", help="do not poll the targets")
+    g.add_argument("--redis-lock-pattern", dest="redis_lock_patterns", action="append",
+                   metavar="P", help="a key pattern the Redis probe reads as locks (repeatable;"
+                   " also redis_lock_patterns in loadtop.toml)")  # fmt: skip
+    g.add_argument("--redis-queue-pattern", dest="redis_queue_patterns", action="append",
+                   metavar="P", help="a key pattern the Redis probe reads as queues (repeatable;"
+                   " also redis_queue_patterns in loadtop.toml)")  # fmt: skip
     d = p.add_argument_group("detection")
     d.add_argument("--detect", action="append", default=[], metavar="KIND.OPTION=VALUE",
                    help="tune a detector (latency-spike.k=6, long-transaction.max_xact_s=60)"

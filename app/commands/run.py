@@ -77,7 +77,7 @@ def run_console(session: Any, cleanup: Callable[[], None] | None = None) -> int:
     try:
         code = run_session_console(session, say=say_err, cleanup=cleanup)
         outcome = getattr(session, "outcome", None)
-        if outcome is not None and getattr(outcome, "why", "") and outcome.exit_code != 2:
+        if outcome is not None and outcome.why and outcome.exit_code != 2:
             # the verdict, as in the report; its code also after an error mid-run
             # (INCOMPLETE, 1), which the console alone would call bad input (2);
             # bad input stays the console's one line

@@ -188,7 +188,13 @@ class LoadEngine:
     def counter_for(self, scenario: str) -> Callable[[str, int], None] | None:
         """Where an admin context's count() goes (verify runs during the load)."""
         win = self._wins.get(scenario)
-        return None if win is None else (lambda name, n=1: win.count(name, n))
+        if win is None:
+            return None
+
+        def count(name: str, n: int = 1) -> None:
+            win.count(name, n)
+
+        return count
 
     def never_connected(self) -> dict[str, int]:
         return {k: n for k, n in self._never_connected.items() if n}

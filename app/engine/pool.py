@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import random
 import time
@@ -216,11 +217,11 @@ class WorkerPool:
                 if w.stopping and not (w.task is not None and w.task.cancelling()):
                     w.stopping = False  # revive a worker that is still finishing
                     active += 1
-            live = self.live_total
-            while active < share and live < self.cap:
+            live_n = self.live_total
+            while active < share and live_n < self.cap:
                 self._spawn(r)
                 active += 1
-                live += 1
+                live_n += 1
             if self.mode == "rate":
                 r.rate = rates[i] if rates else 0.0
                 if share and r.rate > 0 and not self.paused:
@@ -255,7 +256,10 @@ class WorkerPool:
         w = _Worker(idx, ctx)
         r.workers[idx] = w
         w.task = asyncio.get_running_loop().create_task(self._worker(r, w), name=f"{r.name}:w{idx}")
-        w.task.add_done_callback(lambda t, r=r, w=w: self._worker_done(r, w))
+        w.task.add_done_callback(functools.partial(self._worker_left, r, w))
+
+    def _worker_left(self, r: ScenarioRun, w: _Worker, _task: asyncio.Task[None]) -> None:
+        self._worker_done(r, w)
 
     def _worker_done(self, r: ScenarioRun, w: _Worker) -> None:
         if r.workers.get(w.index) is w:

@@ -304,6 +304,11 @@ class ProcessWorkers:
         if not self._waiting and self._replied is not None:
             self._replied.set()
 
+    def _reassign(self) -> None:
+        """The last assignment again, over the processes still alive."""
+        if self._last is not None:
+            self.assign(*self._last)
+
     def _lost(self, k: int, why: str) -> None:
         if k not in self._alive:
             return
@@ -317,7 +322,7 @@ class ProcessWorkers:
         self._event("worker-process-lost", f"process {k}: {why}; its workers are gone")
         # a lost process's share goes to the others
         if self._last is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon(lambda: self._last and self.assign(*self._last))
+            self._loop.call_soon(self._reassign)
 
 
 # ---- the worker process's side ---------------------------------------------------

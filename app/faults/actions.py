@@ -7,6 +7,9 @@ console lists only those); `describe()` resolves exactly what will be hit
 (pod name, backend pids, client ids, key) and refuses an empty or unsafe
 match; `inject()` does it; `heal()` undoes it (idempotent; a no-op for
 faults that heal themselves, like a killed pod a Deployment restarts).
+
+Long by design: ten fault actions behind one interface, each with its safety
+check, its description of what it will hit, inject and heal.
 """
 
 from __future__ import annotations

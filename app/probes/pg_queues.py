@@ -27,6 +27,10 @@ the previous poll's highest id, or the rise of that highest id for tables
 that delete finished rows) minus the growth of the unfinished rows, over the
 time between two polls; good_job counts `finished_at` since the last poll;
 a SQL queue that returns a cumulative `done` column gets the rise of it.
+
+Long by design: eight queue systems found by their tables, one small reader
+each, plus the user's `[[queue.sql]]` runner; they share one detection query
+and one connection.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any
 import asyncpg
 
 from app.probes.base import PROBE_APP_NAME, Probe
-from app.probes.postgres import describe_pg_error, pg_target
+from app.probes.postgres import pg_poll_error, pg_target
 
 MAX_SCAN = 100_000  # unfinished rows counted per system per poll; above it counts are lower bounds
 MAX_ARRIVALS = 1_000_000  # rows scanned to count arrivals since the previous poll
@@ -536,7 +540,7 @@ class PgQueuesProbe(Probe):
                 errors.append(self._grant_hint(f, str(e).strip().splitlines()[0]))
             except asyncpg.PostgresError as e:
                 errors.append(
-                    f"{f.system} ({f.key}): {describe_pg_error(e, self.target, self.statement_timeout_ms)}"
+                    f"{f.system} ({f.key}): {pg_poll_error(e, self.target, self.statement_timeout_ms)}"
                 )
         for sq in self.sql_queues:
             held = self._sql_backoff.get(sq.name)
@@ -725,7 +729,7 @@ class PgQueuesProbe(Probe):
         }
 
     def describe(self, exc: BaseException) -> str:
-        return describe_pg_error(exc, self.target, self.statement_timeout_ms)
+        return pg_poll_error(exc, self.target, self.statement_timeout_ms)
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -252,7 +252,7 @@ class PostgresProbe(Probe):
         return dict(data)
 
     def describe(self, exc: BaseException) -> str:
-        return describe_pg_error(exc, self.target, self.statement_timeout_ms)
+        return pg_poll_error(exc, self.target, self.statement_timeout_ms)
 
     async def reset(self) -> None:
         conn, self._conn = self._conn, None
@@ -300,7 +300,10 @@ def _lock_pids(rows: Iterable[Mapping[str, Any]]) -> list[int]:
     return sorted(out)
 
 
-def describe_pg_error(exc: BaseException, target: str, statement_timeout_ms: int = 0) -> str:
+def pg_poll_error(exc: BaseException, target: str, statement_timeout_ms: int = 0) -> str:
+    """A failed probe poll in one line: what the monitoring role or the server
+    said, and what to do; the probe retries. (A failed *load* connect is bad
+    input instead: app.engine.clients.describe_pg_error.)"""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return f"{msg}: grant pg_monitor to this role (GRANT pg_monitor TO <role>)"

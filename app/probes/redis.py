@@ -22,6 +22,10 @@ LRU age), a handful of round trips per poll:
 
 Figures leave the probe out: its connection, its commands and its slow-log
 entries. The data's shape is `RedisReading` in `app.probes.schema`.
+
+Long by design: the Redis probe's poll (INFO, SLOWLOG, LATENCY, client list),
+lock discovery and the fast lock watch; queue readers are in
+app.probes.redis_queues.
 """
 
 from __future__ import annotations
@@ -207,7 +211,7 @@ class RedisProbe(Probe):
         await self.reset()
 
     def describe(self, exc: BaseException) -> str:
-        return describe_redis_error(exc, self.target)
+        return redis_poll_error(exc, self.target)
 
     # ---- one poll ---------------------------------------------------------------
     async def poll(self) -> dict[str, Any]:
@@ -311,8 +315,8 @@ class RedisProbe(Probe):
         if hints:
             data["hints"] = [
                 f"{len(hints)} key(s) look like queues or locks but match no known layout or "
-                f"pattern (e.g. {', '.join(hints[:3])}): name them with redis_queue_patterns "
-                f"or redis_lock_patterns in loadtop.toml"
+                f"pattern (e.g. {', '.join(hints[:3])}): name them with --redis-queue-pattern / "
+                f"--redis-lock-pattern or redis_queue_patterns / redis_lock_patterns in loadtop.toml"
             ]
             data["unmatched_keys"] = hints
         self._own_cmds = cmds
@@ -531,7 +535,9 @@ def uuid1_time(token: bytes) -> float | None:
     return (u.time - UUID1_EPOCH) / 1e7
 
 
-def describe_redis_error(exc: BaseException, target: str) -> str:
+def redis_poll_error(exc: BaseException, target: str) -> str:
+    """A failed probe poll in one line; the probe retries. (A failed *load*
+    connect is bad input instead: app.engine.clients.describe_redis_error.)"""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
         return f"{msg}: check the user and password in the Redis URL for {target}"

@@ -20,6 +20,10 @@ consumption rate measured between polls: for lists by finding the previous
 poll's newest item again (`LPOS`, so arrivals and consumption are told
 apart), for sorted sets by how many items due at the previous poll are gone,
 for streams by `entries-read`.
+
+Long by design: one small reader per queue layout (RQ, Celery, Sidekiq, BullMQ,
+arq, dramatiq, huey, plain lists, sorted sets and streams) sharing one batched
+round trip per poll; splitting them would split the batch.
 """
 
 from __future__ import annotations

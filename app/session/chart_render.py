@@ -159,11 +159,11 @@ def render_svg(data: ChartData, *, title: str = "", width: int = 960, height: in
     for s in series:
         ticks = left if s.metric == "ops/s" else right
         d, pen = [], "M"
-        for xv, v in zip(data.xs, s.values, strict=True):
-            if v is None:
+        for xv, val in zip(data.xs, s.values, strict=True):
+            if val is None:
                 pen = "M"
                 continue
-            d.append(f"{pen}{_f(X(xv))} {_f(Y(v, ticks))}")
+            d.append(f"{pen}{_f(X(xv))} {_f(Y(val, ticks))}")
             pen = "L"
         dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
         width_ = 2 if s.metric == "ops/s" else 1.5

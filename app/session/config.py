@@ -339,9 +339,9 @@ SCHEMA: dict[str, Key] = {
     "slo": Key("--slo", (dict, str), '[slo] p95_ms = 500', parse_slo),
     "probe_intervals": Key("probe_intervals", (dict,), "[probe_intervals] pods = 2",
                            _probe_intervals),
-    "redis_lock_patterns": Key("redis_lock_patterns", (list, str),
+    "redis_lock_patterns": Key("--redis-lock-pattern", (list, str),
                                'redis_lock_patterns = ["*:lock:*"]', items=str),
-    "redis_queue_patterns": Key("redis_queue_patterns", (list, str),
+    "redis_queue_patterns": Key("--redis-queue-pattern", (list, str),
                                 'redis_queue_patterns = ["*:queue:*"]', items=str),
     "fault": Key("--fault", (str, list), 'fault = ["at=30s,kind=pod-kill"]', items=str),
     "allow_faults": Key("--allow-faults", (bool,), "allow_faults = true", _bool("--allow-faults")),
@@ -550,8 +550,8 @@ def build_run_config(
         k8s_context=k8s["k8s_context"], prometheus_url=prometheus, params=params, engine=engine,
         record=record, export=export, readonly=readonly,
         probes=not getattr(args, "no_probes", False), probe_intervals=value("probe_intervals"),
-        redis_lock_patterns=_str_list(raw("redis_lock_patterns")),
-        redis_queue_patterns=_str_list(raw("redis_queue_patterns")), detect=detect, slo=slo,
+        redis_lock_patterns=_patterns(raw, "redis_lock_patterns"),
+        redis_queue_patterns=_patterns(raw, "redis_queue_patterns"), detect=detect, slo=slo,
         processes=procs, pg_sql_queues=sql_queues, faults=faults, allow_faults=allow_faults,
         http_via_proxy=via_proxy,
     )  # fmt: skip
@@ -635,6 +635,16 @@ def _str_list(v: Any) -> list[str] | None:
     if v is None:
         return None
     return [v] if isinstance(v, str) else list(v)
+
+
+def _patterns(raw: Callable[[str], Any], key: str) -> list[str] | None:
+    """Redis key patterns: the repeatable flag (each value non-empty) over
+    loadtop.toml's list; None if neither gives any."""
+    v = _str_list(raw(key))
+    if v is not None and any(not p.strip() for p in v):
+        fail(f"{SCHEMA[key].flag} is empty: give a key pattern, e.g. '*:queue:*',"
+             " or leave the flag out")  # fmt: skip
+    return v
 
 
 def _outputs(args: Any) -> tuple[str | None, str | None]:

@@ -29,6 +29,16 @@ class SessionOutcome(Protocol):
     @property
     def record_path(self) -> str | None: ...
 
+    @property
+    def verdict(self) -> str:
+        """PASS | FAIL | INCOMPLETE | ERROR (app.session.report.verdict)."""
+        ...
+
+    @property
+    def why(self) -> str:
+        """The verdict in one line."""
+        ...
+
 
 class SessionControl(Protocol):
     # ---- facts for the header --------------------------------------------

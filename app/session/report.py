@@ -9,6 +9,10 @@ scenario, the anomaly and probe sections), each tick's histograms decoded
 once and let go, so an eight-hour recording is reported in bounded memory.
 The live console's `e` export runs the same function over the session's
 recording file, so it says what `loadtop report` would.
+
+Long by design: the report's one streaming pass (the accumulators that merge
+each step's histograms) and its Markdown; sections about anomalies and probes
+live in app.detect and app.probes.
 """
 
 from __future__ import annotations
@@ -634,6 +638,8 @@ def render_markdown(
         L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
     recorded = s.get("recorded_by") or "an unknown version"
     L.append(f"Recorded by loadtop {recorded} · reported by loadtop {s['reported_by']}")
+    L.append("")
+    L.append(f"Verdict: {v['why']}.")
     L.append("")
     L.append(f"Verdict: {v['why']}.")
     L.append("")

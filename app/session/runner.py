@@ -883,6 +883,7 @@ class Session:
     async def _cleanup_redis(self, pattern: str) -> None:
         import redis.asyncio as aioredis
 
+        assert self.cfg.redis_url is not None  # only called with a Redis target
         client = aioredis.Redis.from_url(
             self.cfg.redis_url, socket_connect_timeout=5, socket_timeout=10,
             client_name="loadtop:cleanup",

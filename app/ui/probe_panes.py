@@ -1,5 +1,5 @@
-"""The probes' panes: PostgreSQL (connections, the lock tree, blockers),
-Redis (locks and queues) and pods. Like every pane they only read ticks
+"""The probes' panes: PostgreSQL (connections, the lock tree, blockers,
+Postgres-native queues), Redis (locks and queues) and pods. Like every pane they only read ticks
 (`show(tick, timeline)`): here, the probe readings a tick carries (shapes in
 `app/probes/schema.py`), and they hide while their probe has nothing to show.
 """
@@ -92,20 +92,45 @@ def _indent(depth: int) -> str:
 class PostgresPane(Pane):
     """Connections, idle in transaction, deadlocks and rollbacks per second on
     the header line; what the probe cannot see; the lock trees (root first,
-    waiters indented by depth), cycles and amplifiers. While it has a tree it
-    asks for the wider share of the screen (the `pg-tree` class)."""
+    waiters indented by depth), cycles and amplifiers; under them the
+    Postgres-native queues (the pg_queues reading) in the Redis pane's queue
+    table. While it has a tree it asks for the wider share of the screen (the
+    `pg-tree` class)."""
 
     def __init__(self) -> None:
         super().__init__("postgres", id="postgres")
         self._cache: dict[str, Row] = {}
         self.backends: dict[str, dict[str, Any]] = {}  # row key -> backend (for details)
         self._last: tuple[Tick, Timeline] | None = None
+        self._queues: dict[str, Row] = {}
+        self._depths: dict[str, deque[int]] = {}
+        self._queues_t: float | None = None  # the pg_queues reading last drawn
 
     def compose(self) -> ComposeResult:
         yield Static("", id="pg-summary")
         t: DataTable = DataTable(id="blockers", cursor_type="row")
         t.add_columns("pid", "state", "app", "waits for · query")
         yield t
+        q: DataTable = DataTable(id="pg-queues", cursor_type="row")
+        q.add_columns(*QUEUE_COLUMNS)
+        q.display = False
+        yield q
+
+    def _show_queues(self, tick: Tick) -> None:
+        """procrastinate, pgmq, river, ... and [[queue.sql]] queues: the same
+        columns as Redis queues; hidden while there are none."""
+        r = tick.readings.get("pg_queues")
+        if r is None:
+            return
+        qs = (r.data.get("queues") or []) if r.ok else []
+        inner = self.content_region.width or 0
+        avail = inner - 1 if inner >= 40 else 62  # not laid out yet: a 120-column screen's half
+        name_w = min(QUEUE_MAX_W, max(10, avail - QUEUE_FIXED_W))
+        qrows = queue_rows(qs, self._depths, name_w, record=r.t != self._queues_t)
+        self._queues_t = r.t
+        table = self.query_one("#pg-queues", DataTable)
+        sync_table(table, qrows, self._queues)
+        table.display = bool(qrows)
 
     def _fit_rows(self, rows: dict[str, Row]) -> dict[str, Row]:
         """Cut the last cells so the table fits the pane (no sideways scrolling),
@@ -133,6 +158,7 @@ class PostgresPane(Pane):
             return
         self._last = (tick, tl)
         self.reveal(True)
+        self._show_queues(tick)
         summary = self.query_one("#pg-summary", Static)
         if not r.ok:
             summary.update(Text(f"probe: {r.error}", style="bold red"))
@@ -242,15 +268,60 @@ def short_key(key: str) -> str:
     return RUN_PREFIX.sub("", key)
 
 
+QUEUE_COLUMNS = ("queue", "depth", "trend", "age", "infl", "fail", "sched", "out/s")
+QUEUE_MAX_W = 34  # queue name (+ layout when it fits)
+# the columns besides the queue's name: depth 5, trend 8, age 5, in flight 4, failed 4,
+# and 2 cells of padding each; scheduled and out/s come last and scroll off first
+QUEUE_FIXED_W = 5 + 8 + 5 + 4 + 4 + 6 * 2
+
+
+def queue_rows(
+    queues: list[dict[str, Any]], depths: dict[str, deque[int]], name_w: int, record: bool = True
+) -> dict[str, Row]:
+    """The queue table's rows for a reading's `queues` (Redis and pg_queues
+    share the keys): name (with its layout when it fits), depth, trend over
+    the last 20 polls (kept in `depths`; `record=False` redraws without adding
+    a point), age, in flight, failed, scheduled, out/s."""
+    qrows: dict[str, Row] = {}
+    for q in queues[:30]:
+        name = str(q.get("name"))
+        depth = int(q.get("depth") or 0)
+        hist = depths.setdefault(name, deque(maxlen=20))
+        if record or not hist:
+            hist.append(depth)
+        trend = sparkline([float(x) for x in hist], 6)
+        if len(hist) > 1 and hist[-1] > hist[0]:
+            trend_t = Text(f"{trend} ↑", style="yellow")
+        elif len(hist) > 1 and hist[-1] < hist[0]:
+            trend_t = Text(f"{trend} ↓", style="green")
+        else:
+            trend_t = Text(trend)
+        layout = str(q.get("layout", ""))
+        short = short_key(name)
+        if len(short) + len(layout) + 3 <= name_w:
+            label = f"{short} ({layout})"
+        else:  # the name matters more than its layout
+            label = elide_middle(short, name_w)
+        age = q.get("oldest_age_s")
+        consumed = q.get("consumed_per_s")
+        qrows[name] = (
+            label,
+            str(depth),
+            trend_t,
+            "-" if age is None else fmt.age(age),
+            _opt(q.get("in_flight")),
+            _opt(q.get("failed")),
+            _opt(q.get("scheduled")),
+            "-" if consumed is None else fmt.rate(float(consumed)),
+        )
+    return qrows
+
+
 class RedisPane(Pane):
     """Lock holders, queues and an INFO line. Fits 100-140 columns: names and
     holders elide in the middle (elide_middle), so host, pid and the queue's
     distinguishing tail survive."""
 
-    QUEUE_MAX_W = 34  # queue name (+ layout when it fits)
-    # the columns besides the queue's name: depth 5, trend 8, age 5, in flight 4, failed 4,
-    # and 2 cells of padding each; scheduled and out/s come last and scroll off first
-    QUEUE_FIXED_W = 5 + 8 + 5 + 4 + 4 + 6 * 2
     LOCK_FIXED_W = 6 + 7 + 4 * 2  # age, pttl (NO TTL when none), padding
 
     def _avail(self) -> int:
@@ -269,7 +340,7 @@ class RedisPane(Pane):
         locks.add_columns("lock", "holder", "age", "pttl")
         yield locks
         q: DataTable = DataTable(id="redis-queues", cursor_type="row")
-        q.add_columns("queue", "depth", "trend", "age", "infl", "fail", "sched", "out/s")
+        q.add_columns(*QUEUE_COLUMNS)
         yield q
 
     def show(self, tick: Tick, tl: Timeline) -> None:
@@ -301,7 +372,7 @@ class RedisPane(Pane):
             shown = ", ".join(elide_middle(k, 24) for k in unmatched[:2])
             line.append(
                 f"\n{len(unmatched)} key(s) look like queues/locks but match nothing ({shown}): "
-                "redis_queue_patterns / redis_lock_patterns in loadtop.toml",
+                "--redis-queue-pattern / --redis-lock-pattern or loadtop.toml",
                 style="yellow",
             )
         info.update(line)
@@ -326,38 +397,8 @@ class RedisPane(Pane):
         locks = self.query_one("#redis-locks", DataTable)
         sync_table(locks, lrows, self._locks)
         locks.display = bool(lrows)
-        qrows: dict[str, Row] = {}
-        name_w = min(self.QUEUE_MAX_W, max(10, self._avail() - self.QUEUE_FIXED_W))
-        for q in (d.get("queues") or [])[:30]:
-            name = str(q.get("name"))
-            depth = int(q.get("depth") or 0)
-            hist = self._depths.setdefault(name, deque(maxlen=20))
-            hist.append(depth)
-            trend = sparkline([float(x) for x in hist], 6)
-            if len(hist) > 1 and hist[-1] > hist[0]:
-                trend_t = Text(f"{trend} ↑", style="yellow")
-            elif len(hist) > 1 and hist[-1] < hist[0]:
-                trend_t = Text(f"{trend} ↓", style="green")
-            else:
-                trend_t = Text(trend)
-            layout = str(q.get("layout", ""))
-            short = short_key(name)
-            if len(short) + len(layout) + 3 <= name_w:
-                label = f"{short} ({layout})"
-            else:  # the name matters more than its layout
-                label = elide_middle(short, name_w)
-            age = q.get("oldest_age_s")
-            consumed = q.get("consumed_per_s")
-            qrows[name] = (
-                label,
-                str(depth),
-                trend_t,
-                "-" if age is None else fmt.age(age),
-                _opt(q.get("in_flight")),
-                _opt(q.get("failed")),
-                _opt(q.get("scheduled")),
-                "-" if consumed is None else fmt.rate(float(consumed)),
-            )
+        name_w = min(QUEUE_MAX_W, max(10, self._avail() - QUEUE_FIXED_W))
+        qrows = queue_rows(d.get("queues") or [], self._depths, name_w)
         queues = self.query_one("#redis-queues", DataTable)
         sync_table(queues, qrows, self._queues)
         queues.display = bool(qrows)

@@ -132,6 +132,8 @@ for flag, bad, needle in [
     ("-p", "novalue", "key=value"),
     ("-p", "=x", "key=value"),
     ("-p", "", "key=value"),
+    ("--redis-lock-pattern", "", "--redis-lock-pattern is empty"),
+    ("--redis-queue-pattern", " ", "--redis-queue-pattern is empty"),
 ]:
     case(f"run {flag} {bad!r}", [*RUN, f"{flag}={bad}" if flag.startswith("--") else flag, *(
         [] if flag.startswith("--") else [bad])], needle)  # fmt: skip

@@ -57,6 +57,32 @@ def test_flags_and_loadtop_toml_build_the_same_config(
     assert from_toml.engine.plan == [1, 2, 4] and from_toml.engine.concurrency == 1
 
 
+def test_redis_pattern_flags_give_the_same_config_as_loadtop_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOADTOP_REDIS_URL", raising=False)
+    flags = _run_args(
+        "-s", "redis-getset", "--redis", "redis://127.0.0.1:6379/3",
+        "--redis-queue-pattern", "jobs:*", "--redis-queue-pattern", "mail:*:q",
+        "--redis-lock-pattern", "*:lock:*",
+    )  # fmt: skip
+    by_flag = build_run_config(flags)
+    assert by_flag.redis_queue_patterns == ["jobs:*", "mail:*:q"]
+    assert by_flag.redis_lock_patterns == ["*:lock:*"]
+    (tmp_path / "loadtop.toml").write_text(
+        'redis = "redis://127.0.0.1:6379/3"\nscenario = "redis-getset"\n'
+        'redis_queue_patterns = ["jobs:*", "mail:*:q"]\nredis_lock_patterns = "*:lock:*"\n',
+        encoding="utf-8",
+    )
+    from_toml = build_run_config(_run_args())
+    assert _comparable(from_toml) == _comparable(by_flag)
+    # the flag overrides the toml, like every other key
+    over = build_run_config(_run_args("--redis-queue-pattern", "other:*"))
+    assert over.redis_queue_patterns == ["other:*"]
+    assert over.redis_lock_patterns == ["*:lock:*"]
+
+
 def test_toml_and_flags_fail_with_the_same_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -209,6 +209,15 @@ def pods_reading(i: int) -> Reading:
     return Reading("pods", T0 + i, True, 30.0, data)
 
 
+def pg_queues_reading(i: int, queues: list[dict[str, Any]]) -> Reading:
+    """The pg_queues probe at tick i with these `queues` (the keys of a Redis
+    queue plus source "postgres"), as app.probes.pg_queues reports them."""
+    qs = [{"source": "postgres", "consumers": {"kind": "polling", "count": None}, **q}
+          for q in queues]  # fmt: skip
+    systems = sorted({f"{q['layout']} public" for q in qs})
+    return Reading("pg_queues", T0 + i, True, 2.0, {"queues": qs, "systems": systems})
+
+
 def readings(i: int) -> dict[str, Reading]:
     return {"postgres": pg_reading(i), "redis": redis_reading(i), "pods": pods_reading(i)}
 

@@ -1,5 +1,10 @@
 """Detectors on the load itself: latency, SLO, errors, the knee, invariants,
-and loadtop's own saturation."""
+and loadtop's own saturation.
+
+Long by design: the load detectors (latency spike, SLO breach, error burst,
+connection saturation of the client pools, capacity knee, generator saturation,
+invariants), each a small class over the same tick view.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Detectors on the redis probe's readings (see app/probes/schema.py)."""
+"""Detectors on the redis probe's readings (see app/probes/schema.py).
+
+Long by design: the Redis detectors (lock holders and takeovers, queue backlog,
+stuck, pending and consumers gone, server pressure) share the per-key tracking
+and hysteresis helpers kept here; each detector is a small class.
+"""
 
 from __future__ import annotations
 
