@@ -17,6 +17,7 @@ from textual._two_way_dict import TwoWayDict
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
+from textual.widgets.data_table import ColumnKey
 
 from app import fmt
 from app.tick import Anomaly, Tick
@@ -141,24 +142,70 @@ class HeaderBar(Static):
 
 class LatencyPane(Pane):
     """Per scenario: sparklines of p50 and p99 over the last ticks, current
-    p50/p95/p99, ops/s, errors."""
+    p50/p95/p99, ops/s, errors. The two trend columns share out whatever width
+    the other columns leave (at least `SPARK_MIN` each), recomputed on resize."""
 
-    SPARK_WIDTH = 16
+    SPARK_MIN = 9  # the header's width ("p50 trend"): an 80-column pane scrolls less
+    SPARK_MAX = 300  # the timeline keeps RECENT_POINTS (600) points; half each is plenty
+    TRENDS = ("p50~", "p99~")
 
     def __init__(self) -> None:
         super().__init__("latency", id="latency")
         self._cache: dict[str, Row] = {}
         self._counts_col = False  # added when a scenario first calls ctx.count()
+        self.spark_width = self.SPARK_MIN
+        self._tick: Tick | None = None
+        self._tl: Timeline | None = None
 
     def compose(self) -> ComposeResult:
         t: DataTable = DataTable(id="latency-table", cursor_type="row")
         t.add_columns("scenario", "workers", "ops/s", "p50", "p95", "p99", "err")
-        t.add_column("p50 trend", key="p50~")
-        t.add_column("p99 trend", key="p99~")
+        t.add_column("p50 trend", key="p50~", width=self.SPARK_MIN)
+        t.add_column("p99 trend", key="p99~", width=self.SPARK_MIN)
         yield t
+
+    def fit_trends(self) -> bool:
+        """Size the trend columns to the table's width: what the other columns
+        need is kept, the rest split between the two. True when it changed."""
+        table = self.query_one("#latency-table", DataTable)
+        avail = table.scrollable_content_region.width
+        if avail <= 0:  # not laid out yet
+            return False
+        pad = 2 * table.cell_padding
+        others = sum(
+            c.get_render_width(table)
+            for k, c in table.columns.items()
+            if k.value not in self.TRENDS
+        )
+        share = (avail - others - 2 * pad) // 2
+        w = max(self.SPARK_MIN, min(self.SPARK_MAX, share))
+        if w == self.spark_width:
+            return False
+        self.spark_width = w
+        for key in self.TRENDS:
+            table.columns[ColumnKey(key)].width = w
+        table._require_update_dimensions = True
+        table.refresh()
+        return True
+
+    def on_resize(self) -> None:
+        if self._tick is not None and self._tl is not None and self.fit_trends():
+            self._sync(self._tick, self._tl)
 
     def show(self, tick: Tick, tl: Timeline) -> None:
         self.reveal(bool(tick.scenarios))
+        self._tick, self._tl = tick, tl
+        self._sync(tick, tl)
+        # the other columns may have grown with this tick's numbers
+        if self.fit_trends():
+            self._sync(tick, tl)
+
+    def _trend(self, name: str, field: str, tl: Timeline, style: str) -> Text:
+        w = self.spark_width
+        # newest at the right edge; a young session leaves blanks on the left
+        return Text(sparkline(tl.series(name, field, w), w).rjust(w), style=style)
+
+    def _sync(self, tick: Tick, tl: Timeline) -> None:
         table = self.query_one("#latency-table", DataTable)
         rows: dict[str, Row] = {}
         last = tl.points[-1] if tl.points else None
@@ -174,11 +221,9 @@ class LatencyPane(Pane):
                 fmt.ms(s.lat.p95 if s.lat.count else None),
                 fmt.ms(s.lat.p99 if s.lat.count else None),
                 Text(f"{s.err_pct:.1f}%", style="bold red") if s.err_pct else "0",
-                Text(sparkline(tl.series(s.name, "p50", self.SPARK_WIDTH), self.SPARK_WIDTH),
-                     style="green"),
-                Text(sparkline(tl.series(s.name, "p99", self.SPARK_WIDTH), self.SPARK_WIDTH),
-                     style="yellow"),
-            )  # fmt: skip
+                self._trend(s.name, "p50", tl, "green"),
+                self._trend(s.name, "p99", tl, "yellow"),
+            )
             if self._counts_col:
                 counts = ", ".join(f"{k} {fmt.rate(v)}" for k, v in s.counters)
                 row = (*row, counts[:48])

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from app.session.control import SessionControl
 from app.session.runner import RunConfig, Session
 from app.tick import Tick
 from app.ui.live import LiveConsole, controls_of
 from app.ui.main import make_live_app
+from app.ui.panes import LatencyPane
 from app.ui.probe_panes import PostgresPane
 from app.ui.screens import BlockerScreen, ConfirmScreen, HelpScreen
 from app.ui.textshot import screen_text
@@ -503,18 +504,70 @@ async def test_many_ticks_in_one_frame_all_reach_the_timeline() -> None:
 # ---- snapshot (fixed timeline, fixed clock) ---------------------------------------------
 
 
-def test_snapshot_live_120x40(snap_compare: Any) -> None:
+def _seeded_live() -> tuple[FakeSession, LiveConsole]:
+    """The live console over a fake session with a fixed clock; the seeded
+    synthetic ticks are pushed by the caller."""
     clock = Clock()
     fake = FakeSession(
         targets={"postgres": "postgresql://app@db:5432/shop", "redis": "redis://cache:6379/0"},
         plan=PLAN,
         wall_clock=clock,
     )
-    app = make_live_app(fake, clock=clock, wall_clock=clock)
+    return fake, make_live_app(fake, clock=clock, wall_clock=clock)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_live(snap_compare: Any, size: tuple[int, int]) -> None:
+    fake, app = _seeded_live()
 
     async def go(pilot: Pilot[Any]) -> None:
         for t in make_ticks(13):  # into the lock chain, before any critical toast
             fake.push(t)
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=(120, 40), run_before=go)
+    assert snap_compare(app, terminal_size=size, run_before=go)
+
+
+async def _trend_cells(size: tuple[int, int]) -> tuple[str, str, int, int]:
+    fake, app = _seeded_live()
+    async with app.run_test(size=size) as pilot:
+        for t in make_ticks(13):
+            fake.push(t)
+        await pilot.pause()
+        await pilot.pause()
+        table = app.query_one("#latency-table", DataTable)
+        row = table.get_row_at(0)
+        p50, p99 = str(row[7]), str(row[8])
+        cols = [c.key.value for c in table.columns.values()]
+        assert cols[7:9] == ["p50~", "p99~"]
+        # the trend columns leave no empty half: the table fills its pane
+        used = sum(c.get_render_width(table) for c in table.columns.values())
+        # the session chart is drawn at its widget's width
+        chart = str(app.query_one("#chart", Static).render()).split("\n")
+        return p50, p99, table.scrollable_content_region.width - used, max(map(len, chart))
+
+
+async def test_trend_sparklines_grow_with_the_pane() -> None:
+    p50_120, p99_120, spare_120, chart_120 = await _trend_cells((120, 40))
+    p50_200, p99_200, spare_200, chart_200 = await _trend_cells((200, 50))
+    assert chart_200 > chart_120
+    assert len(p50_200) > len(p50_120) and len(p99_200) > len(p99_120)
+    # the 13 ticks are all drawn, newest at the right edge
+    assert len(p50_200.strip()) == 13 and p50_200[-1] != " "
+    assert 0 <= spare_200 <= 2 and 0 <= spare_120 <= 2
+
+
+async def test_trend_sparklines_follow_a_resize() -> None:
+    fake, app = _seeded_live()
+    async with app.run_test(size=(200, 50)) as pilot:
+        for t in make_ticks(13):
+            fake.push(t)
+        await pilot.pause()
+        pane = app.query_one(LatencyPane)
+        wide = pane.spark_width
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        await pilot.pause()
+        assert LatencyPane.SPARK_MIN <= pane.spark_width < wide
+        row = app.query_one("#latency-table", DataTable).get_row_at(0)
+        assert len(str(row[7])) == pane.spark_width
