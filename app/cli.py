@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from app import __version__
 from app.commands import COMMANDS
 from app.commands import base as _base
 from app.commands.base import UsageError, fail, say_err, silence_stdout, stdout_gone
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     ap = _Parser(prog="loadtop", description="A live console for concurrency stress tests.",
                  epilog=EXIT_CODES_HELP, formatter_class=raw)  # fmt: skip
+    ap.add_argument("--version", action="version", version=f"loadtop {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         epilog = EXIT_CODES_HELP if command.name in ("run", "watch", "demo") else None

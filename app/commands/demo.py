@@ -42,6 +42,9 @@ class Demo:
                             help="the f menu and --fault may hit the demo's servers and service")  # fmt: skip
         parser.add_argument("--fault", action="append", metavar="SPEC",
                             help="e.g. 'at=40s,kind=pod-kill' (repeatable; needs --allow-faults)")  # fmt: skip
+        from app.commands.share import add_team_flags
+
+        add_team_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         return run_demo(args)
@@ -71,6 +74,9 @@ def demo_config(
     local_pids: dict[str, Any] | None = None,
     allow_faults: bool | None = None,
     faults: list[str] | None = None,
+    metrics: str | None = None,
+    web: str | None = None,
+    web_token: str | None = None,
 ) -> RunConfig:
     """The demo's RunConfig, validated by `build_run_config` like any run's:
     the demo's plan and parameters are its profile; no loadtop.toml and no
@@ -87,6 +93,9 @@ def demo_config(
         export=export,
         allow_faults=True if allow_faults is None else allow_faults,  # all its own servers
         fault=faults,
+        metrics=metrics,
+        web=web,
+        web_token=web_token,
     )
     profile = {
         "scenario": [cls.name for cls, _ in mix],
@@ -161,11 +170,16 @@ def run_demo(args: Any) -> int:
         export=getattr(args, "export", None),
         allow_faults=getattr(args, "allow_faults", None),
         faults=getattr(args, "fault", None),
+        metrics=getattr(args, "metrics", None),
+        web=getattr(args, "web", None),
+        web_token=getattr(args, "web_token", None),
     )
     from app.commands.base import mark_run_started
+    from app.commands.share import team_outputs
 
     mark_run_started()
     with contextlib.ExitStack() as stack:
+        attach = stack.enter_context(team_outputs(cfg, _say))
         _say("starting embedded PostgreSQL, Valkey and the demo service…")
         # side by side, to be on screen within seconds: the servers (their ports
         # are chosen up front), the service (it waits for them), and the load
@@ -211,8 +225,12 @@ def run_demo(args: Any) -> int:
         if headless:
             from app.frontends.headless import headless_printer, run_headless
 
-            return run_headless(Session(cfg, printer=headless_printer(cfg)))
+            session = Session(cfg, printer=headless_printer(cfg))
+            attach(session)
+            return run_headless(session)
         from app.commands.run import run_console
 
-        return run_console(Session(cfg), cleanup=stack.close)
+        session = Session(cfg)
+        attach(session)
+        return run_console(session, cleanup=stack.close)
     return 0

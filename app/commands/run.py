@@ -17,6 +17,7 @@ from app.commands.base import (
     silence_stdout,
     stdout_gone,
 )
+from app.commands.share import add_team_flags, team_outputs
 from app.session.config import (
     MAX_DURATION_TEXT,
     MAX_RATE,
@@ -40,6 +41,7 @@ class Run:
         out.add_argument("--headless", action="store_true", help="no console: one line per tick")
         out.add_argument("--record", metavar="F.jsonl", help="record every tick (JSONL)")
         out.add_argument("--export", metavar="F.md", help="write the Markdown report at the end")
+        add_team_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         cfg = build_run_config(args)  # checks --record / --export too
@@ -47,14 +49,18 @@ class Run:
         mark_run_started()
         saved = interrupt_on_signals()
         try:
-            with embedded_targets(cfg, say_err):
+            with team_outputs(cfg, say_err) as attach, embedded_targets(cfg, say_err):
                 from app.session.runner import Session
 
                 if args.headless:
                     from app.frontends.headless import headless_printer, run_headless
 
-                    return run_headless(Session(cfg, printer=headless_printer(cfg)))
-                return run_console(Session(cfg))
+                    session = Session(cfg, printer=headless_printer(cfg))
+                    attach(session)
+                    return run_headless(session)
+                session = Session(cfg)
+                attach(session)
+                return run_console(session)
         finally:
             for sig, handler in saved.items():
                 with contextlib.suppress(ValueError, OSError, TypeError):

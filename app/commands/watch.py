@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from app.commands.base import add_targets, mark_run_started
+from app.commands.base import add_targets, mark_run_started, say_err
+from app.commands.share import add_team_flags, team_outputs
 from app.session.config import build_run_config, forget_secret_environment
 
 
@@ -20,6 +21,7 @@ class Watch:
         parser.add_argument("--record", metavar="F.jsonl")
         parser.add_argument("--export", metavar="F.md", help="write the Markdown report at the end")
         parser.add_argument("--interval", metavar="T", help="tick length (default 1s)")
+        add_team_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         """Until --duration, Ctrl-C, SIGTERM or SIGHUP. The exit code is the
@@ -30,10 +32,15 @@ class Watch:
         mark_run_started()
         from app.session.watch import WatchSession
 
-        if not args.headless:
-            from app.commands.run import run_console
+        with team_outputs(cfg, say_err) as attach:
+            if not args.headless:
+                from app.commands.run import run_console
 
-            return run_console(WatchSession(cfg))
-        from app.frontends.headless import headless_printer, run_headless
+                session = WatchSession(cfg)
+                attach(session)
+                return run_console(session)
+            from app.frontends.headless import headless_printer, run_headless
 
-        return run_headless(WatchSession(cfg, printer=headless_printer(cfg)))
+            session = WatchSession(cfg, printer=headless_printer(cfg))
+            attach(session)
+            return run_headless(session)

@@ -4,6 +4,7 @@ Shared by the front ends and the commands above them."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -28,3 +29,14 @@ def silence_stdout(stderr: bool = False) -> None:
             os.close(devnull)
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def block_sigpipe() -> None:
+    """For the calling thread (and the threads and processes it starts): a
+    write to a socket or pipe whose reader left (a browser or scraper that went
+    away) is EPIPE, handled there, not a SIGPIPE. The headless run stops on
+    SIGPIPE (its stdout's reader left), which must stay about its stdout."""
+    import signal
+
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})

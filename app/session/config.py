@@ -139,6 +139,43 @@ def parse_slo(text: Any) -> dict[str, float]:
     return out
 
 
+def parse_listen(flag: str) -> Callable[[Any], tuple[str, int]]:
+    """`HOST:PORT` (`127.0.0.1:9108`, `[::1]:9108`, `0.0.0.0:8080`) or `PORT`
+    (loopback) -> (host, port). Port 0: any free port (the one taken is printed)."""
+
+    def parse(v: Any) -> tuple[str, int]:
+        text = str(v).strip()
+        example = f"e.g. {flag} 127.0.0.1:{9108 if flag == '--metrics' else 8080}"
+        m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]\s]*)):(\d{1,5})|(\d{1,5})", text)
+        if not m:
+            fail(f"{flag} {text!r} is not HOST:PORT: give {example}")
+        host = m[1] or m[2] or "127.0.0.1"
+        port = int(m[3] or m[4])
+        if port > 65535:
+            fail(f"{flag} {text!r}: port {port} is out of range: give a port up to 65535")
+        import ipaddress
+        import socket
+
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                host = socket.gethostbyname(host)
+            except OSError:
+                fail(f"{flag} {text!r}: {host!r} is not an address of this machine: give {example}")
+        return host, port
+
+    return parse
+
+
+def _web_token(v: Any) -> str:
+    text = str(v)
+    if len(text) < 8 or not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", text):
+        fail("--web-token must be at least 8 letters, digits or -._~+/= (no spaces):"
+             " give e.g. a value from `openssl rand -hex 16`")  # fmt: skip
+    return text
+
+
 def positive_int(flag: str, v: Any, minimum: int = 1, maximum: int | None = None) -> int:
     """A whole number from a flag's text or a TOML integer (a TOML float or
     boolean is not one: `max_concurrency = 1.5` is refused, not truncated)."""
@@ -313,6 +350,10 @@ SCHEMA: dict[str, Key] = {
     "allow_faults": Key("--allow-faults", (bool,), "allow_faults = true", _bool("--allow-faults")),
     "http_via_proxy": Key("--http-via-proxy", (bool,), "http_via_proxy = true",
                           _bool("--http-via-proxy")),
+    "metrics": Key("--metrics", (str,), 'metrics = "127.0.0.1:9108"', parse_listen("--metrics"),
+                   "LOADTOP_METRICS"),
+    "web": Key("--web", (str,), 'web = "127.0.0.1:8080"', parse_listen("--web"), "LOADTOP_WEB"),
+    "web_token": Key("--web-token", (str,), 'web_token = "..."', _web_token, "LOADTOP_WEB_TOKEN"),
     "queue": Key("[[queue.sql]]", (dict,), '[[queue.sql]] name = "emails" sql = "SELECT ..."',
                  _sql_queues),
 }  # fmt: skip
@@ -517,6 +558,11 @@ def build_run_config(
         processes=procs, pg_sql_queues=sql_queues, faults=faults, allow_faults=allow_faults,
         http_via_proxy=via_proxy,
     )  # fmt: skip
+    cfg.metrics = value("metrics")
+    cfg.web = value("web")
+    cfg.web_token = value("web_token")
+    if cfg.web_token and not cfg.web:
+        fail("--web-token without --web: give --web HOST:PORT too, or leave the token out")
     if watch and not (
         cfg.pg_dsn or cfg.pg_monitor_dsn or cfg.redis_url or cfg.k8s_namespace or cfg.prometheus_url
     ):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, overload
 
+from app import __version__
 from app.tick import (
     RECORDING_VERSION,
     Anomaly,
@@ -108,7 +109,13 @@ class Recorder:
             raise RecordingError(
                 f"--record {self.path} cannot be written ({e.strerror}): choose another path"
             ) from None
-        line = {"type": "header", "version": RECORDING_VERSION, "versions": _versions(), **header}
+        line = {
+            "type": "header",
+            "version": RECORDING_VERSION,
+            "loadtop_version": __version__,
+            "versions": _versions(),
+            **header,
+        }
         try:
             text = self._scrub(json.dumps(line, separators=(",", ":"), default=str)) + "\n"
             self._f.write(text)
@@ -413,3 +420,83 @@ def _index_tick(ticks: TickFile, d: dict[str, Any], start: int, length: int) -> 
         ticks.cleared.append((k, _anomaly_from_json(a)))
     if len(ticks.cleared) > 2 * MAX_CLEARED:
         del ticks.cleared[:MAX_CLEARED]
+
+
+class RecordingTail:
+    """A recording still being written, followed as it grows (`replay --follow`).
+
+    `open()` waits for the header; `poll()` indexes the complete lines written
+    since the last poll into the same `TickFile` a replay reads, and returns how
+    many ticks were added. A line without its newline yet (the writer is
+    mid-line, or was killed mid-line) is left for the next poll; the end
+    record, when it arrives, sets `recording.end`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.recording: Recording | None = None
+        self._pos = 0
+        self._line = 1  # lines read, for messages
+
+    @property
+    def ended(self) -> bool:
+        return self.recording is not None and self.recording.end is not None
+
+    def open(self) -> Recording | None:
+        """The recording once its header line is complete; None until then.
+        Raises RecordingError for a file that is not a recording."""
+        if self.recording is not None:
+            return self.recording
+        try:
+            with open(self.path, "rb") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RecordingError(f"recording {self.path} cannot be read ({e.strerror})") from None
+        if not first.endswith(b"\n"):
+            return None  # not written yet, or mid-line
+        rec = read_recording(self.path, limit=len(first))
+        self.recording = rec
+        self._pos = len(first)
+        return rec
+
+    def poll(self) -> int:
+        """Index the complete lines written since the last poll; the number of
+        ticks added."""
+        rec = self.recording if self.recording is not None else self.open()
+        if rec is None or rec.end is not None:
+            return 0
+        ticks = rec.ticks
+        assert isinstance(ticks, TickFile)
+        before = len(ticks)
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115
+        except OSError:
+            return 0  # removed at the end of a run: what was read stays
+        with f:
+            f.seek(self._pos)
+            while True:
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    break  # nothing more, or a line the writer has not finished
+                start = self._pos
+                self._pos += len(line)
+                self._line += 1
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    kind = obj.get("type")
+                    if kind == "tick":
+                        _index_tick(ticks, obj, start, len(line))
+                    elif kind == "end":
+                        rec.end = obj
+                        break
+                    else:
+                        raise ValueError(f"unknown line type {kind!r}")
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    raise RecordingError(
+                        f"{self.path}: line {self._line} is corrupted ({type(e).__name__}):"
+                        " the recording being followed is not a loadtop recording being written"
+                    ) from None
+        return len(ticks) - before

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
-from app import fmt
+from app import __version__, fmt
 from app.detect import pg_report
 from app.detect.pg_report import PgReportAcc
 from app.detect.report import AnomalyReport, render_anomaly_section
@@ -530,6 +530,9 @@ def _report_pass(
     ]
     summary: dict[str, Any] = {
         "loadtop_recording_version": h.get("version"),
+        # which loadtop wrote the recording (older recordings: only in "versions")
+        "recorded_by": h.get("loadtop_version") or (h.get("versions") or {}).get("loadtop"),
+        "reported_by": __version__,
         "probe_blind": pg.blind_data(),
         "server_errors": pg.server_error_data(),
         "anomaly_kinds": sorted(pg.kinds),
@@ -636,6 +639,10 @@ def render_markdown(
     if failing:
         L.append("")
         L.append(f"Raised during the run: {', '.join(failing)} (see Anomalies).")
+    recorded = s.get("recorded_by") or "an unknown version"
+    L.append(f"Recorded by loadtop {recorded} · reported by loadtop {s['reported_by']}")
+    L.append("")
+    L.append(f"Verdict: {v['why']}.")
     L.append("")
     L.append(f"Verdict: {v['why']}.")
     L.append("")

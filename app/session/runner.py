@@ -93,6 +93,9 @@ class RunConfig:
     # how long the final verify() and the cleanup each retry a target that
     # cannot be reached (with backoff, after a reconnect) before giving up
     retry_s: float = 30.0
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
+    web: tuple[str, int] | None = None  # --web HOST:PORT
+    web_token: str | None = None  # --web-token (required off loopback)
 
 
 @dataclass
@@ -150,6 +153,8 @@ class Session:
         self._created_prefixes: set[str] = set()
         self._error_input = False  # self.error is bad input (exit 2), not a failed run
         self.unverified: dict[str, str] = {}  # final verify() that could not run: why
+        # --web: how many browsers follow this session (set by the command)
+        self.web_viewers: Callable[[], int] | None = None
         self.messages: list[str] = []  # status lines (embedded servers, faults)
         self.procs: ProcessWorkers | None = None
         self.verifier: Verifier | None = None

@@ -199,6 +199,12 @@ class LiveConsole(Console):
 
     def _watch_session(self) -> None:
         control = self.control
+        viewers = getattr(control, "web_viewers", None)
+        if callable(viewers):
+            n = int(viewers())
+            if n != self.header_bar.watching:
+                self.header_bar.watching = n
+                self.header_bar.refresh_text()
         if not self.ended and control.wait(0):
             self.ended = True
             if control.error:  # it never started: say why, on stderr

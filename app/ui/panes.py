@@ -87,6 +87,7 @@ class HeaderBar(Static):
         self.targets: dict[str, str] = {}
         self.plan: list[int] = []
         self.step_size = 1
+        self.watching: int | None = None  # viewers of the web view (None: no --web)
         self.status = ""  # "stopping…", "replay 12/300 ▶", ...
         self.live = True
         self.tick: Tick | None = None
@@ -99,6 +100,8 @@ class HeaderBar(Static):
         t = self.tick
         line1 = Text()
         line1.append("loadtop ", style="bold")
+        if self.watching is not None:  # --web: browsers following this run
+            line1.append(f"{self.watching} watching  ", style="bold cyan")
         tg = "  ".join(f"{k}: {v}" for k, v in self.targets.items()) or "no targets"
         line1.append(tg, style="dim")
         line2 = Text()
