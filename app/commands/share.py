@@ -59,7 +59,7 @@ def team_outputs(cfg: RunConfig, say: Callable[[str], None]) -> Iterator[Callabl
             listeners.append(lambda session: session.subscribe(exporter.on_tick))
 
         if cfg.web is not None:
-            from app.frontends.web import WebView, web_summary
+            from app.ui.web import WebView, web_summary
 
             if not cfg.record:  # the viewers follow a recording: a private one when none asked
                 import shutil

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.frontends.web import is_loopback, needs_token
+from app.ui.web import is_loopback, needs_token
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -225,7 +225,7 @@ def test_web_needs_a_recording_it_can_follow() -> None:
 
 
 def test_off_loopback_a_token_is_generated_printed_and_checked(tmp_path: Path) -> None:
-    from app.frontends.web import WebView, web_summary
+    from app.ui.web import WebView, web_summary
 
     view = WebView(tmp_path / "r.jsonl", "0.0.0.0", 0).start()
     try:
