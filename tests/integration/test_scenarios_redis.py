@@ -29,6 +29,7 @@ async def run(
     concurrency: int = 8,
     duration: float = 2.0,
     run_id: str | None = None,
+    slo: dict[str, float] | None = None,
 ) -> tuple[Session, Outcome, Any]:
     run_id = run_id or uuid.uuid4().hex[:8]
     cfg = RunConfig(
@@ -38,6 +39,7 @@ async def run(
         engine=EngineConfig(concurrency=concurrency, duration=duration),
         probes=False,
         run_id=run_id,
+        slo=slo,
     )
     session = Session(cfg)
     outcome = await session.run()
@@ -49,6 +51,9 @@ async def run(
     assert left == [], f"keys left under the run's prefix: {left[:5]}"
     assert session.ticks, "no tick emitted"
     return session, outcome, session.instances[0][0]
+
+
+LAX_SLO = {"p95_ms": 60_000.0, "p99_ms": 60_000.0}
 
 
 def violations(outcome: Outcome) -> list[str]:
@@ -93,7 +98,12 @@ async def test_bad_parameters_fail_before_load(
 
 @pytest.mark.parametrize("impl", ["token", "redis-py"])
 async def test_lock_holds_mutual_exclusion(redis_url: str, impl: str) -> None:
-    session, outcome, inst = await run(RedisLock, redis_url, {"impl": impl, "work_ms": "1"})
+    # 8 workers poll one lock: redis-py's Lock retries on a sleep, so it is not fair and
+    # its wait tail passed 1 s on a loaded CI box (p99 1016 ms). Exclusion is what this
+    # test checks; the latency SLO is set out of the way so only invariants decide.
+    session, outcome, inst = await run(
+        RedisLock, redis_url, {"impl": impl, "work_ms": "1"}, slo=LAX_SLO
+    )
     assert outcome.invariants == {} and outcome.exit_code == 0
     ok, failed, errors = totals(session)
     assert ok > 50 and failed == 0, errors
