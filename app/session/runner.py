@@ -71,6 +71,7 @@ class RunConfig:
     params: dict[str, str] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
     record: str | None = None
+    record_temporary: bool = False  # a private recording (--web without --record): not kept
     export: str | None = None
     readonly: bool = False
     probes: bool = True
@@ -815,8 +816,9 @@ class Session:
         self.outcome = Outcome(
             reason=reason, exit_code=code, ticks=self.ticks.total, invariants=invariants,
             tripped=tripped.expr if tripped else None, report_path=report_path,
-            record_path=self.cfg.record, verdict=v["verdict"], why=self.redactor(v["why"]),
-            leftovers=leftovers, unverified=dict(self.unverified),
+            record_path=None if self.cfg.record_temporary else self.cfg.record,
+            verdict=v["verdict"], why=self.redactor(v["why"]), leftovers=leftovers,
+            unverified=dict(self.unverified),
         )  # fmt: skip
 
     async def _reconnect(self) -> None:
