@@ -46,6 +46,8 @@ def _backend_row(b: Mapping[str, Any], indent: str, query_chars: int = 120) -> R
     app_name = str(b.get("application_name") or "").removeprefix("loadtop:")
     q = " ".join(str(b.get("query") or "").split())
     cell = Text()
+    if b.get("database"):  # a session of another database on the same server
+        cell.append(f"[db {b['database']}] ", style="dim cyan")
     wf = b.get("waits_for") or {}
     if wf:
         # a row lock's wait on the holder's transaction is always ShareLock: say only what

@@ -192,3 +192,12 @@ async def test_blocker_details_follow_the_backend_live() -> None:
             "postgres", T0 + 10, True, 1.0, quiet)}), app.timeline)  # fmt: skip
         await pilot.pause()
         assert "no longer in the lock tree" in screen_text(app)
+
+
+def test_a_session_of_another_database_says_which() -> None:
+    from app.ui.probe_panes import _backend_row
+
+    other = _b(4000, "idle in transaction", "cron", "UPDATE jobs SET ...", database="billing")
+    mine = _b(4001, "idle in transaction", "api", "UPDATE orders SET ...")
+    assert str(_backend_row(other, "")[-1]).startswith("[db billing] UPDATE jobs")
+    assert str(_backend_row(mine, "")[-1]).startswith("UPDATE orders")
