@@ -106,7 +106,7 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-SLO_KEYS = ("p95_ms", "p99_ms", "error_pct")
+SLO_KEYS = ("p95_ms", "p99_ms", "error_pct", "dropped_pct")
 
 
 def parse_slo(text: Any) -> dict[str, float]:
@@ -125,13 +125,13 @@ def parse_slo(text: Any) -> dict[str, float]:
     for part in str(text).split(","):
         key, sep, val = part.strip().partition("=")
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|%)?\s*", val)
-        if not sep or not m or key not in ("p95", "p99", "errors"):
-            fail(f"--slo {text!r}: use e.g. p95=500ms,p99=1s,errors=0.1%")
+        if not sep or not m or key not in ("p95", "p99", "errors", "dropped"):
+            fail(f"--slo {text!r}: use e.g. p95=500ms,p99=1s,errors=0.1%,dropped=1%")
         num, unit = float(m[1]), m[2]
-        if key == "errors":
+        if key in ("errors", "dropped"):
             if unit not in ("%", None):
-                fail(f"--slo {text!r}: errors take a percentage, e.g. errors=0.1%")
-            out["error_pct"] = num
+                fail(f"--slo {text!r}: {key} takes a percentage, e.g. {key}=1%")
+            out[f"{'error' if key == 'errors' else key}_pct"] = num
         else:
             if unit == "%":
                 fail(f"--slo {text!r}: {key} takes ms or s, e.g. {key}=500ms")

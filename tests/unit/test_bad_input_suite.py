@@ -87,6 +87,7 @@ for flag, bad, needle in [
     ("--seed", "x", "invalid int value"),
     ("--slo", "p95=fast", "--slo"),
     ("--slo", "errors=3ms", "percentage"),
+    ("--slo", "dropped=2s", "dropped takes a percentage"),
     ("--slo", "p99=5%", "takes ms or s"),
     ("--slo", "p50=1s", "--slo"),
     ("--slo", "", "--slo is empty"),
