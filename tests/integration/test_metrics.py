@@ -280,13 +280,18 @@ def test_the_grafana_dashboard_reads_only_metrics_loadtop_serves() -> None:
     spike = Anomaly(key="k", kind="latency-spike", severity="warning", subject="s",
                     started_tick=0, started_at=100.0, summary="p95 up")  # fmt: skip
     fault = ControlEvent(1.0, "fault", "key", 1.0, 0.0, "#1 pod-kill: api-1")
-    ex.on_tick(_tick(0, anomalies=[spike], events=[fault], failed=2))
+    pg = Reading("postgres", 100.0, True, 5.0, {"by_state": {"active": 1}, "waiting": 0})
+    rd = Reading("redis", 100.0, True, 5.0, {"queues": [{"name": "q", "layout": "rq", "depth": 1,
+                                                         "consumers": {"count": 1}}]})  # fmt: skip
+    t = _tick(0, anomalies=[spike], events=[fault], failed=2)
+    ex.on_tick(replace(t, readings={"postgres": pg, "redis": rd}))
     served = {s.name: set(s.labels) for f in text_string_to_metric_families(ex.render().decode())
               for s in f.samples}  # fmt: skip
     used = {name for e in exprs for name in re.findall(r"\bloadtop_\w+", e)}
     assert used and used <= set(served), used - set(served)
     assert {"loadtop_operation_duration_seconds_bucket", "loadtop_errors_total",
-            "loadtop_anomaly_active", "loadtop_faults_total"} <= used  # fmt: skip
+            "loadtop_anomaly_active", "loadtop_faults_total", "loadtop_queue_depth",
+            "loadtop_pg_connections"} <= used  # fmt: skip
     labels = {x.strip() for e in exprs for g in re.findall(r"by \(([^)]*)\)", e)
               for x in g.split(",")}  # fmt: skip
     assert labels <= set().union(*served.values()), labels
