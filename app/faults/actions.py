@@ -189,10 +189,9 @@ class PodKill(Action):
         return "pod-kill needs --k8s-namespace and --k8s-selector (or `loadtop demo`)"
 
     async def _kube(self) -> Any:
-        from app.probes.kube import KubeClient, auto_config
+        from app.probes.kube import connect  # kubectl when only it knows the credentials
 
-        cfg = self.t.kube_config or await asyncio.to_thread(auto_config, self.t.k8s_context)
-        return KubeClient(cfg, timeout=5.0)
+        return await connect(self.t.k8s_context, config=self.t.kube_config, timeout=5.0)
 
     async def describe(self) -> str:
         why = self.available(self.t)
