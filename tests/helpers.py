@@ -1,4 +1,5 @@
-"""Small helpers shared by tests: run a Session to completion."""
+"""Small helpers shared by tests: run a Session to completion, and read what it
+recorded."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from app.engine.engine import EngineConfig
 from app.scenario import Context, Scenario, load_scenarios
+from app.session.recording import Recording
 from app.session.runner import Outcome, RunConfig, Session
 
 
@@ -42,6 +44,11 @@ async def run_session(
     session = Session(cfg)
     outcome = await session.run()
     return session, outcome
+
+
+def recording_of(session: Session) -> Recording:
+    """What an ended session recorded (header, ticks, end record), as the report reads it."""
+    return Recording(header=session.header, ticks=list(session.ticks), end=session.end)
 
 
 def totals(session: Session) -> tuple[int, int, dict[str, int]]:
