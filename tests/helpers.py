@@ -3,6 +3,8 @@ recorded."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from app.engine.engine import EngineConfig
@@ -44,6 +46,18 @@ async def run_session(
     session = Session(cfg)
     outcome = await session.run()
     return session, outcome
+
+
+async def started(session: Session, ticks: int = 1, timeout: float = 30.0) -> asyncio.Task[Outcome]:
+    """Runs `session` in a task and returns the task once the engine has emitted
+    `ticks` ticks (the load is running); fails if the run ends or never starts."""
+    run = asyncio.create_task(session.run())
+    t_end = time.monotonic() + timeout
+    while session.engine is None or session.engine.ticks_emitted < ticks:
+        assert not run.done(), run.exception()
+        assert time.monotonic() < t_end, "the run never started"
+        await asyncio.sleep(0.05)
+    return run
 
 
 def recording_of(session: Session) -> Recording:

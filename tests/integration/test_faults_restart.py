@@ -16,7 +16,7 @@ from app.engine.errors import is_connection_error
 from app.session.report import build_summary, render_markdown
 from app.session.runner import Outcome, RunConfig, Session
 from scenarios.postgres import StockReservation
-from tests.helpers import RedisSetGet, recording_of, totals
+from tests.helpers import RedisSetGet, recording_of, started, totals
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,13 +32,7 @@ OUTAGE_SLO = {"error_pct": 50.0, "p95_ms": 60_000.0, "p99_ms": 60_000.0}
 async def _run_with_outage(session: Session, stop, start, *, before_s: float = 3.0):
     """Run the session; stop the server `before_s` in, start it OUTAGE_S later.
     Returns (wall time the server was down from, wall time it was back)."""
-    run = asyncio.create_task(session.run())
-    # wait for the load to be running
-    t_end = time.monotonic() + 30
-    while session.engine is None or session.engine.ticks_emitted < 1:
-        assert not run.done(), run.exception() if run.done() else None
-        assert time.monotonic() < t_end, "the run never started"
-        await asyncio.sleep(0.05)
+    run = await started(session)
     await asyncio.sleep(before_s)
     down_at = time.time()
     await asyncio.to_thread(stop)
