@@ -113,8 +113,7 @@ class PostgresPane(Pane):
         t: DataTable = DataTable(id="blockers", cursor_type="row")
         t.add_columns("pid", "state", "app", "waits for · query")
         yield t
-        q: DataTable = DataTable(id="pg-queues", cursor_type="row")
-        q.add_columns(*QUEUE_COLUMNS)
+        q = queue_table("pg-queues")
         q.display = False
         yield q
 
@@ -127,8 +126,7 @@ class PostgresPane(Pane):
         qs = (r.data.get("queues") or []) if r.ok else []
         inner = self.content_region.width or 0
         avail = inner - 1 if inner >= 40 else 62  # not laid out yet: a 120-column screen's half
-        name_w = min(QUEUE_MAX_W, max(10, avail - QUEUE_FIXED_W))
-        qrows = queue_rows(qs, self._depths, name_w, record=r.t != self._queues_t)
+        qrows = queue_rows(qs, self._depths, queue_name_w(avail), record=r.t != self._queues_t)
         self._queues_t = r.t
         table = self.query_one("#pg-queues", DataTable)
         sync_table(table, qrows, self._queues)
@@ -277,6 +275,18 @@ QUEUE_MAX_W = 34  # queue name (+ layout when it fits)
 QUEUE_FIXED_W = 5 + 8 + 5 + 4 + 4 + 6 * 2
 
 
+def queue_table(table_id: str) -> DataTable:
+    """An empty queue table (the Redis pane's and the Postgres pane's alike)."""
+    table: DataTable = DataTable(id=table_id, cursor_type="row")
+    table.add_columns(*QUEUE_COLUMNS)
+    return table
+
+
+def queue_name_w(avail: int) -> int:
+    """The queue name column's width in a pane `avail` cells wide."""
+    return min(QUEUE_MAX_W, max(10, avail - QUEUE_FIXED_W))
+
+
 def queue_rows(
     queues: list[dict[str, Any]], depths: dict[str, deque[int]], name_w: int, record: bool = True
 ) -> dict[str, Row]:
@@ -341,9 +351,7 @@ class RedisPane(Pane):
         locks: DataTable = DataTable(id="redis-locks", cursor_type="row")
         locks.add_columns("lock", "holder", "age", "pttl")
         yield locks
-        q: DataTable = DataTable(id="redis-queues", cursor_type="row")
-        q.add_columns(*QUEUE_COLUMNS)
-        yield q
+        yield queue_table("redis-queues")
 
     def show(self, tick: Tick, tl: Timeline) -> None:
         r = tick.readings.get("redis")
@@ -399,8 +407,7 @@ class RedisPane(Pane):
         locks = self.query_one("#redis-locks", DataTable)
         sync_table(locks, lrows, self._locks)
         locks.display = bool(lrows)
-        name_w = min(QUEUE_MAX_W, max(10, self._avail() - QUEUE_FIXED_W))
-        qrows = queue_rows(d.get("queues") or [], self._depths, name_w)
+        qrows = queue_rows(d.get("queues") or [], self._depths, queue_name_w(self._avail()))
         queues = self.query_one("#redis-queues", DataTable)
         sync_table(queues, qrows, self._queues)
         queues.display = bool(qrows)

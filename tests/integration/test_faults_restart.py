@@ -13,11 +13,10 @@ import pytest
 
 from app.engine.engine import EngineConfig
 from app.engine.errors import is_connection_error
-from app.session.recording import Recording
 from app.session.report import build_summary, render_markdown
-from app.session.runner import RunConfig, Session
+from app.session.runner import Outcome, RunConfig, Session
 from scenarios.postgres import StockReservation
-from tests.helpers import RedisSetGet
+from tests.helpers import RedisSetGet, recording_of, started, totals
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,13 +32,7 @@ OUTAGE_SLO = {"error_pct": 50.0, "p95_ms": 60_000.0, "p99_ms": 60_000.0}
 async def _run_with_outage(session: Session, stop, start, *, before_s: float = 3.0):
     """Run the session; stop the server `before_s` in, start it OUTAGE_S later.
     Returns (wall time the server was down from, wall time it was back)."""
-    run = asyncio.create_task(session.run())
-    # wait for the load to be running
-    t_end = time.monotonic() + 30
-    while session.engine is None or session.engine.ticks_emitted < 1:
-        assert not run.done(), run.exception() if run.done() else None
-        assert time.monotonic() < t_end, "the run never started"
-        await asyncio.sleep(0.05)
+    run = await started(session)
     await asyncio.sleep(before_s)
     down_at = time.time()
     await asyncio.to_thread(stop)
@@ -64,10 +57,7 @@ def _check_recovery(session: Session, down_at: float, back_at: float) -> float:
     assert baseline > 50, f"baseline too low to judge recovery: {baseline:.0f} ops/s"
     during = [t for t in ticks if down_at + 1.0 < t.t - t.interval and t.t < back_at]
     assert during, "no tick fully inside the outage"
-    errors: dict[str, int] = {}
-    for t in ticks:
-        for k, v in t.errors().items():
-            errors[k] = errors.get(k, 0) + v
+    _, _, errors = totals(session)
     conn_errors = {k: v for k, v in errors.items() if is_connection_error(k)}
     assert conn_errors, f"the outage was not counted as connection errors: {errors}"
     # nothing but connection errors (no mystery classes such as a bare type name)
@@ -89,7 +79,7 @@ def _check_recovery(session: Session, down_at: float, back_at: float) -> float:
     )
     assert session.engine is not None and session.engine.live_workers == 0  # all wound down
     # the report shows the outage window
-    rec = Recording(header=session.header, ticks=list(session.ticks), end=session.end)
+    rec = recording_of(session)
     summary = build_summary(rec)
     assert summary["outages"], "report has no outage window"
     o = summary["outages"][0]
@@ -115,6 +105,20 @@ def _probe_went_down_and_up(session: Session, probe: str, back_at: float) -> flo
     return back.t - back_at
 
 
+async def _rides_out_a_restart(cfg: RunConfig, server, probe: str) -> Outcome:
+    """Runs `cfg`, restarting `server` mid-run; asserts the run, its load and the
+    `probe` ride it out, and says how soon each was back."""
+    session = Session(cfg)
+    outcome, down_at, back_at = await _run_with_outage(session, server.stop, server.start)
+    assert outcome.reason == "duration"
+    assert outcome.exit_code == 0, (outcome, session.messages)
+    after = _check_recovery(session, down_at, back_at)
+    print(f"{probe}: throughput back {after:.2f} s after the server returned")
+    probe_after = _probe_went_down_and_up(session, probe, back_at)
+    print(f"{probe} probe ok again {probe_after:.2f} s after the server returned")
+    return outcome
+
+
 async def test_postgres_restart_mid_run(own_pg) -> None:
     cfg = RunConfig(
         scenarios=[(StockReservation, 1.0)],
@@ -124,14 +128,7 @@ async def test_postgres_restart_mid_run(own_pg) -> None:
         slo=OUTAGE_SLO,
         probe_intervals={"postgres": 0.5},
     )
-    session = Session(cfg)
-    outcome, down_at, back_at = await _run_with_outage(session, own_pg.stop, own_pg.start)
-    assert outcome.reason == "duration"
-    assert outcome.exit_code == 0, (outcome, session.messages)
-    after = _check_recovery(session, down_at, back_at)
-    print(f"postgres: throughput back {after:.2f} s after the server returned")
-    probe_after = _probe_went_down_and_up(session, "postgres", back_at)
-    print(f"postgres probe ok again {probe_after:.2f} s after the server returned")
+    outcome = await _rides_out_a_restart(cfg, own_pg, "postgres")
     # the final verify ran on the restarted server, and cleanup too
     assert not outcome.invariants
 
@@ -156,14 +153,7 @@ async def test_redis_restart_mid_run(own_redis, scenario) -> None:
         slo=OUTAGE_SLO,
         probe_intervals={"redis": 0.5},
     )
-    session = Session(cfg)
-    outcome, down_at, back_at = await _run_with_outage(session, own_redis.stop, own_redis.start)
-    assert outcome.reason == "duration"
-    assert outcome.exit_code == 0, (outcome, session.messages)
-    after = _check_recovery(session, down_at, back_at)
-    print(f"redis: throughput back {after:.2f} s after the server returned")
-    probe_after = _probe_went_down_and_up(session, "redis", back_at)
-    print(f"redis probe ok again {probe_after:.2f} s after the server returned")
+    await _rides_out_a_restart(cfg, own_redis, "redis")
 
 
 def test_headless_cli_rides_out_a_postgres_restart(own_pg, tmp_path) -> None:
