@@ -23,7 +23,7 @@ from app.tick import tick_to_json
 from app.ui.main import ReplayConsole, make_replay_app
 from app.ui.panes import AnomalyFeed
 from app.ui.probe_panes import PodsPane, PostgresPane, RedisPane
-from app.ui.replay import ReplayCursor
+from app.ui.replay import RENDER_CACHE_CELLS, RENDER_CACHE_ROWS, ReplayCursor
 from app.ui.screens import BlockerScreen
 from app.ui.textshot import screen_text
 from app.ui.timeline import point_of
@@ -255,6 +255,23 @@ async def test_replay_leaves_the_garbage_collector_as_it_found_it() -> None:
         await pilot.press("end")
         await pilot.pause()
     assert gc.get_freeze_count() == before
+
+
+async def test_replay_tables_keep_small_render_caches() -> None:
+    """Textual's DataTable keeps up to 10,000 rendered cells whose keys go
+    stale with every added row: replay caps them, so seeking through a long
+    recording does not pile up objects for the garbage collector to walk."""
+    app = replay_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        for k in range(0, 20, 3):
+            app.seek(k)
+            await pilot.pause()
+        tables = list(app.query(DataTable))
+        assert len(tables) >= 5
+        for t in tables:
+            assert t._cell_render_cache.maxsize <= RENDER_CACHE_CELLS
+            assert t._line_cache.maxsize <= RENDER_CACHE_ROWS
+            assert len(t._cell_render_cache) <= RENDER_CACHE_CELLS
 
 
 # ---- snapshots (fixed timeline, fixed size, no real clock) ------------------------------
