@@ -427,6 +427,17 @@ def part_replay(args: argparse.Namespace, path: Path) -> dict[str, Any]:
                 t2 = time.monotonic()
                 app.seek(rng.randrange(n))
                 seeks.append(time.monotonic() - t2)
+            out["rss_pass1_mb"] = round(rss_mb(), 1)
+            # the same stops again: what the first pass cached (points, the
+            # tables' rendered cells) is full now, so any growth here is a leak
+            for s in stops:
+                t2 = time.monotonic()
+                app.seek(s)
+                seeks.append(time.monotonic() - t2)
+                for k in range(1, 11):
+                    app.seek(s + k)
+                await pilot.pause()
+            out["rss_pass2_mb"] = round(rss_mb(), 1)
             await pilot.press("q")
 
     asyncio.run(drive())
