@@ -132,6 +132,8 @@ async def test_pane_gives_the_width_back_without_a_tree() -> None:
         await pilot.press("end")
         await pilot.pause()
         assert app.has_class("pg-tree")
+        left = app.query_one("#left")
+        assert left.size.width == round(130 * 0.28)  # the tree's share: the pane is wider
         pane = app.query_one(PostgresPane)
         r = app.replay
         assert r is not None
@@ -141,6 +143,7 @@ async def test_pane_gives_the_width_back_without_a_tree() -> None:
         pane.show(tk, app.timeline)
         await pilot.pause()
         assert not app.has_class("pg-tree")
+        assert left.size.width == round(130 * 0.45)  # restyled: the width given back
 
 
 def _end(pilot: Any) -> Any:
