@@ -656,8 +656,6 @@ def render_markdown(
     L.append("")
     L.append(f"Verdict: {v['why']}.")
     L.append("")
-    L.append(f"Verdict: {v['why']}.")
-    L.append("")
     t = s["total"]
     L += pg_report.headline_notes(s, L)
     L.append(
