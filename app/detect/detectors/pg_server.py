@@ -324,9 +324,11 @@ class LockContentionDetector(Detector):
 
     The hot relation comes from the lock graph (pg_locks) of the same poll. A
     poll that catches the moment a holder commits sees the waiters in
-    pg_stat_activity while pg_blocking_pids already finds them granted: no graph,
-    so it names the relation of the last poll that had one (`hot_seen_s` ago),
-    and the anomaly does not lose (or first show without) its hot relation."""
+    pg_stat_activity while pg_blocking_pids or pg_locks, read a moment later,
+    already finds them granted: its graph names nothing waited for, so it names
+    the relation of the last poll that did (`hot_seen_s` ago, at most
+    `hot_kept_s`), and the anomaly does not lose (or first show without) its hot
+    relation. The contention's end (absent for `clear_ticks` polls) forgets it."""
 
     kind = "lock-contention"
     Options = LockContentionOptions
@@ -337,6 +339,7 @@ class LockContentionDetector(Detector):
     def __init__(self, options: LockContentionOptions | None = None) -> None:
         super().__init__(options)
         self._hot: dict[str, tuple[float, Mapping[str, Any]]] = {}  # subject -> (poll t, hot)
+        self._absent: dict[str, int] = {}  # subject -> polls in a row without the condition
 
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
         o = self.opt
@@ -355,14 +358,17 @@ class LockContentionDetector(Detector):
                 active = (data.get("by_state") or {}).get("active", 0)
             share = waiting / max(active, waiting) if waiting else 0.0
             if waiting < o.min_waiting or not active or share < o.clear_share:
-                self._hot.pop(name, None)  # the next contention proves its own relation
+                n = self._absent[name] = self._absent.get(name, 0) + 1
+                if n >= self.clear_after:
+                    self._hot.pop(name, None)  # a later contention names its own relation
                 continue
+            self._absent.pop(name, None)
             hot: Mapping[str, Any] = data.get("lock_hot") or {}
             seen_s: float | None = None
             if hot:
                 self._hot[name] = (t, hot)
                 seen_s = 0.0
-            elif not data.get("blocking_tree") and name in self._hot:
+            elif name in self._hot and not _graph_names_a_wait(data):
                 t_hot, kept = self._hot[name]
                 if 0 <= t - t_hot <= o.hot_kept_s:
                     hot, seen_s = kept, round(t - t_hot, 1)
@@ -398,6 +404,14 @@ class LockContentionDetector(Detector):
                 )
             )
         return out
+
+
+def _graph_names_a_wait(data: Mapping[str, Any]) -> bool:
+    """Whether the poll's lock graph says what any waiter waits for (an advisory
+    key, a relation, a transaction): a contention it names is not a hand-over."""
+    return any(
+        w.get("waits_for") for n in data.get("blocking_tree") or () for w in n.get("waiters") or ()
+    )
 
 
 def _idle_holder(root: Mapping[str, Any], min_idle_s: float) -> bool:
