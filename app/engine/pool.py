@@ -45,6 +45,14 @@ def _next_backoff(backoff: float) -> float:
     return min(max(backoff * 2, RECONNECT_BACKOFF_MIN_S), RECONNECT_BACKOFF_MAX_S)
 
 
+def backoff_sleep_s(backoff: float, draw: Callable[[], float] = random.random) -> float:
+    """The wait for a backoff step, with "equal jitter": between half of it and
+    all of it. Workers that lost the target together do not return in lockstep
+    (1,000 of them connecting in the same millisecond is a thundering herd the
+    real clients would not make), and none waits longer than the step."""
+    return backoff * (0.5 + draw() / 2)
+
+
 @dataclass
 class _Worker:
     index: int
@@ -340,7 +348,7 @@ class WorkerPool:
                     w.idle = True
                     try:
                         if backoff:
-                            await asyncio.sleep(backoff)
+                            await asyncio.sleep(backoff_sleep_s(backoff))
                         if w.stopping:
                             break
                         connected = not need_conn or await self._connect(r, w)
