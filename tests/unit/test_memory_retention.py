@@ -7,7 +7,10 @@ benchmark (issue 10), kept from coming back. None of these is a timing test.
 - The fault recovery tracker kept the last 10 s of full ticks as a fault's
   baseline: 1,000 ticks (~550 MB) at the benchmark's 10 ms ticks. It keeps
   a compact record a tick now, and the baseline is still an exact merge.
-- The console keeps no window of full ticks and mounts no widget per tick.
+- The console keeps no window of full ticks, mounts no widget per tick, and
+  its tables' render caches (keyed on an update count every tick bumps, so
+  never read again after their frame) stay under the caps it sets instead of
+  filling Textual's 1,000 rows and 10,000 cells each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import weakref
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
+from textual.widgets import DataTable
 
 from app.faults.recovery import BASELINE_S, RecoveryTracker
 from app.tick import (
@@ -31,6 +35,7 @@ from app.tick import (
     new_histogram,
 )
 from app.ui.main import make_live_app
+from app.ui.panes import TABLE_CELL_CACHE, TABLE_ROW_CACHE, table_cache_sizes
 from tests.unit.fakes import FakeSession
 from tests.unit.ticks import T0, hist, pg_reading, redis_reading
 
@@ -102,7 +107,7 @@ def test_recovery_baseline_is_kept_compact_and_stays_an_exact_merge() -> None:
     assert f.baseline_by == {"a": 300 / STEP, "b": 300 / STEP}
 
 
-async def test_the_console_keeps_no_window_of_full_ticks_and_mounts_nothing_per_tick() -> None:
+async def test_the_console_keeps_no_window_of_full_ticks_and_its_caches_capped() -> None:
     fake = FakeSession(scenarios=("a", "b"))
     app = make_live_app(fake)
     counts: dict[int, int] = {}
@@ -127,4 +132,10 @@ async def test_the_console_keeps_no_window_of_full_ticks_and_mounts_nothing_per_
         # the newest tick's two (a window of full ticks would be hundreds)
         assert alive <= 4, f"{alive} of the ticks' {len(sent)} histograms alive"
         assert counts[239] == counts[40], "widgets mounted per tick"
+        sizes = {t.id: table_cache_sizes(t) for t in app.query(DataTable)}
+        # uncapped, the blockers table alone holds ~550 rows by now
+        for table, caches in sizes.items():
+            for name, n in caches.items():
+                cap = TABLE_CELL_CACHE if name == "_cell_render_cache" else TABLE_ROW_CACHE
+                assert n <= cap, f"{table}.{name} holds {n} entries"
         await pilot.press("q")
