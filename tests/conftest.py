@@ -58,11 +58,18 @@ def run_id() -> str:
 
 
 INTEGRATION_FIXTURES = {"pg_dsn", "redis_url", "own_pg", "own_redis"}
+ENV_FIXTURES = {"pg_dsn", "redis_url"}  # switched by LOADTOP_TEST_PG_DSN / _REDIS_URL
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that talk to a real server are `integration`: CI runs them a second
-    time against the machine's PostgreSQL and Redis."""
+    """Tests that talk to a real server are `integration`. Those whose server
+    the environment can switch (they use `pg_dsn` / `redis_url`, directly or
+    through another fixture) are also `env_servers`: CI runs them a second time
+    against the machine's PostgreSQL and Redis; a test on its own embedded
+    server, or on none, would only repeat itself."""
     for item in items:
-        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if INTEGRATION_FIXTURES & names:
             item.add_marker(pytest.mark.integration)
+        if ENV_FIXTURES & names:
+            item.add_marker(pytest.mark.env_servers)

@@ -1,11 +1,15 @@
-"""Small helpers shared by tests: run a Session to completion."""
+"""Small helpers shared by tests: run a Session to completion, and read what it
+recorded."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from app.engine.engine import EngineConfig
 from app.scenario import Context, Scenario, load_scenarios
+from app.session.recording import Recording
 from app.session.runner import Outcome, RunConfig, Session
 
 
@@ -42,6 +46,23 @@ async def run_session(
     session = Session(cfg)
     outcome = await session.run()
     return session, outcome
+
+
+async def started(session: Session, ticks: int = 1, timeout: float = 30.0) -> asyncio.Task[Outcome]:
+    """Runs `session` in a task and returns the task once the engine has emitted
+    `ticks` ticks (the load is running); fails if the run ends or never starts."""
+    run = asyncio.create_task(session.run())
+    t_end = time.monotonic() + timeout
+    while session.engine is None or session.engine.ticks_emitted < ticks:
+        assert not run.done(), run.exception()
+        assert time.monotonic() < t_end, "the run never started"
+        await asyncio.sleep(0.05)
+    return run
+
+
+def recording_of(session: Session) -> Recording:
+    """What an ended session recorded (header, ticks, end record), as the report reads it."""
+    return Recording(header=session.header, ticks=list(session.ticks), end=session.end)
 
 
 def totals(session: Session) -> tuple[int, int, dict[str, int]]:

@@ -79,5 +79,6 @@ def add_targets(p: argparse.ArgumentParser) -> None:
     d.add_argument("--detect", action="append", default=[], metavar="KIND.OPTION=VALUE",
                    help="tune a detector (latency-spike.k=6, long-transaction.max_xact_s=60)"
                    " or disabled=KIND,KIND; also [detect] in loadtop.toml")  # fmt: skip
-    d.add_argument("--slo", metavar="p95=500ms,p99=1s,errors=0.1%",
-                   help="the SLO the report's verdict and the slo-breach detector use")  # fmt: skip
+    d.add_argument("--slo", metavar="p95=500ms,p99=1s,errors=0.1%,dropped=1%",
+                   help="the SLO the report's verdict and the slo-breach detector use"
+                   " (dropped: a --rate run's intended starts with no free worker)")  # fmt: skip

@@ -37,7 +37,7 @@ class Replay:
             except RecordingError as e:
                 fail(str(e))
         try:
-            rec = read_recording(args.recording)
+            rec = read_recording(args.recording, index_file=True)
         except RecordingError as e:
             fail(str(e))
         from app.ui.main import run_replay

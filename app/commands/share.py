@@ -68,6 +68,7 @@ def team_outputs(cfg: RunConfig, say: Callable[[str], None]) -> Iterator[Callabl
                 tmp = tempfile.mkdtemp(prefix="loadtop-web-")
                 stack.callback(shutil.rmtree, tmp, True)
                 cfg.record = os.path.join(tmp, f"loadtop-{cfg.run_id}.jsonl")
+                cfg.record_temporary = True  # removed at exit: the outcome names no path
                 say("web view: recording to a temporary file, removed at exit"
                     " (give --record F.jsonl to keep it)")  # fmt: skip
             elif os.path.exists(cfg.record) and not os.path.isfile(cfg.record):

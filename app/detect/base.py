@@ -245,6 +245,8 @@ def _slo_options(slo: Any) -> dict[str, Any]:
             out[k] = v
         elif k == "error_pct":
             out["error_ratio"] = _coerce("slo.error_pct", v, 0.1) / 100.0
+        elif k == "dropped_pct":
+            continue  # the run's verdict judges delivered load; no detector reads it
         else:
             raise ValueError(
                 f"detect: unknown slo key {k!r}; valid: p95_ms, p99_ms, error_pct, error_ratio"

@@ -27,6 +27,8 @@ def _slo(slo: Mapping[str, Any] | None) -> dict[str, float]:
         if k == "error_pct":  # the session report's unit: percent
             out["error_ratio"] = float(v) / 100.0
             continue
+        if k == "dropped_pct":  # the run's verdict judges delivered load, not a step
+            continue
         key = _SLO_ALIASES.get(k, k)
         if key not in out:
             raise ValueError(

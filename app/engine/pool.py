@@ -34,6 +34,16 @@ from app.engine.errors import CONNECTION_LOST, classify, is_connection_error
 from app.engine.measure import Window
 from app.scenario import Context, Scenario
 
+# A worker whose operation failed for a lost or refused connection waits before
+# its next try: from the first, doubling up to the last. A target that comes
+# back is therefore retried within RECONNECT_BACKOFF_MAX_S by every worker.
+RECONNECT_BACKOFF_MIN_S = 0.05
+RECONNECT_BACKOFF_MAX_S = 1.0
+
+
+def _next_backoff(backoff: float) -> float:
+    return min(max(backoff * 2, RECONNECT_BACKOFF_MIN_S), RECONNECT_BACKOFF_MAX_S)
+
 
 @dataclass
 class _Worker:
@@ -337,7 +347,7 @@ class WorkerPool:
                     finally:
                         w.idle = False
                     if not connected:
-                        backoff = min(max(backoff * 2, 0.05), 1.0)
+                        backoff = _next_backoff(backoff)
                         continue
                 if r.queue is not None and self.mode == "rate":
                     w.idle = True
@@ -363,7 +373,7 @@ class WorkerPool:
                     gone = ctx.conn is not None and ctx.conn.is_closed()
                     cls = r.record_failure(e, int((perf() - intended) * 1e6), gone)
                     if is_connection_error(cls):
-                        backoff = min(max(backoff * 2, 0.05), 1.0)
+                        backoff = _next_backoff(backoff)
                     continue
                 us = int((perf() - intended) * 1e6)
                 win = r.win  # the window may have closed meanwhile

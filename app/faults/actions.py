@@ -189,10 +189,9 @@ class PodKill(Action):
         return "pod-kill needs --k8s-namespace and --k8s-selector (or `loadtop demo`)"
 
     async def _kube(self) -> Any:
-        from app.probes.kube import KubeClient, auto_config
+        from app.probes.kube import connect  # kubectl when only it knows the credentials
 
-        cfg = self.t.kube_config or await asyncio.to_thread(auto_config, self.t.k8s_context)
-        return KubeClient(cfg, timeout=5.0)
+        return await connect(self.t.k8s_context, config=self.t.kube_config, timeout=5.0)
 
     async def describe(self) -> str:
         why = self.available(self.t)
@@ -451,19 +450,20 @@ class PgIdleTx(_HeldTx):
 # ---- redis ---------------------------------------------------------------------------
 
 
-def _redis(url: str) -> Any:
-    import redis.asyncio as aioredis
-
-    return aioredis.from_url(url, client_name="loadtop:fault", socket_timeout=5,
-                             socket_connect_timeout=5)  # fmt: skip
-
-
 class _RedisAction(Action):
     needs = "redis"
 
     @classmethod
     def available(cls, t: FaultTargets) -> str | None:
         return None if t.redis_url else f"{cls.name} needs --redis"
+
+    def _connect(self) -> Any:
+        """A client of the action's own (named, with timeouts); `async with` closes
+        it however the block ends."""
+        import redis.asyncio as aioredis
+
+        return aioredis.from_url(str(self.t.redis_url), client_name="loadtop:fault",
+                                 socket_timeout=5, socket_connect_timeout=5)  # fmt: skip
 
 
 class RedisPause(_RedisAction):
@@ -486,7 +486,7 @@ class RedisPause(_RedisAction):
     async def inject(self) -> str:
         # the heal's connection is opened (and named) before the pause: under
         # PAUSE ALL a new connection's handshake would wait for the pause too
-        self.conn = r = _redis(str(self.t.redis_url))
+        self.conn = r = self._connect()
         await r.ping()
         # the server's own timeout is the hard bound, even if loadtop dies
         await r.execute_command("CLIENT", "PAUSE", str(self.p["ms"]), self.p["mode"])
@@ -533,12 +533,9 @@ class RedisKillClients(_RedisAction):
         )
 
     async def _clients(self) -> list[dict[str, Any]]:
-        r = _redis(str(self.t.redis_url))
-        try:
+        async with self._connect() as r:
             me = await r.client_id()
             return [c for c in await r.client_list() if int(c["id"]) != me and self._match(c)]
-        finally:
-            await r.aclose()
 
     async def describe(self) -> str:
         found = await self._clients()
@@ -556,15 +553,12 @@ class RedisKillClients(_RedisAction):
     async def inject(self) -> str:
         if self.target is None:
             await self.describe()
-        r = _redis(str(self.t.redis_url))
         n = 0
-        try:  # by id, and only ids that still match
+        async with self._connect() as r:  # by id, and only ids that still match
             still = {int(c["id"]) for c in await r.client_list() if self._match(c)}
             for cid in self.target:
                 if cid in still:
                     n += int(await r.execute_command("CLIENT", "KILL", "ID", str(cid)) or 0)
-        finally:
-            await r.aclose()
         return f"killed {n} of {len(self.target)} clients"
 
 
@@ -575,12 +569,9 @@ class RedisLockSteal(_RedisAction):
     suggest_from = {"key": "redis_lock_key"}
 
     async def describe(self) -> str:
-        r = _redis(str(self.t.redis_url))
-        try:
+        async with self._connect() as r:
             exists = await r.exists(self.p["key"])
             ttl = await r.pttl(self.p["key"])
-        finally:
-            await r.aclose()
         self.target = self.p["key"]
         state = (
             f"held, ttl {ttl} ms"
@@ -592,11 +583,8 @@ class RedisLockSteal(_RedisAction):
         return f"DEL {self.p['key']} ({state})"
 
     async def inject(self) -> str:
-        r = _redis(str(self.t.redis_url))
-        try:
+        async with self._connect() as r:
             n = await r.delete(self.p["key"])
-        finally:
-            await r.aclose()
         return f"deleted {self.p['key']}" if n else f"{self.p['key']} was not held"
 
 

@@ -20,6 +20,24 @@ histogram's buckets are counted from each tick's HdrHistogram (no sampling).
     loadtop_plan_step                             gauge    the ramp plan's step (1-based; 0: none)
     loadtop_ticks_total                           counter
     loadtop_info{version,run_id}                  info
+
+and what the probes read last (the latest reading of each probe; a series
+whose subject is gone from the reading is gone from the next scrape, so the
+set stays as small as what the targets hold now):
+
+    loadtop_probe_up{probe}                          1 = the last poll answered
+    loadtop_probe_duration_seconds{probe}            how long the last poll took
+    loadtop_pg_connections{state}                    client backends by state
+    loadtop_pg_connections_usable                    max_connections - reserved slots
+    loadtop_pg_lock_waiters                          backends waiting on a lock
+    loadtop_pg_oldest_xact_seconds                   the oldest open transaction's age
+    loadtop_redis_connected_clients / _blocked_clients / _ops_per_sec / _used_memory_bytes
+    loadtop_redis_locks                              lock keys held now
+    loadtop_queue_depth{source,layout,queue}         ready items
+    loadtop_queue_oldest_age_seconds{source,layout,queue}
+    loadtop_queue_consumers{source,layout,queue}     consumers alive (when countable)
+    loadtop_pod_cpu_cores{pod,container} / loadtop_pod_memory_bytes{pod,container}
+    loadtop_pod_restarts{pod,container}
 """
 
 from __future__ import annotations
@@ -126,11 +144,13 @@ class MetricsExporter:
         self._faults: dict[str, int] = {}
         self._plan_step = 0
         self._ticks = 0
+        self._probes: list[Gauge] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
 
     # ---- the pipeline output (session thread) -------------------------------------
     def on_tick(self, tick: Tick) -> None:
+        probes = probe_gauges(tick.readings)
         per = [(s, bucket_counts(s.hist, self._bounds_us), s.hist.get_total_count(),
                 mean_value(s.hist) * s.hist.get_total_count()) for s in tick.scenarios]  # fmt: skip
         with self._lock:
@@ -159,6 +179,7 @@ class MetricsExporter:
                     kind = fault_kind(e.note)
                     self._faults[kind] = self._faults.get(kind, 0) + 1
             self._plan_step = tick.plan_step + 1 if tick.plan_step is not None else 0
+            self._probes = probes
 
     # ---- the collector (HTTP thread) ------------------------------------------------
     def collect(self) -> Iterator[Metric]:
@@ -171,6 +192,7 @@ class MetricsExporter:
             anomalies = dict(self._anomalies)
             faults = dict(self._faults)
             step, ticks = self._plan_step, self._ticks
+            probes = self._probes
         info = InfoMetricFamily("loadtop", "the loadtop that serves these metrics",
                                 labels=["version", "run_id"])  # fmt: skip
         info.add_metric([__version__, self.run_id], {})
@@ -212,9 +234,94 @@ class MetricsExporter:
         yield GaugeMetricFamily("loadtop_plan_step", "the ramp plan's step, 1-based (0: none)",
                                 value=step)  # fmt: skip
         yield CounterMetricFamily("loadtop_ticks", "ticks closed", value=ticks)
+        yield from _gauge_families(probes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# One probe series: (metric name, help, labels, value). Built on the session
+# thread from the tick's readings, turned into families on the HTTP thread.
+Gauge = tuple[str, str, tuple[tuple[str, str], ...], float]
+
+_PG = (
+    ("connections_usable", "usable_connections", "max_connections minus reserved slots"),
+    ("lock_waiters", "waiting", "backends waiting on a lock"),
+    ("oldest_xact_seconds", "oldest_xact_s", "age of the oldest open transaction"),
+    ("idle_in_transaction", "idle_in_tx_count", "sessions idle in a transaction"),
+)
+_REDIS = (
+    ("connected_clients", "connected_clients", "clients connected"),
+    ("blocked_clients", "blocked_clients", "clients blocked in a pop"),
+    ("ops_per_sec", "ops_per_sec", "commands per second (INFO instantaneous_ops_per_sec)"),
+    ("used_memory_bytes", "used_memory", "memory in use"),
+)
+_QUEUE = (
+    ("depth", "depth", "ready items"),
+    ("oldest_age_seconds", "oldest_age_s", "age of the oldest ready item"),
+)
+_POD = (
+    ("cpu_cores", "cpu_cores", "CPU in use"),
+    ("memory_bytes", "memory_bytes", "memory in use"),
+    ("restarts", "restarts", "container restarts"),
+)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def probe_gauges(readings: Mapping[str, Any]) -> list[Gauge]:
+    """The latest probe readings as gauge series; a value the reading does not
+    hold is left out, never shown as 0."""
+    out: list[Gauge] = []
+
+    def add(name: str, help_: str, value: Any, **labels: str) -> None:
+        v = _num(value)
+        if v is not None:
+            out.append((f"loadtop_{name}", help_, tuple(sorted(labels.items())), v))
+
+    for name, r in sorted(readings.items()):
+        add("probe_up", "1 when the probe's last poll answered", 1 if r.ok else 0, probe=name)
+        add("probe_duration_seconds", "how long the probe's last poll took",
+            r.duration_ms / 1000.0, probe=name)  # fmt: skip
+        if not r.ok:
+            continue
+        d = r.data
+        if r.probe == "postgres":
+            for state, k in sorted((d.get("by_state") or {}).items()):
+                add("pg_connections", "client backends by state", k, state=state)
+            for metric, key, help_ in _PG:
+                add(f"pg_{metric}", help_, d.get(key))
+        elif r.probe == "redis":
+            for metric, key, help_ in _REDIS:
+                add(f"redis_{metric}", help_, d.get(key))
+            add("redis_locks", "lock keys held now", len(d.get("locks") or ()))
+        elif r.probe == "pods":
+            for c in d.get("containers") or ():
+                for metric, key, help_ in _POD:
+                    add(f"pod_{metric}", help_, c.get(key), pod=str(c.get("pod", "")),
+                        container=str(c.get("container", "")))  # fmt: skip
+        if r.probe in ("redis", "pg_queues"):
+            for q in d.get("queues") or ():
+                labels = {"source": str(q.get("source") or ("postgres" if r.probe ==
+                          "pg_queues" else "redis")), "layout": str(q.get("layout", "")),
+                          "queue": str(q.get("name", ""))}  # fmt: skip
+                for metric, key, help_ in _QUEUE:
+                    add(f"queue_{metric}", help_, q.get(key), **labels)
+                add("queue_consumers", "consumers alive, where they can be counted",
+                    (q.get("consumers") or {}).get("count"), **labels)  # fmt: skip
+    return out
+
+
+def _gauge_families(series: Sequence[Gauge]) -> Iterator[Metric]:
+    fams: dict[str, GaugeMetricFamily] = {}
+    for name, help_, labels, value in series:
+        fam = fams.get(name)
+        if fam is None:
+            fam = fams[name] = GaugeMetricFamily(name, help_, labels=[k for k, _ in labels])
+        fam.add_metric([v for _, v in labels], value)
+    yield from fams.values()
 
 
 def fault_kind(note: str) -> str:

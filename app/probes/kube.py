@@ -429,8 +429,9 @@ class KubeClient(_Paged):
 
 
 class KubectlClient(_Paged):
-    """The same GETs through `kubectl get --raw`, for credentials only kubectl
-    understands. Slower (a process per request) but complete."""
+    """The same GETs (and pod-kill's DELETE) through `kubectl get|delete --raw`,
+    for credentials only kubectl understands. Slower (a process per request)
+    but complete."""
 
     def __init__(
         self,
@@ -445,8 +446,14 @@ class KubectlClient(_Paged):
         self.timeout = timeout
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        return await self._raw("get", path, params)
+
+    async def delete(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        return await self._raw("delete", path, params)
+
+    async def _raw(self, verb: str, path: str, params: dict[str, str] | None) -> httpx.Response:
         url = path + ("?" + str(httpx.QueryParams(params)) if params else "")
-        args = [self.kubectl, "get", "--raw", url]
+        args = [self.kubectl, verb, "--raw", url]
         if self.cfg.context:
             args += ["--context", self.cfg.context]
         proc = await asyncio.create_subprocess_exec(
@@ -472,6 +479,23 @@ class KubectlClient(_Paged):
 
     async def close(self) -> None:
         pass
+
+
+async def connect(
+    context: str | None = None, *, config: KubeConfig | None = None, timeout: float = 10.0
+) -> KubeClient | KubectlClient:
+    """A client for `config` (else the kubeconfig or in-cluster credentials),
+    or kubectl when only kubectl understands the credentials (auth-provider,
+    basic auth). Raises ProbeError (KubectlNeeded without kubectl) saying what
+    to fix."""
+    try:
+        cfg = config if config is not None else await asyncio.to_thread(auto_config, context)
+    except KubectlNeeded as e:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            raise
+        return KubectlClient(e.context, e.namespace, kubectl=kubectl, timeout=max(timeout, 5.0))
+    return KubeClient(cfg, timeout=timeout)
 
 
 async def run_exec_plugin(cfg: KubeConfig, *, timeout: float = 10.0) -> _Credential:

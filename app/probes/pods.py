@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,15 +23,7 @@ import httpx
 import psutil
 
 from app.probes.base import Probe, ProbeError, describe_exception
-from app.probes.kube import (
-    KubeClient,
-    KubeConfig,
-    KubectlClient,
-    KubectlNeeded,
-    auto_config,
-    cores,
-    nbytes,
-)
+from app.probes.kube import KubeClient, KubeConfig, KubectlClient, connect, cores, nbytes
 from app.probes.schema import PodContainer
 
 # ---- Kubernetes -----------------------------------------------------------------------
@@ -113,19 +104,7 @@ class KubernetesPodsProbe(Probe):
 
     async def _kube(self) -> KubeClient | KubectlClient:
         if self._client is None:
-            try:
-                cfg = self._config
-                if cfg is None:
-                    cfg = await asyncio.to_thread(auto_config, self.context)
-            except KubectlNeeded as e:
-                kubectl = shutil.which("kubectl")
-                if kubectl is None:
-                    raise
-                self._client = KubectlClient(
-                    e.context, e.namespace, kubectl=kubectl, timeout=max(self.timeout, 5.0)
-                )
-            else:
-                self._client = KubeClient(cfg, timeout=self.timeout)
+            self._client = await connect(self.context, config=self._config, timeout=self.timeout)
         return self._client
 
     async def poll(self) -> dict[str, Any]:

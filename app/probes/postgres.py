@@ -46,7 +46,8 @@ MAX_BLOCKER_CALLS = 100  # pg_blocking_pids() calls per poll: the longest-waitin
 _ACTIVITY_SQL = f"""
 WITH a AS MATERIALIZED (
     SELECT pid, backend_type, usename, application_name, state, wait_event_type,
-           wait_event, xact_start, state_change, left(query, {QUERY_CHARS}) AS query
+           wait_event, xact_start, state_change, left(query, {QUERY_CHARS}) AS query,
+           CASE WHEN datname <> current_database() THEN datname END AS other_db
     FROM pg_stat_activity
     WHERE pid <> pg_backend_pid()
       AND application_name IS DISTINCT FROM '{PROBE_APP_NAME}'
@@ -57,7 +58,8 @@ WITH a AS MATERIALIZED (
 )
 SELECT a.pid, a.backend_type, a.usename, a.application_name, a.state, a.wait_event_type,
        a.wait_event, extract(epoch FROM now() - a.xact_start)::float8 AS xact_age,
-       extract(epoch FROM now() - a.state_change)::float8 AS state_age, a.query, w.blocked_by
+       extract(epoch FROM now() - a.state_change)::float8 AS state_age, a.query, w.blocked_by,
+       a.other_db
 FROM a LEFT JOIN w USING (pid)
 """
 ACTIVITY_SQL = _ACTIVITY_SQL.format(blocking="pg_blocking_pids(pid)")
@@ -359,6 +361,8 @@ def _backend(row: Mapping[str, Any]) -> PgBackend:
         b["backend_type"] = row["backend_type"]
     if row["blocked_by"] is not None:
         b["blocked_by"] = sorted(set(row["blocked_by"]))
+    if row.get("other_db"):  # sessions are server-wide; the counters are this database's
+        b["database"] = row["other_db"]
     return b
 
 

@@ -75,6 +75,9 @@ _NOT_QUEUE_ZSET = re.compile(
 )
 _QUEUEISH = re.compile(r"queue|job|task|delay|sched|retry|pending|work|outbox|inbox", re.I)
 _HINT = re.compile(r"queue|jobs?\b|jobs?[:._-]|tasks?[:._-]|lock|mutex|semaphore|leader", re.I)
+# a loadtop run's own scenario keys (loadtop_<run id>_<scenario>:...): never a hint,
+# there is nothing for the user to name (seen in the demo: its counters and lock flags)
+_OWN_RUN_KEY = re.compile(rb"loadtop_[0-9a-f]{8}_")
 # blocking commands a list / zset / stream consumer waits in
 LIST_POPS = {"blpop", "brpop", "brpoplpush", "blmove", "blmpop"}
 ZSET_POPS = {"bzpopmin", "bzpopmax", "bzmpop"}
@@ -226,6 +229,8 @@ class QueueFinder:
 
     def note_unmatched(self, key: bytes) -> None:
         """A name no lock or queue layout claimed: a hint when it looks like one."""
+        if _OWN_RUN_KEY.match(key):
+            return
         if len(self.hint_candidates) < 1000 and _HINT.search(_s(key)):
             self.hint_candidates.add(key)
 

@@ -33,6 +33,8 @@ class PgBackend(TypedDict, total=False):
     waits_for: PgWait  # added: waiters only, what they wait for (from pg_locks)
     depth: int  # added: in PgBlockNode.tree only, 0 = the root
     parent: int  # added: in PgBlockNode.tree only, the pid it is shown under
+    database: str  # added: only for a session of ANOTHER database than the target's
+    #               (pg_stat_activity is server-wide: its locks and slots count too)
 
 
 class PgWait(TypedDict, total=False):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, overload
 
 from app import __version__
+from app.session import recording_index
 from app.tick import (
     RECORDING_VERSION,
     Anomaly,
@@ -219,7 +220,7 @@ class TickFile(Sequence[Tick]):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offsets = array("q")  # byte offset of each tick's line
-        self.lengths = array("l")
+        self.lengths = array("q")
         self.elapsed = array("d")
         self.ops = array("d")  # operations per second, all scenarios
         self.p95 = array("d")  # ms, all scenarios merged; nan: not in the line
@@ -289,11 +290,15 @@ def _not_a_recording(p: Path, why: str) -> RecordingError:
     )
 
 
-def read_recording(path: str | os.PathLike[str], *, limit: int | None = None) -> Recording:
+def read_recording(
+    path: str | os.PathLike[str], *, limit: int | None = None, index_file: bool = False
+) -> Recording:
     """Open a recording: check it and index it in one streaming pass (every
     line parsed, no histogram decoded, nothing kept but the index); its ticks
     are then read from the file on demand (`TickFile`). `limit`: read only the
-    first `limit` bytes (a recording still being written)."""
+    first `limit` bytes (a recording still being written). `index_file`: reuse
+    the index saved beside the recording when it still matches it, and save
+    one after a pass (`recording_index`: what a replay opens with)."""
     p = Path(path)
     if not p.exists():
         raise RecordingError(f"recording {p} does not exist: check the path")
@@ -333,7 +338,19 @@ def read_recording(path: str | os.PathLike[str], *, limit: int | None = None) ->
             )
         ticks = TickFile(p)
         rec = Recording(header=header, ticks=ticks)
+        st = os.fstat(f.fileno())
+        cached = index_file and limit is None and stat.S_ISREG(st.st_mode)
+        if cached:
+            found = recording_index.load(p, first, st, ticks)
+            if found is not None:
+                rec.end, rec.truncated = found
+                return rec
         _index(f, p, rec, ticks, len(first), limit)
+        if cached and st.st_size >= recording_index.MIN_BYTES:
+            after = os.fstat(f.fileno())
+            if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                # not while it is being written: that index would be stale at once
+                recording_index.save(p, first, st, ticks, rec.end, rec.truncated)
     return rec
 
 

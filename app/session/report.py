@@ -57,6 +57,7 @@ class _Figures:
         self.hist: HdrHistogram | None = new_histogram() if hist else None
         self.errors: dict[str, int] = {}
         self.dropped = 0
+        self.scheduled = 0
         self.max_lag = 0.0
         self.conc_max = 0
 
@@ -73,6 +74,7 @@ class _Figures:
             for e, v in s.errors.items():
                 self.errors[e] = self.errors.get(e, 0) + v
             self.dropped += s.dropped
+            self.scheduled += s.scheduled
             self.max_lag = max(self.max_lag, s.lag_ms)
 
     def result(self, seconds: float | None = None, conc_max: int | None = None) -> dict[str, Any]:
@@ -95,6 +97,10 @@ class _Figures:
             "mean_ms": round(lat.mean, 3),
             "errors": dict(sorted(self.errors.items(), key=lambda kv: -kv[1])),
             "dropped": self.dropped,
+            "scheduled": self.scheduled,
+            "dropped_pct": round(100.0 * self.dropped / self.scheduled, 3)
+            if self.scheduled
+            else 0.0,
             "max_lag_ms": round(self.max_lag, 3),
             "concurrency_max": self.conc_max if conc_max is None else conc_max,
         }
@@ -240,6 +246,10 @@ def slo_verdict(fig: dict[str, Any], slo: dict[str, float] | None = None) -> dic
         f"p99 < {slo['p99_ms']:g} ms": fig["p99_ms"] < slo["p99_ms"],
         f"errors < {slo['error_pct']:g}%": fig["error_pct"] < slo["error_pct"],
     }
+    if fig.get("scheduled"):  # a fixed-rate run: was the load asked for delivered?
+        checks[f"dropped < {slo['dropped_pct']:g}%"] = fig.get("dropped_pct", 0.0) < slo[
+            "dropped_pct"
+        ] or not fig.get("dropped")
     return {"slo": slo, "checks": checks, "met": all(checks.values())}
 
 
@@ -325,7 +335,9 @@ def _reasons_run(s: dict[str, Any]) -> list[str]:
     slo = s.get("slo") or {}
     if done and slo.get("checks") and not slo.get("met"):
         seen = {"p95": f"{t.get('p95_ms', 0):.4g} ms", "p99": f"{t.get('p99_ms', 0):.4g} ms",
-                "errors": f"{t.get('error_pct', 0):.3g}%"}  # fmt: skip
+                "errors": f"{t.get('error_pct', 0):.3g}%",
+                "dropped": f"{t.get('dropped_pct', 0):.3g}% of {t.get('scheduled', 0):,} intended"
+                           " starts, no free worker: raise -c or lower --rate"}  # fmt: skip
         broken = [f"{k} (was {seen.get(k.split()[0], '?')})"
                   for k, ok in slo["checks"].items() if not ok]  # fmt: skip
         out.append(f"SLO broken: {', '.join(broken)}")
@@ -644,8 +656,6 @@ def render_markdown(
     L.append("")
     L.append(f"Verdict: {v['why']}.")
     L.append("")
-    L.append(f"Verdict: {v['why']}.")
-    L.append("")
     t = s["total"]
     L += pg_report.headline_notes(s, L)
     L.append(
@@ -726,12 +736,13 @@ def render_markdown(
         rows = [[f"`{k}`", f"{v:,}", f"{100 * v / max(t['ok'] + t['failed'], 1):.3g}%"]
                 for k, v in t["errors"].items()]  # fmt: skip
         L += _table(["class", "count", "of ops"], rows)
-        if t["dropped"]:
-            L.append("")
-            L.append(f"Open model: {t['dropped']:,} intended starts dropped (no free worker),"
-                     f" worst schedule lag {fmt.ms(t['max_lag_ms'])}.")  # fmt: skip
     else:
         L.append("None from loadtop's own operations.")
+    if t["dropped"]:  # said with or without errors: drops are not errors
+        L.append("")
+        L.append(f"Open model: {t['dropped']:,} of {t.get('scheduled', 0):,} intended starts"
+                 f" dropped ({t.get('dropped_pct', 0):.3g}%, no free worker), worst schedule"
+                 f" lag {fmt.ms(t['max_lag_ms'])}.")  # fmt: skip
     L += pg_report.server_errors_md(s.get("server_errors"))
     if s["outages"]:
         L.append("")

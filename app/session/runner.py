@@ -9,12 +9,12 @@ Order matters for "lose nothing, leave nothing": the recording is opened
 before anything is created on a target; every prefix is removed in a
 `finally`, even when `setup` failed halfway or the run was interrupted.
 
-Over ~500 lines for now: the lifecycle (connect, setup, run, teardown,
-cleanup, the end line) is one ordered sequence that reads best in one place;
-the clock and enrichers are already in app/session/pipeline.py, the clients
-in app/engine/clients.py. The thread-safe control wrappers and the backend
-cancel/terminate could move next, once the bounded-memory (issue 10) and
-app/commands branches that also edit this file have landed.
+About 900 lines: the lifecycle (connect, setup, run, teardown, cleanup, the
+end line) is one ordered sequence that reads best in one place. Around it:
+the clock and enrichers in app/session/pipeline.py, removing what a run
+created in app/session/cleanup.py, the clients in app/engine/clients.py. The
+thread-safe control wrappers and the backend cancel/terminate are the next
+candidates to move.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from app.faults.proxy import FaultProxy
 from app.faults.recovery import RecoveryTracker
 from app.faults.scheduler import FaultScheduler
 from app.scenario import Context, Scenario, ScenarioError, check_processes, class_ref, slug
+from app.session.cleanup import remove_prefixes
 from app.session.export import write_report
 from app.session.pipeline import Pipeline, Verifier
 from app.session.recording import Recorder, Recording, RecordingError, read_recording
@@ -71,6 +72,7 @@ class RunConfig:
     params: dict[str, str] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
     record: str | None = None
+    record_temporary: bool = False  # a private recording (--web without --record): not kept
     export: str | None = None
     readonly: bool = False
     probes: bool = True
@@ -815,8 +817,9 @@ class Session:
         self.outcome = Outcome(
             reason=reason, exit_code=code, ticks=self.ticks.total, invariants=invariants,
             tripped=tripped.expr if tripped else None, report_path=report_path,
-            record_path=self.cfg.record, verdict=v["verdict"], why=self.redactor(v["why"]),
-            leftovers=leftovers, unverified=dict(self.unverified),
+            record_path=None if self.cfg.record_temporary else self.cfg.record,
+            verdict=v["verdict"], why=self.redactor(v["why"]), leftovers=leftovers,
+            unverified=dict(self.unverified),
         )  # fmt: skip
 
     async def _reconnect(self) -> None:
@@ -830,151 +833,20 @@ class Session:
                 await self.clients.redis.connection_pool.disconnect()
 
     async def _cleanup_prefixes(self) -> list[dict[str, Any]]:
-        """Remove everything this run created on its targets, whatever teardown
-        did. A target that cannot be reached is tried again on a fresh
-        connection, with backoff, for up to `cfg.retry_s`; returns what is
-        left (target, what, error, the commands that remove it)."""
-        pattern = f"loadtop_{self.cfg.run_id}_"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.retry_s
-        todo: dict[str, Callable[[], Any]] = {}
         if self.cfg.readonly:  # nothing was created (the server refused writes)
             return []
-        if self.clients.pg is not None and self.cfg.pg_dsn:
-            todo["postgres"] = lambda: self._cleanup_pg(pattern)
-        if self.clients.redis is not None and self.cfg.redis_url:
-            todo["redis"] = lambda: self._cleanup_redis(pattern)
-        errors: dict[str, str] = {}
-        delay, tries = 0.25, 0
-        while todo:
-            tries += 1
-            for target, attempt in list(todo.items()):
-                try:
-                    remaining = max(deadline - loop.time(), 5.0)
-                    await asyncio.wait_for(attempt(), remaining)
-                    todo.pop(target)
-                    if tries > 1:
-                        self.messages.append(f"cleanup of {target} done on attempt {tries}")
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    errors[target] = self.redactor(f"{classify(e)}: {str(e)[:160]}")
-            if not todo or loop.time() + delay > deadline:
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        left = [self._leftover(t, pattern, errors.get(t, "?"), tries) for t in todo]
-        for x in left:
-            self.messages.append(f"cleanup of {x['target']} failed: left {x['what']}"
-                                 f" ({x['error']}); remove with: {' && '.join(x['commands'])}")  # fmt: skip
-        return left
-
-    async def _cleanup_pg(self, pattern: str) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(
-            self.cfg.pg_dsn, timeout=5,
-            server_settings={"application_name": "loadtop:cleanup", **self.clients.pg_settings},
+        schemas = [self.prefixes[inst.name] for inst, _ in self.instances
+                   if "postgres" in inst.needs and inst.name in self._created_prefixes]  # fmt: skip
+        return await remove_prefixes(
+            f"loadtop_{self.cfg.run_id}_",
+            pg_dsn=self.cfg.pg_dsn if self.clients.pg is not None else None,
+            redis_url=self.cfg.redis_url if self.clients.redis is not None else None,
+            pg_settings=self.clients.pg_settings, retry_s=self.cfg.retry_s,
+            schemas=schemas, redactor=self.redactor, say=self.messages.append,
         )  # fmt: skip
-        try:
-            names = await conn.fetch(
-                "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
-                pattern.replace("_", r"\_") + "%",
-            )
-            for row in names:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{row[0]}" CASCADE')
-        finally:
-            await _close_quietly(conn)
-
-    async def _cleanup_redis(self, pattern: str) -> None:
-        import redis.asyncio as aioredis
-
-        assert self.cfg.redis_url is not None  # only called with a Redis target
-        client = aioredis.Redis.from_url(
-            self.cfg.redis_url, socket_connect_timeout=5, socket_timeout=10,
-            client_name="loadtop:cleanup",
-        )  # fmt: skip
-        try:
-            batch: list[Any] = []
-            async for key in client.scan_iter(match=f"{pattern}*", count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    await client.unlink(*batch)
-                    batch = []
-            if batch:
-                await client.unlink(*batch)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), 5)
-
-    def _leftover(self, target: str, pattern: str, error: str, tries: int) -> dict[str, Any]:
-        """What a failed cleanup left on `target`, and the commands that remove it."""
-        why = f"{error}; tried {tries} times over {self.cfg.retry_s:g} s"
-        if target == "postgres":
-            schemas = [
-                self.prefixes[inst.name]
-                for inst, _ in self.instances
-                if "postgres" in inst.needs and inst.name in self._created_prefixes
-            ] or [f"{pattern}..."]
-            dsn = self.redactor(self.cfg.pg_dsn or "")
-            return {
-                "target": "postgres",
-                "what": ", ".join(f"schema {n}" for n in schemas),
-                "schemas": schemas,
-                "error": why,
-                "commands": [
-                    f"psql '{dsn}' -c 'DROP SCHEMA IF EXISTS \"{n}\" CASCADE;'" for n in schemas
-                ],
-            }
-        cli = redis_cli_args(self.cfg.redis_url or "")
-        from urllib.parse import urlsplit
-
-        # redis-cli reads the password from REDISCLI_AUTH; never print the real one
-        auth = (
-            "export REDISCLI_AUTH='<password>'; "
-            if urlsplit(self.cfg.redis_url or "").password
-            else ""
-        )
-        return {
-            "target": "redis",
-            "what": f"keys matching {pattern}*",
-            "pattern": f"{pattern}*",
-            "error": why,
-            "commands": [
-                f"{auth}redis-cli {cli} --scan --pattern '{pattern}*'"
-                f" | xargs -r redis-cli {cli} del"
-            ],
-        }
 
     async def _close_clients(self) -> None:
         await close_clients(self.clients)
-
-
-async def _close_quietly(conn: Any) -> None:
-    try:
-        await asyncio.wait_for(conn.close(), 2.0)
-    except BaseException:
-        conn.terminate()
-
-
-def redis_cli_args(url: str) -> str:
-    """redis-cli's options for `url`, without its password (redis-cli reads
-    REDISCLI_AUTH for that)."""
-    from urllib.parse import urlsplit
-
-    p = urlsplit(url)
-    if p.scheme == "unix":
-        args = f"-s {p.path}"
-    else:
-        args = f"-h {p.hostname or '127.0.0.1'} -p {p.port or 6379}"
-        if p.scheme == "rediss":
-            args += " --tls"
-    db = (p.path or "/").strip("/")
-    if p.scheme != "unix" and db.isdigit() and db != "0":
-        args += f" -n {db}"
-    if p.username and p.username not in ("", "default"):
-        args += f" --user {p.username}"
-    return args
 
 
 def run_sync(coro: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Static
 
 from app import fmt
@@ -46,6 +47,8 @@ def _backend_row(b: Mapping[str, Any], indent: str, query_chars: int = 120) -> R
     app_name = str(b.get("application_name") or "").removeprefix("loadtop:")
     q = " ".join(str(b.get("query") or "").split())
     cell = Text()
+    if b.get("database"):  # a session of another database on the same server
+        cell.append(f"[db {b['database']}] ", style="dim cyan")
     wf = b.get("waits_for") or {}
     if wf:
         # a row lock's wait on the holder's transaction is always ShareLock: say only what
@@ -111,8 +114,7 @@ class PostgresPane(Pane):
         t: DataTable = DataTable(id="blockers", cursor_type="row")
         t.add_columns("pid", "state", "app", "waits for · query")
         yield t
-        q: DataTable = DataTable(id="pg-queues", cursor_type="row")
-        q.add_columns(*QUEUE_COLUMNS)
+        q = queue_table("pg-queues")
         q.display = False
         yield q
 
@@ -125,8 +127,7 @@ class PostgresPane(Pane):
         qs = (r.data.get("queues") or []) if r.ok else []
         inner = self.content_region.width or 0
         avail = inner - 1 if inner >= 40 else 62  # not laid out yet: a 120-column screen's half
-        name_w = min(QUEUE_MAX_W, max(10, avail - QUEUE_FIXED_W))
-        qrows = queue_rows(qs, self._depths, name_w, record=r.t != self._queues_t)
+        qrows = queue_rows(qs, self._depths, queue_name_w(avail), record=r.t != self._queues_t)
         self._queues_t = r.t
         table = self.query_one("#pg-queues", DataTable)
         sync_table(table, qrows, self._queues)
@@ -162,7 +163,7 @@ class PostgresPane(Pane):
         summary = self.query_one("#pg-summary", Static)
         if not r.ok:
             summary.update(Text(f"probe: {r.error}", style="bold red"))
-            self.app.set_class(False, "pg-tree")
+            self._wide(False)
             return
         d = r.data
         summary.update(pg_summary(d))
@@ -197,8 +198,24 @@ class PostgresPane(Pane):
             order = {k: i for i, k in enumerate(rows)}
             reorder(table, order)
         table.display = bool(rows)
-        self.app.set_class(bool(rows), "pg-tree")
+        self._wide(bool(rows))
         self._update_details(backends)
+
+    def _wide(self, on: bool) -> None:
+        """The `pg-tree` class on the app, restyling only what it changes:
+        `.pg-tree #left` is its one rule. A class change on the app restyles
+        every node on screen (about 0.1 s on a 2-core host, more under load),
+        and a tree comes and goes from tick to tick, on every replay seek."""
+        app = self.app
+        if app.has_class("pg-tree") == on:
+            return
+        app.set_class(on, "pg-tree", update=False)
+        try:
+            left = app.query_one("#left")
+        except NoMatches:
+            app.update_styles(app)
+            return
+        app.update_styles(left)
 
     def _update_details(self, backends: Mapping[str, dict[str, Any]]) -> None:
         """An open blocker details screen follows its backend, tick by tick."""
@@ -275,6 +292,18 @@ QUEUE_MAX_W = 34  # queue name (+ layout when it fits)
 QUEUE_FIXED_W = 5 + 8 + 5 + 4 + 4 + 6 * 2
 
 
+def queue_table(table_id: str) -> DataTable:
+    """An empty queue table (the Redis pane's and the Postgres pane's alike)."""
+    table: DataTable = DataTable(id=table_id, cursor_type="row")
+    table.add_columns(*QUEUE_COLUMNS)
+    return table
+
+
+def queue_name_w(avail: int) -> int:
+    """The queue name column's width in a pane `avail` cells wide."""
+    return min(QUEUE_MAX_W, max(10, avail - QUEUE_FIXED_W))
+
+
 def queue_rows(
     queues: list[dict[str, Any]], depths: dict[str, deque[int]], name_w: int, record: bool = True
 ) -> dict[str, Row]:
@@ -339,9 +368,7 @@ class RedisPane(Pane):
         locks: DataTable = DataTable(id="redis-locks", cursor_type="row")
         locks.add_columns("lock", "holder", "age", "pttl")
         yield locks
-        q: DataTable = DataTable(id="redis-queues", cursor_type="row")
-        q.add_columns(*QUEUE_COLUMNS)
-        yield q
+        yield queue_table("redis-queues")
 
     def show(self, tick: Tick, tl: Timeline) -> None:
         r = tick.readings.get("redis")
@@ -397,8 +424,7 @@ class RedisPane(Pane):
         locks = self.query_one("#redis-locks", DataTable)
         sync_table(locks, lrows, self._locks)
         locks.display = bool(lrows)
-        name_w = min(QUEUE_MAX_W, max(10, self._avail() - QUEUE_FIXED_W))
-        qrows = queue_rows(d.get("queues") or [], self._depths, name_w)
+        qrows = queue_rows(d.get("queues") or [], self._depths, queue_name_w(self._avail()))
         queues = self.query_one("#redis-queues", DataTable)
         sync_table(queues, qrows, self._queues)
         queues.display = bool(qrows)

@@ -45,7 +45,9 @@ class Point:
     events: tuple[ControlEvent, ...]
 
 
-def point_of(tick: Tick) -> Point:
+def point_of(tick: Tick, p95: float | None = None) -> Point:
+    """`p95`: the tick's merged p95 (ms) when already known (a recording's
+    index has it), which saves merging its histograms again."""
     iv = tick.interval if tick.interval > 0 else 1.0
     if tick.is_drain:  # a few ms of stragglers would chart as a throughput spike
         iv = max(iv, 1.0)
@@ -66,7 +68,7 @@ def point_of(tick: Tick) -> Point:
         index=tick.index,
         elapsed=tick.elapsed,
         ops=sum(s.ops for s in scen),
-        p95=tick.latency().p95 if tick.scenarios else 0.0,
+        p95=(tick.latency().p95 if tick.scenarios else 0.0) if p95 is None else p95,
         target=tick.target_concurrency,
         concurrency=tick.concurrency,
         scenarios=scen,

@@ -609,3 +609,69 @@ def test_http_503_and_drop_through_the_proxy_then_healed() -> None:
             await runner.cleanup()
 
     asyncio.run(go())
+
+
+def test_pod_kill_through_kubectl_when_only_kubectl_knows_the_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kubeconfig whose user is an auth-provider (only kubectl can use it):
+    pod-kill lists and deletes through `kubectl get|delete --raw`, like the pods
+    probe. The kubectl here is a shim that sends the raw request to a loopback
+    API serving the real shapes, as kubectl would to the cluster."""
+    import textwrap
+
+    from aiohttp import web
+
+    from tests.unit.test_probes_pods import write_kubeconfig
+
+    pods = [_pod("api-1"), _pod("api-2")]
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    async def list_pods(req: web.Request) -> web.Response:
+        seen.append(("GET", req.path, dict(req.query)))
+        return web.json_response({"kind": "PodList", "apiVersion": "v1",
+                                  "metadata": {"resourceVersion": "7"}, "items": pods})  # fmt: skip
+
+    async def delete_pod(req: web.Request) -> web.Response:
+        seen.append(("DELETE", req.path, dict(req.query)))
+        return web.json_response(_pod(req.match_info["name"], deleting=True))
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/api/v1/namespaces/shop/pods", list_pods)
+        app.router.add_delete("/api/v1/namespaces/shop/pods/{name}", delete_pod)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        log = tmp_path / "kubectl.log"
+        shim = bindir / "kubectl"
+        shim.write_text(textwrap.dedent(f"""\
+            #!{sys.executable}
+            import sys, urllib.request
+            verb, path = sys.argv[1], sys.argv[sys.argv.index("--raw") + 1]
+            open({str(log)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+            req = urllib.request.Request("http://127.0.0.1:{port}" + path, method=verb.upper())
+            sys.stdout.write(urllib.request.urlopen(req).read().decode())
+        """))  # fmt: skip
+        shim.chmod(0o755)
+        user = {"auth-provider": {"name": "oidc", "config": {"id-token": "x"}}}
+        kc = write_kubeconfig(tmp_path / "config", "https://k8s.example:6443", user, name="corp")
+        monkeypatch.setenv("KUBECONFIG", str(kc))
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+        try:
+            t = FaultTargets(k8s_namespace="shop", k8s_selector="app=api")
+            sch = FaultScheduler(t, Events())
+            out = await sch.inject(parse_fault_spec("kind=pod-kill,pod=api-2,grace=0"))
+            assert out == "#1 pod-kill: deleted pod shop/api-2", out
+            assert ("DELETE", "/api/v1/namespaces/shop/pods/api-2",
+                    {"gracePeriodSeconds": "0"}) in seen  # fmt: skip
+            calls = log.read_text().splitlines()
+            assert any(c.startswith("delete --raw") and "--context corp" in c for c in calls)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())

@@ -243,3 +243,14 @@ def test_off_loopback_a_token_is_generated_printed_and_checked(tmp_path: Path) -
     finally:
         view.close()
     assert not (tmp_path / "r.jsonl.viewers").exists()
+
+
+def test_a_private_recording_is_not_named_as_kept(pg_dsn: str) -> None:
+    """--web without --record follows a temporary recording removed at exit: the
+    outcome must not point the user at a file that is gone."""
+    p = subprocess.run([sys.executable, "-m", "app.cli", "run", "--headless", "-s", "pg-select",
+                        "--pg", pg_dsn, "-d", "2s", "--no-probes", "--web", "127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "recording to a temporary file, removed at exit" in p.stderr
+    assert "stopped: duration" in p.stdout and "recording:" not in p.stdout, p.stdout

@@ -13,11 +13,10 @@ import pytest
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.engine.engine import EngineConfig
-from app.session.recording import Recording
 from app.session.report import build_summary, render_markdown
 from app.session.runner import RunConfig, Session
 from scenarios.postgres import PgSelect
-from tests.helpers import RedisSetGet
+from tests.helpers import RedisSetGet, recording_of, run_session, totals
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,10 +47,7 @@ async def test_exhaustion_counts_53300_and_reports_never_connected(small_pg) -> 
     wall = time.monotonic() - wall0
 
     assert outcome.reason == "duration", outcome
-    errors: dict[str, int] = {}
-    for t in session.ticks:
-        for k, v in t.errors().items():
-            errors[k] = errors.get(k, 0) + v
+    _, _, errors = totals(session)
     assert errors.get("53300 too many connections", 0) > 0, errors
     ok = sum(t.ok for t in session.ticks)
     assert ok > 1000, "the workers that got a slot kept working"
@@ -71,7 +67,7 @@ async def test_exhaustion_counts_53300_and_reports_never_connected(small_pg) -> 
     print(f"exhaustion: never connected {never}, errors {errors}, {cpu / wall:.2f} cores")
     assert cpu / wall < 1.6, f"{cpu / wall:.2f} cores"
 
-    rec = Recording(header=session.header, ticks=list(session.ticks), end=session.end)
+    rec = recording_of(session)
     summary = build_summary(rec)
     assert summary["never_connected"] == never
     md = render_markdown(rec)
@@ -95,17 +91,11 @@ async def test_redis_maxclients_is_counted_and_backed_off() -> None:
     flat out (they did ~80 times a second each before)."""
     with EmbeddedRedis(maxclients=12) as r:
         workers = 24
-        cfg = RunConfig(
-            scenarios=[(RedisSetGet, 1.0)], redis_url=r.url, probes=False,
-            engine=EngineConfig(concurrency=workers, duration=4, interval=0.5),
-        )  # fmt: skip
-        session = Session(cfg)
-        outcome = await session.run()
+        session, outcome = await run_session(
+            [(RedisSetGet, 1.0)], redis=r.url, concurrency=workers, duration=4, interval=0.5
+        )
     assert outcome.reason == "duration"
-    errors: dict[str, int] = {}
-    for t in session.ticks:
-        for k, v in t.errors().items():
-            errors[k] = errors.get(k, 0) + v
+    _, _, errors = totals(session)
     assert errors.get("redis maxclients", 0) > 0, errors
     assert sum(t.ok for t in session.ticks) > 500
     # flat out, each starved worker failed ~80 times a second; backing off, a

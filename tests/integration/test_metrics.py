@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +23,7 @@ from app.frontends.metrics import MetricsExporter, MetricsServer, bucket_counts,
 from app.session.config import build_run_config
 from app.session.recording import read_recording
 from app.session.runner import Session
-from app.tick import Anomaly, ControlEvent, ScenarioWindow, Tick, new_histogram
+from app.tick import Anomaly, ControlEvent, Reading, ScenarioWindow, Tick, new_histogram
 
 
 def _scrape(url: str) -> dict[str, list]:
@@ -96,6 +97,45 @@ def test_anomalies_faults_and_plan_step() -> None:
     assert _value(m["loadtop_target_workers"], "loadtop_target_workers", scenario="s") == 3
 
 
+def test_probe_readings_are_gauges_of_the_latest_poll() -> None:
+    ex = MetricsExporter(run_id="r1")
+    pg = Reading("postgres", 100.0, True, 12.5, {
+        "by_state": {"active": 3, "idle in transaction": 1}, "waiting": 2,
+        "usable_connections": 97, "oldest_xact_s": 4.5, "idle_in_tx_count": 1})  # fmt: skip
+    rd = Reading("redis", 100.0, True, 3.0, {
+        "connected_clients": 7, "blocked_clients": 2, "ops_per_sec": 1500.0,
+        "used_memory": 1_048_576, "locks": [{"key": "lock:a"}, {"key": "lock:b"}],
+        "queues": [{"name": "emails", "layout": "rq", "depth": 40, "oldest_age_s": 12.0,
+                    "consumers": {"count": 0, "kind": "heartbeats"}},
+                   {"name": "raw", "layout": "list", "depth": 5, "oldest_age_s": None}]})  # fmt: skip
+    pods = Reading("pods", 100.0, False, 2000.0, {"failures": 3}, "pods: timed out")
+    t = _tick(0)
+    ex.on_tick(replace(t, readings={"postgres": pg, "redis": rd, "pods": pods}))
+    m = {f.name: f.samples for f in text_string_to_metric_families(ex.render().decode())}
+    assert _value(m["loadtop_probe_up"], "loadtop_probe_up", probe="postgres") == 1
+    assert _value(m["loadtop_probe_up"], "loadtop_probe_up", probe="pods") == 0
+    assert _value(m["loadtop_probe_duration_seconds"], "loadtop_probe_duration_seconds",
+                  probe="pods") == 2.0  # fmt: skip
+    assert _value(m["loadtop_pg_connections"], "loadtop_pg_connections",
+                  state="idle in transaction") == 1  # fmt: skip
+    assert _value(m["loadtop_pg_lock_waiters"], "loadtop_pg_lock_waiters") == 2
+    assert _value(m["loadtop_redis_locks"], "loadtop_redis_locks") == 2
+    assert _value(m["loadtop_redis_used_memory_bytes"], "loadtop_redis_used_memory_bytes") == 2**20
+    assert _value(m["loadtop_queue_depth"], "loadtop_queue_depth", queue="emails", layout="rq",
+                  source="redis") == 40  # fmt: skip
+    assert _value(m["loadtop_queue_consumers"], "loadtop_queue_consumers", queue="emails") == 0
+    # a value the reading does not hold is left out, not shown as 0
+    ages = m["loadtop_queue_oldest_age_seconds"]
+    assert [s.labels["queue"] for s in ages] == ["emails"]
+    assert "loadtop_pod_restarts" not in m  # the pods poll failed: no pod series
+    # the next tick without the queue: its series is gone (the set tracks what exists now)
+    rd2 = Reading("redis", 101.0, True, 3.0, {"connected_clients": 5, "queues": []})
+    ex.on_tick(replace(t, index=1, readings={"redis": rd2}))
+    m = {f.name: f.samples for f in text_string_to_metric_families(ex.render().decode())}
+    assert "loadtop_queue_depth" not in m and "loadtop_pg_connections" not in m
+    assert _value(m["loadtop_redis_connected_clients"], "loadtop_redis_connected_clients") == 5
+
+
 @pytest.mark.integration
 async def test_scraped_during_a_real_run_and_equal_to_the_recording_at_the_end(
     pg_dsn: str, redis_url: str, tmp_path: Path
@@ -167,7 +207,7 @@ def test_the_flag_serves_metrics_during_a_cli_run(pg_dsn: str) -> None:
     port = _free_port()
     p = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "run", "--headless", "-s", "pg-select", "--pg", pg_dsn,
-         "-d", "8s", "--no-probes", "--metrics", f"127.0.0.1:{port}"],
+         "-d", "8s", "--metrics", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "LOADTOP_METRICS": ""},
     )  # fmt: skip
@@ -180,12 +220,15 @@ def test_the_flag_serves_metrics_during_a_cli_run(pg_dsn: str) -> None:
                 m = _scrape(f"http://127.0.0.1:{port}/metrics")
             except OSError:
                 continue
-            if _value(m["loadtop_ticks"], "loadtop_ticks_total") >= 1:
+            if _value(m["loadtop_ticks"], "loadtop_ticks_total") >= 1 and "loadtop_probe_up" in m:
                 scraped = m
                 break
         assert scraped is not None, "no scrape with a tick"
         assert _value(scraped["loadtop_operations"], "loadtop_operations_total",
                       scenario="pg-select", outcome="ok") > 0  # fmt: skip
+        # the Postgres probe's reading: pg-select's workers are client backends it counts
+        assert _value(scraped["loadtop_probe_up"], "loadtop_probe_up", probe="postgres") == 1
+        assert sum(s.value for s in scraped["loadtop_pg_connections"]) >= 1
         # scrapers that leave mid-answer: EPIPE in the server's thread, never a
         # SIGPIPE that would stop the run as if its stdout had closed
         for _ in range(30):
@@ -237,13 +280,18 @@ def test_the_grafana_dashboard_reads_only_metrics_loadtop_serves() -> None:
     spike = Anomaly(key="k", kind="latency-spike", severity="warning", subject="s",
                     started_tick=0, started_at=100.0, summary="p95 up")  # fmt: skip
     fault = ControlEvent(1.0, "fault", "key", 1.0, 0.0, "#1 pod-kill: api-1")
-    ex.on_tick(_tick(0, anomalies=[spike], events=[fault], failed=2))
+    pg = Reading("postgres", 100.0, True, 5.0, {"by_state": {"active": 1}, "waiting": 0})
+    rd = Reading("redis", 100.0, True, 5.0, {"queues": [{"name": "q", "layout": "rq", "depth": 1,
+                                                         "consumers": {"count": 1}}]})  # fmt: skip
+    t = _tick(0, anomalies=[spike], events=[fault], failed=2)
+    ex.on_tick(replace(t, readings={"postgres": pg, "redis": rd}))
     served = {s.name: set(s.labels) for f in text_string_to_metric_families(ex.render().decode())
               for s in f.samples}  # fmt: skip
     used = {name for e in exprs for name in re.findall(r"\bloadtop_\w+", e)}
     assert used and used <= set(served), used - set(served)
     assert {"loadtop_operation_duration_seconds_bucket", "loadtop_errors_total",
-            "loadtop_anomaly_active", "loadtop_faults_total"} <= used  # fmt: skip
+            "loadtop_anomaly_active", "loadtop_faults_total", "loadtop_queue_depth",
+            "loadtop_pg_connections"} <= used  # fmt: skip
     labels = {x.strip() for e in exprs for g in re.findall(r"by \(([^)]*)\)", e)
               for x in g.split(",")}  # fmt: skip
     assert labels <= set().union(*served.values()), labels

@@ -117,6 +117,48 @@ async def test_lock_wait_tree_idle_in_transaction_root(pg_dsn: str, table: str) 
         await probe.close()
 
 
+async def test_a_lock_chain_in_another_database_is_named_as_such(
+    pg_dsn: str, table: str, run_id: str
+) -> None:
+    """pg_stat_activity is server-wide: a chain in another database of the same
+    server takes slots and shows in the tree, so each of its sessions names its
+    database; the target database's own sessions name none."""
+    other = f"loadtop_other_{run_id}"
+    admin = await asyncpg.connect(pg_dsn)
+    await admin.execute(f'CREATE DATABASE "{other}"')
+    u = urlsplit(pg_dsn)
+    other_dsn = urlunsplit((u.scheme, u.netloc, f"/{other}", u.query, u.fragment))
+    conns: list[asyncpg.Connection] = []
+    probe = PostgresProbe(pg_dsn, locks_every_s=0)
+    task: asyncio.Task | None = None
+    try:
+        setup = await asyncpg.connect(other_dsn)
+        await setup.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        await setup.close()
+        holder, waiter, mine = (await connect(other_dsn, "other:holder"),
+                                await connect(other_dsn, "other:waiter"),
+                                await connect(pg_dsn, "mine:idle-tx"))  # fmt: skip
+        conns += [holder, waiter, mine]
+        await holder.execute("BEGIN; UPDATE t SET id = 1 WHERE id = 1")
+        await mine.execute(f"BEGIN; UPDATE {table} SET n = 1 WHERE id = 2")
+        task = asyncio.create_task(waiter.execute("UPDATE t SET id = 1 WHERE id = 1"))
+        data = await until(probe, lambda d: d["waiting"] >= 1 and d["blocking_tree"])
+        node = next(n for n in data["blocking_tree"]
+                    if n["root"]["pid"] == holder.get_server_pid())  # fmt: skip
+        assert node["root"]["database"] == other
+        assert [w.get("database") for w in node["waiters"]] == [other]
+        own = next(b for b in data["idle_in_tx"] if b["pid"] == mine.get_server_pid())
+        assert "database" not in own, own
+    finally:
+        if task is not None:
+            task.cancel()
+        for c in conns:
+            c.terminate()
+        await probe.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+        await admin.close()
+
+
 async def test_active_root_blocker_and_settings(pg_dsn: str, table: str) -> None:
     holder = await connect(pg_dsn, "loadtop:y:w7")
     waiter = await connect(pg_dsn, "loadtop:y:w8")

@@ -91,6 +91,9 @@ async def test_hand_made_queues_and_false_alarms(own_redis: Any) -> None:
         await r.xadd("events:log", {"n": i})  # no consumer group: an event log
     await r.lpush("lock-signal:report", 1)
     await r.set("myapp_mutex_orders", "host-7:pid-12")  # a lock nobody configured
+    # a loadtop run's own scenario keys look like locks too, but are never a hint
+    await r.set("loadtop_0b9a85e4_redis_lock:lock:done:t0", 1)
+    await r.set("loadtop_0b9a85e4_redis_queue:jobs:counter", 7)
     for i in range(5):
         await r.xadd("orders:stream", {"n": i})
     await r.xgroup_create("orders:stream", "billing", id="0")

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from app.scenario import Context
-from tests.helpers import run_session
+from tests.helpers import run_session, totals
 
 
 async def _leftovers(dsn: str, run_id: str) -> list[str]:
@@ -57,10 +57,7 @@ async def test_invariant(pg_dsn: str, scenario: str, params: dict, violation: st
 
 async def test_opposite_order_deadlocks_are_counted_as_40p01(pg_dsn: str) -> None:
     session, out = await run_session("opposite-order", pg=pg_dsn, concurrency=6, duration=3.0)
-    errors: dict[str, int] = {}
-    for t in session.ticks:
-        for k, v in t.errors().items():
-            errors[k] = errors.get(k, 0) + v
+    _, _, errors = totals(session)
     assert errors.get("40P01 deadlock", 0) > 0, errors
     assert out.invariants == {}  # deadlocked transactions roll back: money is conserved
 

@@ -28,6 +28,7 @@ from app.scenario import Context, Scenario
 from app.session.recording import read_recording
 from app.session.report import build_summary, render_markdown
 from app.session.runner import RunConfig, Session
+from tests.helpers import started
 
 LOADTOP = str(Path(sys.executable).with_name("loadtop"))
 
@@ -178,10 +179,7 @@ async def test_redis_restart_mid_run_leaves_no_key(own_redis) -> None:  # type: 
         engine=EngineConfig(concurrency=4, duration=7.0, interval=0.5),
     )  # fmt: skip
     session = Session(cfg)
-    run = asyncio.create_task(session.run())
-    while session.engine is None or session.engine.ticks_emitted < 2:
-        assert not run.done()
-        await asyncio.sleep(0.05)
+    run = await started(session, ticks=2)
     await asyncio.to_thread(own_redis.stop)
     await asyncio.sleep(1.5)
     await asyncio.to_thread(own_redis.start)
@@ -204,10 +202,7 @@ async def _run_with_redis_down_at_the_end(r, retry_s: float, back_after: float |
         engine=EngineConfig(concurrency=4, duration=3.0, interval=0.5),
     )  # fmt: skip
     session = Session(cfg)
-    run = asyncio.create_task(session.run())
-    while session.engine is None or session.engine.ticks_emitted < 4:
-        assert not run.done()
-        await asyncio.sleep(0.05)
+    run = await started(session, ticks=4)
     await asyncio.to_thread(r.stop)
     if back_after is not None:
         await asyncio.sleep(back_after)
@@ -290,10 +285,7 @@ async def test_postgres_down_at_the_end_fails_and_names_what_is_left(
         export=str(tmp_path / "r.md"), record=str(tmp_path / "r.jsonl"),
     )  # fmt: skip
     session = Session(cfg)
-    run = asyncio.create_task(session.run())
-    while session.engine is None or session.engine.ticks_emitted < 2:
-        assert not run.done()
-        await asyncio.sleep(0.05)
+    run = await started(session, ticks=2)
     await asyncio.to_thread(own_pg.stop)
     t0 = time.monotonic()
     out = await asyncio.wait_for(run, 120)
@@ -349,10 +341,7 @@ async def test_postgres_back_within_the_retry_window_is_cleaned_up(own_pg) -> No
         engine=EngineConfig(concurrency=2, duration=3.0, interval=0.5),
     )  # fmt: skip
     session = Session(cfg)
-    run = asyncio.create_task(session.run())
-    while session.engine is None or session.engine.ticks_emitted < 2:
-        assert not run.done()
-        await asyncio.sleep(0.05)
+    run = await started(session, ticks=2)
     await asyncio.to_thread(own_pg.stop)
     await asyncio.sleep(4.0)  # the run ends meanwhile: verify() finds no server
     await asyncio.to_thread(own_pg.start)

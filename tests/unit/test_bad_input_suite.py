@@ -72,7 +72,7 @@ for flag, bad, needle in [
     ("--duration", "1y", "not a duration"),
     ("--duration", "", "--duration is empty"),
     ("-d", " ", "is empty"),
-    ("--interval", "10ms", "between 100ms and 60s"),
+    ("--interval", "5ms", "between 10ms and 60s"),
     ("--interval", "2m", "at most 1m"),
     ("--interval", "-1s", "must be positive"),
     ("--interval", "", "is empty"),
@@ -87,6 +87,7 @@ for flag, bad, needle in [
     ("--seed", "x", "invalid int value"),
     ("--slo", "p95=fast", "--slo"),
     ("--slo", "errors=3ms", "percentage"),
+    ("--slo", "dropped=2s", "dropped takes a percentage"),
     ("--slo", "p99=5%", "takes ms or s"),
     ("--slo", "p50=1s", "--slo"),
     ("--slo", "", "--slo is empty"),
@@ -249,7 +250,7 @@ for key, bad, needle in [
     ("duration", "true", "a duration"),
     ("duration", '"forever"', "not a duration"),
     ("duration", "1e9", "at most 7d"),
-    ("interval", "0.01", "between 100ms and 60s"),
+    ("interval", "0.005", "between 10ms and 60s"),
     ("rate", '"3000000/s"', "at most 100000/s"),
     ("rate", "[1]", "a rate"),
     ("rate", "0", "not a rate"),
@@ -296,7 +297,7 @@ case("watch empty pg", ["watch", "--headless", "--pg", ""], "--pg is empty")
 case("watch bad redis db", ["watch", "--headless", "--redis", "redis://h/db1"], "not a number")
 case("watch duration", [*WATCH, "-d", "0"], "must be positive")
 case("watch negative duration", [*WATCH, "-d", "-1s"], "must be positive")
-case("watch interval", [*WATCH, "--interval", "1ms"], "between 100ms and 60s")
+case("watch interval", [*WATCH, "--interval", "1ms"], "between 10ms and 60s")
 case("watch record is export", [*WATCH, "--record", "w.out", "--export", "w.out"], "same file")
 case("watch export unwritable", [*WATCH, "--export", "/proc/w.md"], "cannot be written")
 case("watch slo", [*WATCH, "--slo", "p95="], "--slo")

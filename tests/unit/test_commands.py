@@ -122,3 +122,30 @@ def test_watch_takes_pg_monitor_alone(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert cfg.pg_monitor_dsn == "postgresql://mon@127.0.0.1:5/db" and cfg.pg_dsn is None
     with pytest.raises(UsageError, match="watch needs a target: give --pg, --pg-monitor"):
         build_run_config(build_parser().parse_args(["watch"]), watch=True)
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("10ms", 0.01), ("0.05s", 0.05), ("250ms", 0.25)])
+def test_sub_100ms_intervals_down_to_10ms_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, seconds: float
+) -> None:
+    """A benchmark compresses time with a short tick (issue 10): the floor is
+    10 ms, from the flag and from loadtop.toml alike."""
+    monkeypatch.chdir(tmp_path)
+    cfg = build_run_config(_run_args("--headless", "-s", "pg-select", "--interval", given))
+    assert cfg.engine.interval == pytest.approx(seconds)
+    (tmp_path / "loadtop.toml").write_text(
+        f'scenario = "pg-select"\ninterval = "{given}"\n', encoding="utf-8"
+    )
+    assert build_run_config(_run_args("--headless")).engine.interval == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("given", "shown"), [("9ms", "9ms"), ("0.005s", "5ms"), ("1ms", "1ms")])
+def test_interval_below_the_floor_is_one_line_that_says_what_to_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, shown: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as e:
+        build_run_config(_run_args("--headless", "-s", "pg-select", "--interval", given))
+    msg = str(e.value)
+    assert msg == f"--interval {shown} is too short: give between 10ms and 60s (1s is the default)"
+    assert "\n" not in msg

@@ -141,3 +141,20 @@ def test_busy_consumers_are_not_gone() -> None:
     assert not any(a.evidence.get("consumers_gone") for act in r.active for a in act)
     feed(r, 3, i, lambda i: q(i, 0, 2))  # they disconnect
     assert r.of("consumers-gone")[0].severity == "critical"
+
+
+def test_queue_state_stays_bounded_however_many_queues() -> None:
+    """Issue 10: a server with more queues (or stream groups) than a detector's cap
+    does not grow its state past the cap; the queues it follows are still judged."""
+    kinds = ("queue-backlog", "queue-stuck", "consumers-gone", "queue-pending")
+    r = Run(only(None, *kinds))
+    n = 650  # over MAX_QUEUES and MAX_GROUPS (500)
+    q = {"layout": "stream", "depth": 500, "consumed_per_s": 0.0,
+         "consumers": {"kind": "stream", "count": 0, "evidence": "direct"},
+         "groups": [{"name": "g", "pending": 0}]}  # fmt: skip
+    feed(r, 8, 0, lambda i: [{**q, "name": f"q{k}"} for k in range(n)])
+    det = {d.kind: d for d in r.dset.detectors}
+    followed = {k: len(det[k]._g if k == "queue-pending" else det[k]._q) for k in kinds}
+    assert followed == dict.fromkeys(kinds, 500)
+    stuck = {a.evidence["queue"] for a in r.active[-1] if a.kind == "queue-stuck"}
+    assert len(stuck) == 500 and "q0" in stuck and f"q{n - 1}" not in stuck

@@ -36,3 +36,11 @@ def test_other_anomalies_alone_do_not_fail_it() -> None:
     t = rec.ticks[5]
     rec.ticks[5] = dataclasses.replace(t, anomalies=(*t.anomalies, a))
     assert verdict(render_markdown(rec)) == "PASS"
+
+
+def test_the_verdict_is_said_once() -> None:
+    """A merge once left the 'Verdict:' line in the headline twice."""
+    md = render_markdown(make_recording())
+    assert [ln for ln in md.splitlines() if ln.startswith("Verdict:")] == [
+        "Verdict: every threshold, SLO and invariant held; cleanup complete."
+    ]

@@ -132,6 +132,8 @@ async def test_pane_gives_the_width_back_without_a_tree() -> None:
         await pilot.press("end")
         await pilot.pause()
         assert app.has_class("pg-tree")
+        left = app.query_one("#left")
+        assert left.size.width == round(130 * 0.28)  # the tree's share: the pane is wider
         pane = app.query_one(PostgresPane)
         r = app.replay
         assert r is not None
@@ -141,6 +143,7 @@ async def test_pane_gives_the_width_back_without_a_tree() -> None:
         pane.show(tk, app.timeline)
         await pilot.pause()
         assert not app.has_class("pg-tree")
+        assert left.size.width == round(130 * 0.45)  # restyled: the width given back
 
 
 def _end(pilot: Any) -> Any:
@@ -192,3 +195,12 @@ async def test_blocker_details_follow_the_backend_live() -> None:
             "postgres", T0 + 10, True, 1.0, quiet)}), app.timeline)  # fmt: skip
         await pilot.pause()
         assert "no longer in the lock tree" in screen_text(app)
+
+
+def test_a_session_of_another_database_says_which() -> None:
+    from app.ui.probe_panes import _backend_row
+
+    other = _b(4000, "idle in transaction", "cron", "UPDATE jobs SET ...", database="billing")
+    mine = _b(4001, "idle in transaction", "api", "UPDATE orders SET ...")
+    assert str(_backend_row(other, "")[-1]).startswith("[db billing] UPDATE jobs")
+    assert str(_backend_row(mine, "")[-1]).startswith("UPDATE orders")

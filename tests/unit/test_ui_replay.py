@@ -10,6 +10,7 @@ console, refresh them with
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from app.tick import tick_to_json
 from app.ui.main import ReplayConsole, make_replay_app
 from app.ui.panes import AnomalyFeed
 from app.ui.probe_panes import PodsPane, PostgresPane, RedisPane
+from app.ui.replay import RENDER_CACHE_CELLS, RENDER_CACHE_ROWS, ReplayCursor
 from app.ui.screens import BlockerScreen
 from app.ui.textshot import screen_text
+from app.ui.timeline import point_of
 from tests.unit.ticks import T0, make_recording
 
 
@@ -226,6 +229,49 @@ def test_replay_of_a_written_recording(tmp_path: Path) -> None:
     assert len(back.ticks) == 5
     app = make_replay_app(back, autoplay=False)
     assert app.replay is not None and len(app.replay.ticks) == 5
+
+
+def test_points_of_a_recording_on_disk_use_its_indexed_p95(tmp_path: Path) -> None:
+    """A seek builds points with the p95 the recording's index holds instead of
+    merging each tick's histograms again: the same figures either way."""
+    rec = make_recording()
+    path = tmp_path / "r.jsonl"
+    lines = [json.dumps(rec.header)] + [json.dumps(tick_to_json(t)) for t in rec.ticks]
+    path.write_text("\n".join(lines) + "\n")
+    cursor = ReplayCursor(read_recording(path))
+    assert cursor.file is not None
+    for k, t in enumerate(rec.ticks):
+        assert cursor.point(k) == point_of(t)
+
+
+async def test_replay_leaves_the_garbage_collector_as_it_found_it() -> None:
+    """The console freezes the heap it starts with (so a seek's collections do
+    not walk it) and unfreezes it when it ends."""
+    before = gc.get_freeze_count()
+    app = replay_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert gc.get_freeze_count() > before
+        await pilot.press("end")
+        await pilot.pause()
+    assert gc.get_freeze_count() == before
+
+
+async def test_replay_tables_keep_small_render_caches() -> None:
+    """Textual's DataTable keeps up to 10,000 rendered cells whose keys go
+    stale with every added row: replay caps them, so seeking through a long
+    recording does not pile up objects for the garbage collector to walk."""
+    app = replay_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        for k in range(0, 20, 3):
+            app.seek(k)
+            await pilot.pause()
+        tables = list(app.query(DataTable))
+        assert len(tables) >= 5
+        for t in tables:
+            assert t._cell_render_cache.maxsize <= RENDER_CACHE_CELLS
+            assert t._line_cache.maxsize <= RENDER_CACHE_ROWS
+            assert len(t._cell_render_cache) <= RENDER_CACHE_CELLS
 
 
 # ---- snapshots (fixed timeline, fixed size, no real clock) ------------------------------

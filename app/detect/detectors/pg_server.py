@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.detect.base import Detector, Finding, Options, TickView
-from app.detect.detectors.postgres import _backend, _q, _who
+from app.detect.detectors.postgres import IdleInTxBlockerOptions, _backend, _q, _who
 from app.tick import Tick
 
 
@@ -307,12 +307,28 @@ class LockContentionOptions(Options):
     share: float = 0.5  # lock waiters / active backends, sampled each poll
     clear_share: float = 0.3
     min_waiting: int = 3
+    # waiters behind a holder idle in its transaction at least this long are that
+    # blocker's (idle-in-transaction-blocker raises it); a holder caught between
+    # two statements of a short transaction is the hot row taking its turn
+    idle_holder_s: float = IdleInTxBlockerOptions.min_idle_s
+    # a poll that lands on a lock hand-over (the waiters counted, the lock graph
+    # empty) names the hot relation last read, if read within this many seconds
+    hot_kept_s: float = 5.0
 
 
 class LockContentionDetector(Detector):
     """Many active backends wait on locks held by active sessions, each briefly
     (a hot row): sustained for several polls, throughput is capped by the lock,
-    not the server. Waiters behind an idle-in-transaction holder do not count."""
+    not the server. Waiters behind a session idle in its transaction (for
+    `idle_holder_s`) do not count.
+
+    The hot relation comes from the lock graph (pg_locks) of the same poll. A
+    poll that catches the moment a holder commits sees the waiters in
+    pg_stat_activity while pg_blocking_pids or pg_locks, read a moment later,
+    already finds them granted: its graph names nothing waited for, so it names
+    the relation of the last poll that did (`hot_seen_s` ago, at most
+    `hot_kept_s`), and the anomaly does not lose (or first show without) its hot
+    relation. The contention's end (absent for `clear_ticks` polls) forgets it."""
 
     kind = "lock-contention"
     Options = LockContentionOptions
@@ -320,27 +336,42 @@ class LockContentionDetector(Detector):
     clear_ticks = 3
     opt: LockContentionOptions
 
+    def __init__(self, options: LockContentionOptions | None = None) -> None:
+        super().__init__(options)
+        self._hot: dict[str, tuple[float, Mapping[str, Any]]] = {}  # subject -> (poll t, hot)
+        self._absent: dict[str, int] = {}  # subject -> polls in a row without the condition
+
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
         o = self.opt
         out = []
-        for name, _t, data in view.readings("postgres"):
+        for name, t, data in view.readings("postgres"):
             # waiters behind a session idle in its transaction are that blocker's
             # (idle-in-transaction-blocker, lock-wait-chain), not contention
             behind_idle = sum(
                 int(n.get("waiting_count") or 0)
                 for n in data.get("blocking_tree") or ()
-                if str((n.get("root") or {}).get("state", "")).startswith("idle in transaction")
+                if _idle_holder(n.get("root") or {}, o.idle_holder_s)
             )
             waiting = max(0, (data.get("waiting") or 0) - behind_idle)
             active = data.get("active")
             if not isinstance(active, int):
                 active = (data.get("by_state") or {}).get("active", 0)
-            if waiting < o.min_waiting or not active:
+            share = waiting / max(active, waiting) if waiting else 0.0
+            if waiting < o.min_waiting or not active or share < o.clear_share:
+                n = self._absent[name] = self._absent.get(name, 0) + 1
+                if n >= self.clear_after:
+                    self._hot.pop(name, None)  # a later contention names its own relation
                 continue
-            share = waiting / max(active, waiting)
-            if share < o.clear_share:
-                continue
-            hot = data.get("lock_hot") or {}
+            self._absent.pop(name, None)
+            hot: Mapping[str, Any] = data.get("lock_hot") or {}
+            seen_s: float | None = None
+            if hot:
+                self._hot[name] = (t, hot)
+                seen_s = 0.0
+            elif name in self._hot and not _graph_names_a_wait(data):
+                t_hot, kept = self._hot[name]
+                if 0 <= t - t_hot <= o.hot_kept_s:
+                    hot, seen_s = kept, round(t - t_hot, 1)
             rel = hot.get("relation")
             summary = (
                 f"{waiting} of {active} active backends wait on locks ({share * 100:.0f}%)"
@@ -360,6 +391,7 @@ class LockContentionDetector(Detector):
                         "threshold": o.share,
                         "hot_relation": rel,
                         "hot_waiters": hot.get("waiters"),
+                        "hot_seen_s": seen_s,
                         "waiters_query": (hot.get("query") or "")[:200],
                         "mode": hot.get("mode"),
                         "by_wait": {
@@ -372,6 +404,22 @@ class LockContentionDetector(Detector):
                 )
             )
         return out
+
+
+def _graph_names_a_wait(data: Mapping[str, Any]) -> bool:
+    """Whether the poll's lock graph says what any waiter waits for (an advisory
+    key, a relation, a transaction): a contention it names is not a hand-over."""
+    return any(
+        w.get("waits_for") for n in data.get("blocking_tree") or () for w in n.get("waiters") or ()
+    )
+
+
+def _idle_holder(root: Mapping[str, Any], min_idle_s: float) -> bool:
+    """A root blocker idle in its transaction long enough to be that anomaly."""
+    if not str(root.get("state", "")).startswith("idle in transaction"):
+        return False
+    age = root.get("state_age_s")
+    return not isinstance(age, int | float) or age >= min_idle_s
 
 
 # ---- deadlock-cycle -----------------------------------------------------------------

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from app import fmt
 from app.detect.base import Detector, Finding, Options, TickView
@@ -19,6 +19,7 @@ from app.detect.stats import median, slope
 from app.tick import Tick
 
 _DIGITS = re.compile(r"[0-9a-fA-F]{8,}|\d+")
+_S = TypeVar("_S")
 
 
 def lock_family(key: str) -> str:
@@ -340,6 +341,56 @@ def _queues_of(data: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]
             yield qname, q
 
 
+def _each_queue(view: TickView) -> Iterable[tuple[str, float, str, Mapping[str, Any]]]:
+    """(reading name, poll time, queue name, queue) of every queue in the fresh
+    queue readings."""
+    for name, t, data in queue_readings(view):
+        for qname, q in _queues_of(data):
+            yield name, t, qname, q
+
+
+def _follow(states: dict[Any, _S], key: Any, cap: int, new: Callable[[], _S]) -> _S | None:
+    """The state kept for `key`, made on first sight; None (not followed) once
+    `cap` keys are: the memory stays bounded whatever the servers hold."""
+    st = states.get(key)
+    if st is None and len(states) < cap:
+        st = states[key] = new()
+    return st
+
+
+class _PerQueueDetector(Detector):
+    """Judges each queue of every queue reading on its own bounded history (a
+    `_QHist` per queue, at most MAX_QUEUES queues); a subclass gives how long
+    the history reaches back (`_keep_s`) and its rule (`_judge`)."""
+
+    MAX_QUEUES = 500
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        self._q: dict[tuple[str, str], _QHist] = {}
+
+    def _keep_s(self) -> float:
+        raise NotImplementedError
+
+    def _judge(
+        self, name: str, qname: str, q: Mapping[str, Any], h: _QHist, t: float
+    ) -> Finding | None:
+        raise NotImplementedError
+
+    def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+        out = []
+        keep = self._keep_s()
+        for name, t, qname, q in _each_queue(view):
+            h = _follow(self._q, (name, qname), self.MAX_QUEUES, _QHist)
+            if h is None:
+                continue
+            h.add(t, q, keep)
+            found = self._judge(name, qname, q, h, t)
+            if found is not None:
+                out.append(found)
+        return out
+
+
 def _consumers_txt(cons: Any) -> str:
     if not isinstance(cons, Mapping):
         return "consumers unknown"
@@ -418,11 +469,9 @@ class QueueBacklogDetector(Detector):
             legacy = self._legacy_gone(name, t, fresh, data)
             for qname, q in _queues_of(data):
                 depth = int(q["depth"])
-                st = self._q.get((name, qname))
+                st = _follow(self._q, (name, qname), self.MAX_QUEUES, _Queue)
                 if st is None:
-                    if len(self._q) >= self.MAX_QUEUES:
-                        continue
-                    st = self._q[(name, qname)] = _Queue()
+                    continue
                 st.layout = str(q.get("layout", ""))
                 st.hist.add(t, q, o.window_s)
                 if fresh:
@@ -523,7 +572,7 @@ class QueueStuckOptions(Options):
     busy_factor: float = 2.0  # consumers busy (in flight > 0): wait this many windows
 
 
-class QueueStuckDetector(Detector):
+class QueueStuckDetector(_PerQueueDetector):
     """A queue with ready items and no consumption, or whose oldest ready item ages
     with the wall clock; also a queue already stuck when the watch starts."""
 
@@ -532,75 +581,60 @@ class QueueStuckDetector(Detector):
     raise_ticks = 1
     clear_ticks = 3
     opt: QueueStuckOptions
-    MAX_QUEUES = 500
 
-    def __init__(self, options: QueueStuckOptions | None = None) -> None:
-        super().__init__(options)
-        self._q: dict[tuple[str, str], _QHist] = {}
+    def _keep_s(self) -> float:
+        return self.opt.window_s * max(1.0, self.opt.busy_factor) + 1.0
 
-    def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+    def _judge(
+        self, name: str, qname: str, q: Mapping[str, Any], h: _QHist, t: float
+    ) -> Finding | None:
         o = self.opt
-        out = []
-        keep = o.window_s * max(1.0, o.busy_factor) + 1.0
-        for name, t, data in queue_readings(view):
-            for qname, q in _queues_of(data):
-                h = self._q.get((name, qname))
-                if h is None:
-                    if len(self._q) >= self.MAX_QUEUES:
-                        continue
-                    h = self._q[(name, qname)] = _QHist()
-                h.add(t, q, keep)
-                busy = any((s.in_flight or 0) > 0 for s in h.recent(t, o.window_s))
-                window = o.window_s * (o.busy_factor if busy else 1.0)
-                rec = h.recent(t, window)
-                if len(rec) < o.min_samples or rec[-1].t - rec[0].t < window * 0.8 - 0.3:
-                    continue
-                last = rec[-1]
-                idle = all(s.consumed == 0 for s in rec[1:]) and all(
-                    s.depth >= o.floor for s in rec
-                )
-                ages = [s.oldest for s in rec if s.oldest is not None]
-                aging = (
-                    len(ages) == len(rec)
-                    and last.depth >= 1
-                    and ages[-1] >= o.age_min_s
-                    and ages[-1] - ages[0] >= 0.8 * (rec[-1].t - rec[0].t)
-                )
-                if not (idle or aging):
-                    continue
-                span = rec[-1].t - rec[0].t
-                why = (
-                    f"nothing consumed for {span:.0f}s"
-                    if idle
-                    else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"
-                )
-                old = f", oldest {fmt.age(last.oldest)}" if last.oldest is not None else ""
-                busy_txt = f", {last.in_flight} in flight" if last.in_flight else ""
-                out.append(
-                    Finding(
-                        subject=f"{name}:queue:{qname}",
-                        severity="critical",
-                        summary=(
-                            f"queue {qname} stuck: {last.depth} ready{old}{busy_txt}, {why}; "
-                            f"{_consumers_txt(q.get('consumers'))}; restart or scale the workers"
-                        ),
-                        evidence={
-                            "queue": qname,
-                            "layout": q.get("layout"),
-                            "source": q.get("source", "redis"),
-                            "depth": last.depth,
-                            "oldest_age_s": last.oldest,
-                            "in_flight": last.in_flight,
-                            "consumed_per_s": last.consumed,
-                            "no_consumption_s": round(span, 1) if idle else None,
-                            "aging": aging,
-                            "consumers": dict(q["consumers"])
-                            if isinstance(q.get("consumers"), Mapping)
-                            else None,
-                        },
-                    )
-                )
-        return out
+        busy = any((s.in_flight or 0) > 0 for s in h.recent(t, o.window_s))
+        window = o.window_s * (o.busy_factor if busy else 1.0)
+        rec = h.recent(t, window)
+        if len(rec) < o.min_samples or rec[-1].t - rec[0].t < window * 0.8 - 0.3:
+            return None
+        last = rec[-1]
+        idle = all(s.consumed == 0 for s in rec[1:]) and all(s.depth >= o.floor for s in rec)
+        ages = [s.oldest for s in rec if s.oldest is not None]
+        aging = (
+            len(ages) == len(rec)
+            and last.depth >= 1
+            and ages[-1] >= o.age_min_s
+            and ages[-1] - ages[0] >= 0.8 * (rec[-1].t - rec[0].t)
+        )
+        if not (idle or aging):
+            return None
+        span = rec[-1].t - rec[0].t
+        why = (
+            f"nothing consumed for {span:.0f}s"
+            if idle
+            else f"its oldest ready item aged {ages[-1] - ages[0]:.0f}s in {span:.0f}s"
+        )
+        old = f", oldest {fmt.age(last.oldest)}" if last.oldest is not None else ""
+        busy_txt = f", {last.in_flight} in flight" if last.in_flight else ""
+        return Finding(
+            subject=f"{name}:queue:{qname}",
+            severity="critical",
+            summary=(
+                f"queue {qname} stuck: {last.depth} ready{old}{busy_txt}, {why}; "
+                f"{_consumers_txt(q.get('consumers'))}; restart or scale the workers"
+            ),
+            evidence={
+                "queue": qname,
+                "layout": q.get("layout"),
+                "source": q.get("source", "redis"),
+                "depth": last.depth,
+                "oldest_age_s": last.oldest,
+                "in_flight": last.in_flight,
+                "consumed_per_s": last.consumed,
+                "no_consumption_s": round(span, 1) if idle else None,
+                "aging": aging,
+                "consumers": dict(q["consumers"])
+                if isinstance(q.get("consumers"), Mapping)
+                else None,
+            },
+        )
 
 
 # ---- consumers-gone --------------------------------------------------------------
@@ -612,7 +646,7 @@ class ConsumersGoneOptions(Options):
     min_samples: int = 2
 
 
-class ConsumersGoneDetector(Detector):
+class ConsumersGoneDetector(_PerQueueDetector):
     """The consumers of THIS queue are gone while items wait: stream consumers
     idle, no worker registered or heartbeating, no client blocked on the queue's
     database (indirect: a warning), polling consumers that stopped consuming."""
@@ -622,84 +656,72 @@ class ConsumersGoneDetector(Detector):
     raise_ticks = 1
     clear_ticks = 3
     opt: ConsumersGoneOptions
-    MAX_QUEUES = 500
 
-    def __init__(self, options: ConsumersGoneOptions | None = None) -> None:
-        super().__init__(options)
-        self._q: dict[tuple[str, str], _QHist] = {}
+    def _keep_s(self) -> float:
+        return 120.0
 
-    def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
+    def _judge(
+        self, name: str, qname: str, q: Mapping[str, Any], h: _QHist, t: float
+    ) -> Finding | None:
         o = self.opt
-        out = []
-        for name, t, data in queue_readings(view):
-            for qname, q in _queues_of(data):
-                h = self._q.get((name, qname))
-                if h is None:
-                    if len(self._q) >= self.MAX_QUEUES:
-                        continue
-                    h = self._q[(name, qname)] = _QHist()
-                h.add(t, q, 120.0)
-                cons = q.get("consumers")
-                if not isinstance(cons, Mapping):
-                    continue
-                rec = h.recent(t, o.window_s)
-                last = rec[-1]
-                if last.depth <= 0:
-                    continue
-                tail = rec[-o.min_samples :]
-                not_consuming = len(tail) >= o.min_samples and all(not s.consumed for s in tail)
-                count, direct = cons.get("count"), cons.get("evidence") == "direct"
-                severity = None
-                # a busy consumer is not blocked: zero blocked clients means gone only
-                # after some were seen blocked and the database lost clients or nothing
-                # is consumed (_QHist.gone)
-                if isinstance(count, int) and not_consuming and h.gone(cons):
-                    if direct:
-                        severity = "critical"
-                        why = f"no consumer left ({_consumers_txt(cons)}; {h.peak} seen before)"
-                    elif h.peak > 0:
-                        severity = "warning"
-                        why = (
-                            f"clients blocked in a pop on its database went {h.peak} -> 0 "
-                            f"(indirect: the server does not say which key they waited on)"
-                        )
-                if severity is None and cons.get("kind") == "polling":
-                    # heartbeats lag (dramatiq's count stays up to 10 s after a kill):
-                    # consumption that stops while items wait says it sooner
-                    span = rec[-1].t - rec[0].t
-                    if (
-                        h.consumed_seen_t is not None
-                        and not last.in_flight  # busy on long jobs is not gone
-                        and len(rec) >= o.min_samples
-                        and span >= o.window_s * 0.8 - 0.3
-                        and all(s.consumed == 0 for s in rec[1:])
-                    ):
-                        severity = "warning"
-                        why = (
-                            f"polling consumers stopped: nothing consumed for {span:.0f}s "
-                            f"(they consumed {t - h.consumed_seen_t:.0f}s ago)"
-                        )
-                if severity is None:
-                    continue
-                out.append(
-                    Finding(
-                        subject=f"{name}:queue:{qname}",
-                        severity=severity,
-                        summary=f"queue {qname}: consumers gone, {last.depth} waiting: {why}; "
-                        f"restart the workers",
-                        evidence={
-                            "queue": qname,
-                            "layout": q.get("layout"),
-                            "source": q.get("source", "redis"),
-                            "depth": last.depth,
-                            "consumers": dict(cons),
-                            "peak_consumers": h.peak,
-                            "consumed_per_s": last.consumed,
-                            "oldest_age_s": last.oldest,
-                        },
-                    )
+        cons = q.get("consumers")
+        if not isinstance(cons, Mapping):
+            return None
+        rec = h.recent(t, o.window_s)
+        last = rec[-1]
+        if last.depth <= 0:
+            return None
+        tail = rec[-o.min_samples :]
+        not_consuming = len(tail) >= o.min_samples and all(not s.consumed for s in tail)
+        count, direct = cons.get("count"), cons.get("evidence") == "direct"
+        severity = None
+        # a busy consumer is not blocked: zero blocked clients means gone only
+        # after some were seen blocked and the database lost clients or nothing
+        # is consumed (_QHist.gone)
+        if isinstance(count, int) and not_consuming and h.gone(cons):
+            if direct:
+                severity = "critical"
+                why = f"no consumer left ({_consumers_txt(cons)}; {h.peak} seen before)"
+            elif h.peak > 0:
+                severity = "warning"
+                why = (
+                    f"clients blocked in a pop on its database went {h.peak} -> 0 "
+                    f"(indirect: the server does not say which key they waited on)"
                 )
-        return out
+        if severity is None and cons.get("kind") == "polling":
+            # heartbeats lag (dramatiq's count stays up to 10 s after a kill):
+            # consumption that stops while items wait says it sooner
+            span = rec[-1].t - rec[0].t
+            if (
+                h.consumed_seen_t is not None
+                and not last.in_flight  # busy on long jobs is not gone
+                and len(rec) >= o.min_samples
+                and span >= o.window_s * 0.8 - 0.3
+                and all(s.consumed == 0 for s in rec[1:])
+            ):
+                severity = "warning"
+                why = (
+                    f"polling consumers stopped: nothing consumed for {span:.0f}s "
+                    f"(they consumed {t - h.consumed_seen_t:.0f}s ago)"
+                )
+        if severity is None:
+            return None
+        return Finding(
+            subject=f"{name}:queue:{qname}",
+            severity=severity,
+            summary=f"queue {qname}: consumers gone, {last.depth} waiting: {why}; "
+            f"restart the workers",
+            evidence={
+                "queue": qname,
+                "layout": q.get("layout"),
+                "source": q.get("source", "redis"),
+                "depth": last.depth,
+                "consumers": dict(cons),
+                "peak_consumers": h.peak,
+                "consumed_per_s": last.consumed,
+                "oldest_age_s": last.oldest,
+            },
+        )
 
 
 # ---- queue-pending: stream groups that read but do not acknowledge -----------------
@@ -732,65 +754,62 @@ class QueuePendingDetector(Detector):
     def check(self, tick: Tick, view: TickView) -> Iterable[Finding]:
         o = self.opt
         out = []
-        for name, t, data in queue_readings(view):
-            for qname, q in _queues_of(data):
-                for g in q.get("groups") or ():
-                    if not isinstance(g, Mapping):
-                        continue
-                    gname, pending = str(g.get("name", "")), g.get("pending")
-                    if not isinstance(pending, int):
-                        continue
-                    k = (name, qname, gname)
-                    d = self._g.get(k)
-                    if d is None:
-                        if len(self._g) >= self.MAX_GROUPS:
-                            continue
-                        d = self._g[k] = deque(maxlen=600)
-                    if not d or t > d[-1][0]:
-                        d.append((t, pending))
-                    while d and t - d[0][0] > o.window_s:
-                        d.popleft()
-                    problems = []
-                    growth = slope(list(d)) if len(d) >= o.min_samples else 0.0
-                    if pending >= o.floor and growth >= o.min_growth_per_s and d[-1][1] > d[-2][1]:
-                        problems.append(
-                            f"pending entries grow +{growth:.0f}/s to {pending}: consumers read "
-                            f"but do not acknowledge (XACK)"
-                        )
-                    idle_owners = [
-                        c
-                        for c in g.get("consumer_list") or ()
-                        if isinstance(c, Mapping)
-                        and (c.get("pending") or 0) > 0
-                        and (c.get("idle_ms") or 0) >= o.idle_s * 1000
-                    ]
-                    if idle_owners:
-                        names = ", ".join(
-                            f"{c.get('name')} ({c.get('pending')} pending, idle "
-                            f"{(c.get('idle_ms') or 0) / 1000:.0f}s)"
-                            for c in idle_owners[:5]
-                        )
-                        problems.append(
-                            f"{sum(c.get('pending') or 0 for c in idle_owners)} pending owned by "
-                            f"consumers idle > {o.idle_s:.0f}s: {names}; claim them (XAUTOCLAIM)"
-                        )
-                    if not problems:
-                        continue
-                    out.append(
-                        Finding(
-                            subject=f"{name}:queue:{qname}:group:{gname}",
-                            severity="warning",
-                            summary=f"stream {qname} group {gname}: {'; '.join(problems)}",
-                            evidence={
-                                "queue": qname,
-                                "group": gname,
-                                "pending": pending,
-                                "growth_per_s": round(growth, 2),
-                                "idle_consumers": [dict(c) for c in idle_owners[:10]],
-                                "problems": problems,
-                            },
-                        )
+        for name, t, qname, q in _each_queue(view):
+            for g in q.get("groups") or ():
+                if not isinstance(g, Mapping):
+                    continue
+                gname, pending = str(g.get("name", "")), g.get("pending")
+                if not isinstance(pending, int):
+                    continue
+                k = (name, qname, gname)
+                d = _follow(self._g, k, self.MAX_GROUPS, lambda: deque(maxlen=600))
+                if d is None:
+                    continue
+                if not d or t > d[-1][0]:
+                    d.append((t, pending))
+                while d and t - d[0][0] > o.window_s:
+                    d.popleft()
+                problems = []
+                growth = slope(list(d)) if len(d) >= o.min_samples else 0.0
+                if pending >= o.floor and growth >= o.min_growth_per_s and d[-1][1] > d[-2][1]:
+                    problems.append(
+                        f"pending entries grow +{growth:.0f}/s to {pending}: consumers read "
+                        f"but do not acknowledge (XACK)"
                     )
+                idle_owners = [
+                    c
+                    for c in g.get("consumer_list") or ()
+                    if isinstance(c, Mapping)
+                    and (c.get("pending") or 0) > 0
+                    and (c.get("idle_ms") or 0) >= o.idle_s * 1000
+                ]
+                if idle_owners:
+                    names = ", ".join(
+                        f"{c.get('name')} ({c.get('pending')} pending, idle "
+                        f"{(c.get('idle_ms') or 0) / 1000:.0f}s)"
+                        for c in idle_owners[:5]
+                    )
+                    problems.append(
+                        f"{sum(c.get('pending') or 0 for c in idle_owners)} pending owned by "
+                        f"consumers idle > {o.idle_s:.0f}s: {names}; claim them (XAUTOCLAIM)"
+                    )
+                if not problems:
+                    continue
+                out.append(
+                    Finding(
+                        subject=f"{name}:queue:{qname}:group:{gname}",
+                        severity="warning",
+                        summary=f"stream {qname} group {gname}: {'; '.join(problems)}",
+                        evidence={
+                            "queue": qname,
+                            "group": gname,
+                            "pending": pending,
+                            "growth_per_s": round(growth, 2),
+                            "idle_consumers": [dict(c) for c in idle_owners[:10]],
+                            "problems": problems,
+                        },
+                    )
+                )
         return out
 
 
