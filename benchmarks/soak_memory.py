@@ -34,7 +34,7 @@ this branch:
 | part | before: RSS 5 % -> 100 %, slope | after: RSS 5 % -> 100 %, slope |
 |---|---|---|
 | headless, 3,600 ticks | 170 -> 2,102 MB, +2,036 MB/h (1,197 %/h) | 87 -> 93 MB, +3.4 MB/h (3.9 %/h) |
-| console, 3,600 ticks | 201 -> 2,199 MB, +2,117 MB/h (1,056 %/h) | 102 -> 115 MB, +0.9 MB/h (0.9 %/h); again 108 -> 115 MB, +2.8 MB/h (2.6 %/h) |
+| console, 3,600 ticks | 201 -> 2,199 MB, +2,117 MB/h (1,056 %/h) | 102 -> 115 MB, +0.9 MB/h (0.9 %/h); seven runs -4.7 .. +8.1 MB/h, median +1.0, mean +1.9 (1.8 %/h) |
 | report | 0.5 h recording: 1,034 MB peak, 6.4 s | 8 h recording: 67.5 MB peak, 43 s |
 | replay | 0.5 h: 1,099 -> 1,110 MB (all decoded at open) | 8 h: 86 -> 127 MB, open 5.6 s, seek p50 0.14 s, max 2.4 s |
 
@@ -89,7 +89,10 @@ the console row above is after all three:
 Real time (`loadtop demo` in a 140x45 tmux pane, 11 min, RSS by ps every
 10 s): 108 MB at 10 s, 146 MB at 5 min (the ramp's workers and connections
 growing until ~4.5 min), 146 MB at 11 min: +2.7 MB per real hour after 5 min
-(1.8 %/h), beside +0.9..2.8 MB per simulated hour here. Before: +178 MB per
+(1.8 %/h), beside a mean +1.9 MB per simulated hour here. One run's slope
+swings by several MB/h: RSS moves +-10 MB with the full ticks that wait for
+a frame (at 400-1,000 frames a simulated hour, 4-9 ticks a frame, each with
+four 139 KB histograms), so compare several runs. Before: +178 MB per
 real hour after 5 min, and 0.75 MB/s (2.7 GB/h) before that (issue 10).
 
 Runs against whatever `app` is importable, so the same script measures an
