@@ -34,7 +34,7 @@ this branch:
 | part | before: RSS 5 % -> 100 %, slope | after: RSS 5 % -> 100 %, slope |
 |---|---|---|
 | headless, 3,600 ticks | 170 -> 2,102 MB, +2,036 MB/h (1,197 %/h) | 87 -> 93 MB, +3.4 MB/h (3.9 %/h) |
-| console, 3,600 ticks | 201 -> 2,199 MB, +2,117 MB/h (1,056 %/h) | 122 -> 196 MB, +75 MB/h (61 %/h) |
+| console, 3,600 ticks | 201 -> 2,199 MB, +2,117 MB/h (1,056 %/h) | 102 -> 115 MB, +0.9 MB/h (0.9 %/h); seven runs -4.7 .. +8.1 MB/h, median +1.0, mean +1.9 (1.8 %/h) |
 | report | 0.5 h recording: 1,034 MB peak, 6.4 s | 8 h recording: 67.5 MB peak, 43 s |
 | replay | 0.5 h: 1,099 -> 1,110 MB (all decoded at open) | 8 h: 86 -> 127 MB, open 5.6 s, seek p50 0.14 s, max 2.4 s |
 
@@ -66,13 +66,34 @@ cells under stale keys), and an app-wide restyle when a lock tree came or
 went (~0.1 s); decoding the 40 ticks the sparklines show is bounded
 (~0.05 s) and no merged state is rebuilt.
 
-Headless meets every target; the report meets its; the console stays under
-250 MB for the hour but still grows (tracemalloc shows the Python heap flat
-while replaying; the growth is below it, in the allocator, and malloc_trim
-every 60 ticks did not remove it): open issue. Real time (the demo in a
-140x45 tmux pane, 10 min, before malloc_trim): 102 MB at 11 s, 173 MB at
-5 min, 189 MB at 10 min, +178 MB per real hour after 5 min (the console's
-windows still filling), against 0.75 MB/s (2.7 GB/h) before (issue 10).
+Headless meets every target; the report meets its. The console's row was
+122 -> 196 MB (+61 %/h) when first measured, and on main at 4e164ce, after
+the faults merge, 202 -> 405 MB with a sawtooth peaking at ~800 MB. Three
+causes, found by counting live histograms and comparing tracemalloc
+snapshots through the live console (the replay had hidden the first two);
+the console row above is after all three:
+- the fault recovery tracker kept the last 10 s of ticks whole for a fault's
+  baseline: 1,000 ticks at 10 ms, each with a 139 KB histogram per scenario,
+  ~550 MB (headless too: 121 -> 645 MB over 1,500 ticks). It keeps a compact
+  record (the ticks' histograms merged and encoded, ~3 KB) now;
+- hdrh's histograms are reference cycles (histogram <-> encoder), so a dead
+  one waited for a full collection, rare in a process holding Textual's DOM
+  (up to 735 dead histograms, RSS peaks of 211 MB after the first fix); they
+  are freed by reference counting now (`app.tick.acyclic`), peaks ~130 MB;
+- every DataTable's render caches (1,000 rows, renderables and lines, 10,000
+  cells, keyed on an update count each tick bumps) fill at each table's pace,
+  so RSS kept rising with frames (the demo's recorded ticks through the
+  console, one frame a tick, RSS at frame 360 -> 3,540: 93 -> 112 MB);
+  capped at 128 / 2,048 (`bound_table_caches`): 81 -> 89 MB, flat after the
+  anomaly feed's first rows (frame ~2,100).
+Real time (`loadtop demo` in a 140x45 tmux pane, 11 min, RSS by ps every
+10 s): 108 MB at 10 s, 146 MB at 5 min (the ramp's workers and connections
+growing until ~4.5 min), 146 MB at 11 min: +2.7 MB per real hour after 5 min
+(1.8 %/h), beside a mean +1.9 MB per simulated hour here. One run's slope
+swings by several MB/h: RSS moves +-10 MB with the full ticks that wait for
+a frame (at 400-1,000 frames a simulated hour, 4-9 ticks a frame, each with
+four 139 KB histograms), so compare several runs. Before: +178 MB per
+real hour after 5 min, and 0.75 MB/s (2.7 GB/h) before that (issue 10).
 
 Runs against whatever `app` is importable, so the same script measures an
 older checkout: `PYTHONPATH=/path/to/old python benchmarks/soak_memory.py`

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.thresholds import DEFAULT_SLO
-from app.tick import Anomaly, Percentiles, Tick, merge_histograms
+from app.tick import Anomaly, LazyHist, Percentiles, Tick, merge_histograms
 
 BASELINE_S = 10.0
 RECOVERED_TICKS = 3
@@ -65,12 +65,43 @@ class _Fault:
     _restarts0: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Past:
+    """What a fault's baseline needs of one earlier tick. The tick itself
+    holds a 139 KB histogram per scenario and every probe reading: 10 s of
+    them at a short --interval (10 ms: 1,000 ticks) held ~550 MB (issue 10)."""
+
+    t: float
+    paused: bool
+    ops_per_s: float
+    completed: int
+    failed: int
+    hists: tuple[LazyHist, ...]  # encoded, ~1-3 KB each
+    by: tuple[tuple[str, float], ...]  # (scenario, completed per second)
+
+    @classmethod
+    def of(cls, tick: Tick) -> _Past:
+        hs = [s.hist for s in tick.scenarios]
+        if all(isinstance(h, LazyHist) for h in hs):
+            hists = tuple(LazyHist.of(h) for h in hs)  # read back: already encoded
+        elif tick.completed:
+            hists = (LazyHist.of(tick.histogram()),)  # one merge, one encoding
+        else:
+            hists = ()
+        iv = tick.interval
+        return cls(
+            t=tick.t, paused=tick.paused, ops_per_s=tick.ops_per_s, completed=tick.completed,
+            failed=tick.failed, hists=hists,
+            by=tuple((s.name, s.completed / iv) for s in tick.scenarios) if iv > 0 else (),
+        )  # fmt: skip
+
+
 class RecoveryTracker:
     def __init__(self, slo: Mapping[str, float] | None = None) -> None:
         slo = {**DEFAULT_SLO, **(slo or {})}
         self.slo_p95 = float(slo["p95_ms"])
         self.slo_err = float(slo["error_pct"])
-        self.history: deque[Tick] = deque()
+        self.history: deque[_Past] = deque()  # the last BASELINE_S, compact
         self.open: dict[int, _Fault] = {}
 
     # ---- per tick ------------------------------------------------------------------
@@ -93,7 +124,7 @@ class RecoveryTracker:
                 del self.open[f.n]
             else:
                 active.append(a)
-        self.history.append(tick)
+        self.history.append(_Past.of(tick))
         while self.history and self.history[0].t < tick.t - BASELINE_S - 1e-6:
             self.history.popleft()
         if not active and not cleared:
@@ -106,7 +137,9 @@ class RecoveryTracker:
         before = [t for t in self.history
                   if t.t <= e.t + 1e-6 and t.t > e.t - BASELINE_S and not t.paused]  # fmt: skip
         ops = [t.ops_per_s for t in before]
-        lat = Percentiles.of(merge_histograms(t.histogram() for t in before)) if before else None
+        lat = (
+            Percentiles.of(merge_histograms(h for t in before for h in t.hists)) if before else None
+        )
         done = sum(t.completed for t in before)
         kind = e.note.split(":", 1)[0].split(" ", 1)[-1] if e.note else "fault"
         self.open[n] = _Fault(
@@ -117,11 +150,9 @@ class RecoveryTracker:
             baseline_err_pct=100.0 * sum(t.failed for t in before) / done if done else 0.0,
             t_end=e.t if not e.after else None,
         )  # fmt: skip
-        names = {s.name for t in before for s in t.scenarios}
+        names = {sc for t in before for sc, _ in t.by}
         self.open[n].baseline_by = {
-            name: statistics.median(
-                [s.completed / t.interval for t in before for s in t.scenarios if s.name == name]
-            )
+            name: statistics.median([v for t in before for sc, v in t.by if sc == name])
             for name in sorted(names)
         }
 

@@ -28,7 +28,13 @@ from textual.events import Resize
 from textual.widgets import DataTable, Footer
 
 from app.tick import Anomaly, Tick
-from app.ui.panes import AnomalyFeed, HeaderBar, LatencyPane, ThroughputPane
+from app.ui.panes import (
+    AnomalyFeed,
+    HeaderBar,
+    LatencyPane,
+    ThroughputPane,
+    bound_table_caches,
+)
 from app.ui.probe_panes import PodsPane, PostgresPane, RedisPane
 from app.ui.screens import BlockerScreen, HelpScreen
 from app.ui.timeline import Timeline
@@ -115,6 +121,8 @@ class Console(App[int]):
         header.targets = dict(targets)
         header.plan = list(plan)
         header.live = self.LIVE
+        for table in self.query(DataTable):  # every pane's, before the first tick
+            bound_table_caches(table)
         self.right.display = False
         self._apply_width(self.size.width)
         self.started()

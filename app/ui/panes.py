@@ -15,6 +15,7 @@ from typing import Any
 from rich.text import Text
 from textual._two_way_dict import TwoWayDict
 from textual.app import ComposeResult
+from textual.cache import LRUCache
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey
@@ -61,6 +62,43 @@ def sync_table(table: DataTable, rows: Mapping[str, Row], cache: dict[str, Row])
                     table.update_cell(key, col, b, update_width=wider)
         cache[key] = row
     return changed
+
+
+# Textual's DataTable caches what it rendered: 1,000 rows, 1,000 row
+# renderables, 1,000 lines and 10,000 cells, all keyed on its update count,
+# which every cell update bumps. Ours change every tick, so an entry is not
+# read again after its frame, and the caches only fill: the console's seven
+# tables held ~25 MB more after an hour of ticks than after five minutes, the
+# slowest tables (one queue, a few locks) still filling hours later (issue
+# 10). A frame needs one entry per visible row, line and cell: these leave
+# room for a tall terminal (~120 rows of 16 columns) and hold a few MB at most.
+TABLE_ROW_CACHE = 128
+TABLE_CELL_CACHE = 2048
+_TABLE_CACHES = (
+    ("_row_render_cache", TABLE_ROW_CACHE),
+    ("_row_renderable_cache", TABLE_ROW_CACHE),
+    ("_line_cache", TABLE_ROW_CACHE),
+    ("_cell_render_cache", TABLE_CELL_CACHE),
+)
+
+
+def bound_table_caches(table: DataTable) -> None:
+    """Cap `table`'s render caches (TABLE_ROW_CACHE, TABLE_CELL_CACHE). Textual
+    has no setting for them: a version without these caches is left as is."""
+    for name, size in _TABLE_CACHES:
+        cache = getattr(table, name, None)
+        if isinstance(cache, LRUCache) and cache.maxsize > size:
+            cache.clear()  # an LRUCache evicts one entry per insert: start under the cap
+            cache.maxsize = size
+
+
+def table_cache_sizes(table: DataTable) -> dict[str, int]:
+    """How many entries each render cache of `table` holds (tests, benchmarks)."""
+    return {
+        name: len(cache)
+        for name, _ in _TABLE_CACHES
+        if isinstance(cache := getattr(table, name, None), LRUCache)
+    }
 
 
 class Pane(Vertical):

@@ -1,12 +1,19 @@
 """Memory that does not grow with the session's length (issue 10).
 
-1,500 synthetic ticks (two scenarios, real histograms, probe readings, an
+2,100 synthetic ticks (two scenarios, real histograms, probe readings, an
 anomaly now and then) go through what a live session keeps per tick: the
-session's retention and recording, the detectors, the console's timeline
-and anomaly feed. tracemalloc measures what stays allocated between tick 500
-and tick 1,500: it must be a small fixed amount, not the ~140 KB per
-scenario per tick a full histogram costs (on the code before issue 10 this
-test fails with ~400 MB retained). Not a timing test.
+session's retention and recording, the detectors, the fault recovery
+tracker, the console's timeline and anomaly feed. tracemalloc measures what
+stays allocated between tick 1,100 and tick 2,100: it must be a small fixed
+amount, not the ~140 KB per scenario per tick a full histogram costs (on the
+code before issue 10 this test fails with ~400 MB retained). Not a timing
+test.
+
+The ticks are 10 ms apart, as in benchmarks/soak_memory.py: a structure
+bounded by time rather than by count (the recovery tracker keeps the last
+10 s as a fault's baseline) then holds 1,000 ticks, and must hold them
+compactly: with full ticks it held ~550 MB in the benchmark, flat once full,
+so what all the windows hold once full is bounded too.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from app.ui.panes import AnomalyFeed
 from app.ui.timeline import Timeline
 
 T0 = 1_790_000_000.0
+STEP = 0.01  # seconds a tick: the benchmark's compressed time
 
 
 class Quiet(Scenario):
@@ -55,33 +63,37 @@ def _shape(k: int):
     return h
 
 
+def _at(i: int) -> float:
+    return T0 + i * STEP
+
+
 def make_tick(i: int, rng: random.Random) -> Tick:
     wins = []
     for name in ("a", "b"):
         h = _shape(i + rng.randrange(8))
         wins.append(ScenarioWindow(name, 8, 8, 200, 199, 1, {"timeout": 1}, h))
-    events = (ControlEvent(T0 + i, "concurrency", "plan", 8, 8),) if i % 50 == 0 else ()
+    events = (ControlEvent(_at(i), "concurrency", "plan", 8, 8),) if i % 50 == 0 else ()
     active = ()
     cleared = ()
     if i % 40 < 10:  # an anomaly every 40 ticks, a new key each time
         active = (Anomaly(f"slow:{i // 40}", "latency-step", "warning", "a", i - i % 40,
-                          T0 + i - i % 40, f"p95 up (episode {i // 40})"),)  # fmt: skip
+                          _at(i - i % 40), f"p95 up (episode {i // 40})"),)  # fmt: skip
     elif i % 40 == 10:
         cleared = (Anomaly(f"slow:{i // 40}", "latency-step", "warning", "a", i - 10,
-                           T0 + i - 10, "p95 up", cleared_tick=i, cleared_at=T0 + i),)  # fmt: skip
+                           _at(i - 10), "p95 up", cleared_tick=i, cleared_at=_at(i)),)  # fmt: skip
     readings = {
-        "postgres": Reading("postgres", T0 + i, True, 2.0, {
+        "postgres": Reading("postgres", _at(i), True, 2.0, {
             "connections": 10 + i % 7, "max_connections": 100, "waiting": i % 3,
             "by_state": {"active": 4, "idle": 6}, "blocking_tree": [],
             "totals": {"deadlocks": 0, "rollbacks": i}}),
-        "redis": Reading("redis", T0 + i, True, 1.0, {
+        "redis": Reading("redis", _at(i), True, 1.0, {
             "ops_per_sec": 1000.0 + i, "connected_clients": 9, "used_memory": 2_000_000,
             "locks": [{"key": f"order:{i}:lock", "holder": f"w{i % 8}", "age_s": 0.1,
                        "pttl_ms": 900}],
             "queues": [{"name": "jobs", "layout": "list", "depth": i % 100}]}),
     }  # fmt: skip
     return Tick(
-        index=i, t=T0 + i + 1, elapsed=i + 1.0, interval=1.0, mode="workers",
+        index=i, t=T0 + (i + 1) * STEP, elapsed=(i + 1) * STEP, interval=STEP, mode="workers",
         target_concurrency=8 if i < 1000 else 16, concurrency=8, scenarios=tuple(wins),
         readings=readings, anomalies=active, cleared=cleared, events=events,
     )  # fmt: skip
@@ -89,6 +101,8 @@ def make_tick(i: int, rng: random.Random) -> Tick:
 
 def test_per_tick_retained_memory_stays_bounded(tmp_path: Path) -> None:
     from app.detect import build_detectors
+    from app.faults.recovery import BASELINE_S, RecoveryTracker
+    from app.session.pipeline import with_recovery
 
     session = Session(RunConfig(scenarios=[(Quiet, 1.0)], record=str(tmp_path / "r.jsonl")))
     from app.session.recording import Recorder
@@ -96,6 +110,8 @@ def test_per_tick_retained_memory_stays_bounded(tmp_path: Path) -> None:
     session.header = session._make_header()
     session.recorder = Recorder(session.cfg.record, session.header)
     detectors = build_detectors({})
+    tracker = RecoveryTracker()
+    recovery = with_recovery(tracker)
     timeline = Timeline()
     feed = AnomalyFeed()
     rng = random.Random(7)
@@ -104,6 +120,7 @@ def test_per_tick_retained_memory_stays_bounded(tmp_path: Path) -> None:
         for i in range(a, b):
             tick = make_tick(i, rng)
             detectors.evaluate(tick)
+            tick = recovery(tick)  # the pipeline's enricher
             session._on_tick(tick)  # the engine's tick listener
             timeline.add(tick)
             feed.ingest(tick)
@@ -113,28 +130,33 @@ def test_per_tick_retained_memory_stays_bounded(tmp_path: Path) -> None:
     # growth as it turns over)
     tracemalloc.start()
     try:
-        feed_ticks(0, 700)  # every window, deque and cache is full by now
+        feed_ticks(0, 1100)  # every window, deque and cache is full by now
         gc.collect()
         base, _ = tracemalloc.get_traced_memory()
-        feed_ticks(700, 1700)
+        feed_ticks(1100, 2100)
         gc.collect()
         now, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     grown = now - base
     per_tick = grown / 1000
-    print(f"retained {grown} B over 1000 ticks")
+    print(f"held {base / 1e6:.1f} MB at tick 1,100; retained {grown} B over 1000 ticks")
     # a full histogram is ~140 KB; two a tick retained would be ~280 KB a tick
     assert per_tick < 1024, (
         f"{grown / 1e6:.1f} MB retained over 1,000 ticks ({per_tick:.0f} B/tick)"
     )
+    # and what the full windows hold is small: ~5 MB here; the recovery
+    # tracker holding its 10 s of full ticks made it ~290 MB
+    assert base < 25e6, f"{base / 1e6:.1f} MB held by the windows after 1,100 ticks"
     # what was dropped from memory is still in the recording, and the export
     # (streamed from it) covers the whole session
-    assert session.ticks.total == 1700 and len(session.ticks) < 1700
-    assert len(timeline.points) < 1700 and len(feed._seen) <= AnomalyFeed.MAX_SEEN
+    assert session.ticks.total == 2100 and len(session.ticks) < 2100
+    assert len(timeline.points) < 2100 and len(feed._seen) <= AnomalyFeed.MAX_SEEN
+    # the tracker's window is by time: 10 s of 10 ms ticks (full before tick 1,100)
+    assert len(tracker.history) == pytest.approx(BASELINE_S / STEP, abs=2)
     text = render_markdown(session._report_recording())
-    assert "1700 ticks" in text
-    assert len(read_recording(session.recorder.path).ticks) == 1700
+    assert "2100 ticks" in text
+    assert len(read_recording(session.recorder.path).ticks) == 2100
 
 
 async def test_replay_from_file_seeks_to_the_same_state_as_from_memory(tmp_path: Path) -> None:
