@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from textual.binding import Binding
-from textual.widgets import DataTable
 
 from app import fmt
 from app.session.recording import Recording, TickFile
@@ -126,30 +125,6 @@ class ReplayCursor:
         return min(i, len(self.ticks) - 1)
 
 
-# Textual's DataTable caches rendered cells (10,000), rows and lines (1,000 each)
-# under keys that include a counter bumped by every added or removed row, so
-# while rows change with each tick or seek, old entries are never hit again
-# but stay until the cache is full: some 100k objects a pass over a long
-# recording, each one more for every full garbage collection to walk (seeks
-# slowed from 0.3 s to 1.5 s as they piled up). A table here shows at most a
-# few dozen rows: a few times that many entries are all a repaint can use.
-RENDER_CACHE_CELLS = 500
-RENDER_CACHE_ROWS = 100
-
-
-def bound_render_caches(table: DataTable) -> None:
-    """Cap a DataTable's render caches (private in Textual 8: skipped if absent)."""
-    for name, size in (
-        ("_cell_render_cache", RENDER_CACHE_CELLS),
-        ("_row_render_cache", RENDER_CACHE_ROWS),
-        ("_row_renderable_cache", RENDER_CACHE_ROWS),
-        ("_line_cache", RENDER_CACHE_ROWS),
-    ):
-        cache = getattr(table, name, None)
-        if isinstance(getattr(cache, "maxsize", None), int):
-            cache.maxsize = min(cache.maxsize, size)  # type: ignore[union-attr]
-
-
 class ReplayConsole(Console):
     BINDINGS = [
         Binding("space", "play", "play/pause", key_display="space", priority=True),
@@ -184,8 +159,8 @@ class ReplayConsole(Console):
         return dict(h.get("targets") or {}), list((h.get("load") or {}).get("plan") or [])
 
     def started(self) -> None:
-        for table in self.query(DataTable):
-            bound_render_caches(table)
+        # (every table's render caches are capped by Console on mount: long
+        # seeks through a recording do not pile up stale entries either)
         if self.replay.ticks:
             self.seek(0)
         if self.autoplay:

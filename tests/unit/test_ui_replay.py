@@ -21,9 +21,9 @@ from textual.widgets import DataTable
 from app.session.recording import read_recording
 from app.tick import tick_to_json
 from app.ui.main import ReplayConsole, make_replay_app
-from app.ui.panes import AnomalyFeed
+from app.ui.panes import TABLE_CELL_CACHE, TABLE_ROW_CACHE, AnomalyFeed
 from app.ui.probe_panes import PodsPane, PostgresPane, RedisPane
-from app.ui.replay import RENDER_CACHE_CELLS, RENDER_CACHE_ROWS, ReplayCursor
+from app.ui.replay import ReplayCursor
 from app.ui.screens import BlockerScreen
 from app.ui.textshot import screen_text
 from app.ui.timeline import point_of
@@ -269,9 +269,9 @@ async def test_replay_tables_keep_small_render_caches() -> None:
         tables = list(app.query(DataTable))
         assert len(tables) >= 5
         for t in tables:
-            assert t._cell_render_cache.maxsize <= RENDER_CACHE_CELLS
-            assert t._line_cache.maxsize <= RENDER_CACHE_ROWS
-            assert len(t._cell_render_cache) <= RENDER_CACHE_CELLS
+            assert t._cell_render_cache.maxsize <= TABLE_CELL_CACHE
+            assert t._line_cache.maxsize <= TABLE_ROW_CACHE
+            assert len(t._cell_render_cache) <= TABLE_CELL_CACHE
 
 
 # ---- snapshots (fixed timeline, fixed size, no real clock) ------------------------------
