@@ -27,9 +27,24 @@ recording for replay), and the slope after the first 5 % (simulated minutes
 simulated 5 min <= 5 % per simulated hour; console <= 250 MB at the end;
 headless <= 150 MB; report < 150 MB and < 60 s; replay open < 5 s, seek < 1 s.
 
-Measured here 2026-11-30 (2 cores shared with four other busy sessions, load
-average ~10, so times are pessimistic); before = main at c7925a6, after =
-this branch:
+Final figures, main after the issue-10 work, 2026-11-30 07:20, a quiet box
+(one run; the console's run-to-run spread is a few MB/h, see below):
+
+| part | RSS 5 % -> 100 % | slope / simulated h | other |
+|---|---|---|---|
+| headless, 3,600 ticks | 72.5 -> 75.7 MB | +3.6 MB (5.0 %) | |
+| console, 3,600 ticks | 106 -> 126 MB | +1.2 MB (1.1 %) | 407 frames |
+| report, 8 h x 4 scenarios (206 MB) | peak 52.7 MB | | 12.4 s |
+| replay of it | 78 -> 95 MB (pass 1), 94.5 MB after pass 2 | | open 1.0 s first, 0.26 s after; seek p50 0.031 s, max 0.055 s |
+
+(Headless's remaining 3.6 MB/h is the detectors' time windows: at 10 ms a
+tick, a 10-minute window holds 60,000 samples and fills for the whole
+simulated hour, where at 1 s it is full after 10 minutes. Replay's pass-1
+rise is its caches filling; pass 2 over the same stops stays at 94.5 MB.)
+
+Earlier rounds: measured 2026-11-30 (2 cores shared with four other busy
+sessions, load average ~10, so times are pessimistic); before = main at
+c7925a6, after = the first bounded-memory branch:
 
 | part | before: RSS 5 % -> 100 %, slope | after: RSS 5 % -> 100 %, slope |
 |---|---|---|
