@@ -37,9 +37,9 @@ Final figures, main after the issue-10 work, 2026-11-30 07:20, a quiet box
 | report, 8 h x 4 scenarios (206 MB) | peak 52.7 MB | | 12.4 s |
 | replay of it | 78 -> 95 MB (pass 1), 94.5 MB after pass 2 | | open 1.0 s first, 0.26 s after; seek p50 0.031 s, max 0.055 s |
 
-(Headless's remaining 3.6 MB/h is the detectors' time windows: at 10 ms a
-tick, a 10-minute window holds 60,000 samples and fills for the whole
-simulated hour, where at 1 s it is full after 10 minutes. Replay's pass-1
+(Headless's +3.6 MB/h is at the target's edge; the helper's runs gave 4.8 %,
+this one 5.0 %. What holds it was not traced: the detectors' windows are
+bounded by tick counts, the session keeps its last 300 ticks. Replay's pass-1
 rise is its caches filling; pass 2 over the same stops stays at 94.5 MB.)
 
 Earlier rounds: measured 2026-11-30 (2 cores shared with four other busy
