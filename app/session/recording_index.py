@@ -31,12 +31,20 @@ import sys
 import zlib
 from array import array
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from app.tick import Anomaly, ControlEvent, _anomaly_from_json, _anomaly_to_json
 
-if TYPE_CHECKING:
-    from app.session.recording import TickFile
+
+class TickFile(Protocol):
+    """What the index reads from and fills in: app.session.recording.TickFile
+    (the ARRAYS below are its attributes too). A protocol, so the index does
+    not import the module that imports it."""
+
+    offsets: Any
+    changes: list[tuple[int, ControlEvent]]
+    cleared: list[tuple[int, Anomaly]]
+
 
 FORMAT = "loadtop-seek-index"
 # Bump when the index's content or meaning changes (what `_index_tick` keeps,
