@@ -147,9 +147,15 @@ def test_web_view_in_a_browser_read_only(pg_dsn: str, tmp_path: Path) -> None:
                     page.keyboard.press(key)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=str(shot))
+                # while the page is open (closing it ends its process): the viewer
+                # follows the private temporary recording
+                viewers = _viewers()
+                assert viewers, "the viewer's replay --follow process"
+                m = re.search(r"--follow (\S+)", " ".join(viewers[0].cmdline()))
+                assert m, viewers[0].cmdline()
+                followed = Path(m[1])
             finally:
                 browser.close()
-        assert _viewers(), "the viewer's replay --follow process"
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=60)
     except BaseException:
@@ -164,10 +170,10 @@ def test_web_view_in_a_browser_read_only(pg_dsn: str, tmp_path: Path) -> None:
             run.kill()
             run.wait()
     assert run.returncode == 0, err
-    rec_path = re.search(r"recording: (\S+)", out)
-    assert rec_path, out
-    # the temporary recording is gone, and so are the viewers' processes
-    assert not Path(rec_path[1]).exists()
+    # the temporary recording is gone (and not named as kept), and so are the
+    # viewers' processes
+    assert "recording:" not in out, out
+    assert followed.name.endswith(".jsonl") and not followed.exists()
     deadline = time.monotonic() + 10
     while _viewers() and time.monotonic() < deadline:
         time.sleep(0.2)
