@@ -185,7 +185,7 @@ class DetectConfig:
                 cfg.stale_after_s = _coerce("stale_after_s", value, 30.0)
                 continue
             if key == "slo":  # the session's SLO feeds slo-breach
-                nested.setdefault("slo-breach", {}).update(_slo_options(value))
+                nested.setdefault("slo-breach", {}).update(slo_options(value))
                 continue
             if "." in key:
                 kind, opt = key.split(".", 1)
@@ -235,7 +235,7 @@ class DetectConfig:
         return cfg
 
 
-def _slo_options(slo: Any) -> dict[str, Any]:
+def slo_options(slo: Any) -> dict[str, Any]:
     """{p95_ms, p99_ms, error_pct | error_ratio} -> slo-breach options."""
     if not isinstance(slo, Mapping):
         raise ValueError(f"detect: slo must be a table (p95_ms, p99_ms, error_pct), not {slo!r}")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from app import fmt
-from app.detect.base import SEVERITY_RANK
+from app.detect.base import SEVERITY_RANK, slo_options
 from app.detect.stats import fit_usl
 from app.tick import Percentiles, Tick, add_histogram, merge_histograms, new_histogram, step_key
 
@@ -22,20 +22,10 @@ _SLO_ALIASES = {"p95": "p95_ms", "p99": "p99_ms", "errors": "error_ratio", "erro
 
 
 def _slo(slo: Mapping[str, Any] | None) -> dict[str, float]:
-    out = dict(DEFAULT_SLO)
-    for k, v in (slo or {}).items():
-        if k == "error_pct":  # the session report's unit: percent
-            out["error_ratio"] = float(v) / 100.0
-            continue
-        if k == "dropped_pct":  # the run's verdict judges delivered load, not a step
-            continue
-        key = _SLO_ALIASES.get(k, k)
-        if key not in out:
-            raise ValueError(
-                f"slo: unknown key {k!r}; valid: p95_ms, p99_ms, error_ratio, error_pct"
-            )
-        out[key] = float(v)
-    return out
+    """The SLO a step is judged by: the defaults, overridden by `slo` (its keys
+    read as the detectors' slo options read them, plus the short aliases)."""
+    named = {_SLO_ALIASES.get(k, k): v for k, v in (slo or {}).items()}
+    return {**DEFAULT_SLO, **{k: float(v) for k, v in slo_options(named).items()}}
 
 
 class _Episodes:
