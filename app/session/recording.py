@@ -381,14 +381,7 @@ def _index(
         if pending is not None:  # a bad line followed by more: damaged in the middle
             raise fail(*pending)  # type: ignore[arg-type]
         try:
-            obj = json.loads(line)
-            kind = obj.get("type")
-            if kind == "tick":
-                _index_tick(ticks, obj, start, len(line))
-            elif kind == "end":
-                rec.end = obj
-            else:
-                raise ValueError(f"unknown line type {kind!r}")
+            _index_line(rec, ticks, line, start)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             pending = (n, e)  # type: ignore[assignment]
     if pending is not None:
@@ -400,6 +393,21 @@ def _index(
 CHANGE_KINDS = ("concurrency", "rate", "pause", "resume", "panic")
 # cleared anomalies kept in a recording's index for the replay's feed
 MAX_CLEARED = 2000
+
+
+def _index_line(rec: Recording, ticks: TickFile, line: bytes, start: int) -> str:
+    """One line after the header into the index (a tick) or `rec.end`; returns
+    its type. A line that is not one of ours raises (ValueError and the like):
+    the caller says what that means where it reads."""
+    obj = json.loads(line)
+    kind = obj.get("type")
+    if kind == "tick":
+        _index_tick(ticks, obj, start, len(line))
+    elif kind == "end":
+        rec.end = obj
+    else:
+        raise ValueError(f"unknown line type {kind!r}")
+    return str(kind)
 
 
 def _index_tick(ticks: TickFile, d: dict[str, Any], start: int, length: int) -> None:
@@ -502,15 +510,8 @@ class RecordingTail:
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
-                    kind = obj.get("type")
-                    if kind == "tick":
-                        _index_tick(ticks, obj, start, len(line))
-                    elif kind == "end":
-                        rec.end = obj
+                    if _index_line(rec, ticks, line, start) == "end":
                         break
-                    else:
-                        raise ValueError(f"unknown line type {kind!r}")
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
                     raise RecordingError(
                         f"{self.path}: line {self._line} is corrupted ({type(e).__name__}):"
