@@ -147,13 +147,19 @@ async def connect_clients(
         clients.http = session
 
 
+async def close_quietly(conn: Any, timeout: float = 2.0) -> None:
+    """Close an asyncpg connection or pool, or terminate it when the close does not
+    finish in `timeout` or fails (a dead server, a cancelled task)."""
+    try:
+        await asyncio.wait_for(conn.close(), timeout)
+    except BaseException:
+        conn.terminate()
+
+
 async def close_clients(c: Clients) -> None:
     """Close what connect_clients opened, each close bounded."""
     if c.pg is not None:
-        try:
-            await asyncio.wait_for(c.pg.close(), 5)
-        except BaseException:
-            c.pg.terminate()
+        await close_quietly(c.pg, 5)
         c.pg = None
     if c.redis is not None:
         # bounded: redis-py's disconnect awaits wait_closed(), which can hang

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.clients import Clients
+from app.engine.clients import Clients, close_quietly
 from app.engine.errors import CONNECTION_LOST, classify, is_connection_error
 from app.engine.measure import Window
 from app.scenario import Context, Scenario
@@ -401,7 +401,7 @@ class WorkerPool:
         w.ctx.conn = None
         if conn is not None and not conn.is_closed():
             # closing ends any open transaction (it rolls back) and the backend
-            conn.terminate() if self.panicked else await _close_quietly(conn)
+            conn.terminate() if self.panicked else await close_quietly(conn)
 
     # ---- open model ---------------------------------------------------------------
     def _ensure_scheduler(self, r: ScenarioRun) -> None:
@@ -506,10 +506,3 @@ class WorkerPool:
             t.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
         self._bg = []
-
-
-async def _close_quietly(conn: Any) -> None:
-    try:
-        await asyncio.wait_for(conn.close(), 2.0)
-    except BaseException:
-        conn.terminate()

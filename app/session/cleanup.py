@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.engine.clients import close_quietly
 from app.engine.errors import classify
 
 
@@ -87,10 +88,7 @@ async def _drop_schemas(dsn: str, pattern: str, settings: Mapping[str, str]) -> 
         for row in names:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{row[0]}" CASCADE')
     finally:
-        try:
-            await asyncio.wait_for(conn.close(), 2.0)
-        except BaseException:
-            conn.terminate()
+        await close_quietly(conn)
 
 
 async def _unlink_keys(url: str, pattern: str) -> None:
