@@ -7,6 +7,7 @@ loopback fake serving the API's JSON, and the proxy's latency in p50."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -314,38 +315,47 @@ def _pod(name: str, phase: str = "Running", deleting: bool = False) -> dict[str,
                 {"name": "api", "ready": phase == "Running", "restartCount": 0}]}}  # fmt: skip
 
 
-def test_pod_kill_deletes_one_pod_of_the_selector_through_the_api() -> None:
+@contextlib.asynccontextmanager
+async def _kube_api(
+    pods: list[dict[str, Any]], seen: list[tuple[str, str, dict[str, str], str]]
+) -> AsyncIterator[int]:
+    """A loopback Kubernetes API with the real shapes for the pods of namespace
+    `shop`: list them, delete one. Every request lands in `seen` as (method,
+    path, query, Authorization). Yields its port."""
     from aiohttp import web
 
+    async def list_pods(req: web.Request) -> web.Response:
+        seen.append(("GET", req.path, dict(req.query), req.headers.get("Authorization", "")))
+        return web.json_response({"kind": "PodList", "apiVersion": "v1",
+                                  "metadata": {"resourceVersion": "102"}, "items": pods})  # fmt: skip
+
+    async def delete_pod(req: web.Request) -> web.Response:
+        seen.append(("DELETE", req.path, dict(req.query), req.headers.get("Authorization", "")))
+        return web.json_response(_pod(req.match_info["name"], deleting=True))
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/shop/pods", list_pods)
+    app.router.add_delete("/api/v1/namespaces/shop/pods/{name}", delete_pod)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+def test_pod_kill_deletes_one_pod_of_the_selector_through_the_api() -> None:
     from app.probes.kube import KubeConfig
 
     pods = [_pod("api-7d9f-a"), _pod("api-7d9f-b"), _pod("api-7d9f-c", "Pending"),
             _pod("api-7d9f-d", deleting=True)]  # fmt: skip
     seen: list[tuple[str, str, dict[str, str], str]] = []
 
-    async def list_pods(req: web.Request) -> web.Response:
-        seen.append(("GET", req.path, dict(req.query), req.headers.get("Authorization", "")))
-        assert req.query.get("labelSelector") == "app=api"
-        return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": "102"}, "items": pods})  # fmt: skip
-
-    async def delete_pod(req: web.Request) -> web.Response:
-        seen.append(("DELETE", req.path, dict(req.query), req.headers.get("Authorization", "")))
-        body = _pod(req.match_info["name"])
-        body["metadata"]["deletionTimestamp"] = "2026-11-30T03:40:00Z"
-        return web.json_response(body)
-
     async def go() -> None:
-        app = web.Application()
-        app.router.add_get("/api/v1/namespaces/shop/pods", list_pods)
-        app.router.add_delete("/api/v1/namespaces/shop/pods/{name}", delete_pod)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        kube = KubeConfig(server=f"http://127.0.0.1:{port}", token="fault-token")
-        try:
+        async with _kube_api(pods, seen) as port:
+            kube = KubeConfig(server=f"http://127.0.0.1:{port}", token="fault-token")
             t = FaultTargets(k8s_namespace="shop", k8s_selector="app=api", kube_config=kube)
             ev = Events()
             sch = FaultScheduler(t, ev)
@@ -362,11 +372,12 @@ def test_pod_kill_deletes_one_pod_of_the_selector_through_the_api() -> None:
                 assert "is not a running pod of app=api" in res
             assert len([s for s in seen if s[0] == "DELETE"]) == 1
             assert ev.kinds() == ["fault", "fault-failed", "fault-failed", "fault-failed"]
+            # every listing asked for the selector's pods only
+            gets = [s for s in seen if s[0] == "GET"]
+            assert gets and all(s[2].get("labelSelector") == "app=api" for s in gets), gets
             # no selector: never "all pods"
             bare = FaultTargets(k8s_namespace="shop", kube_config=kube)
             assert "--k8s-selector" in (ACTIONS["pod-kill"].available(bare) or "")
-        finally:
-            await runner.cleanup()
 
     asyncio.run(go())
 
@@ -620,58 +631,38 @@ def test_pod_kill_through_kubectl_when_only_kubectl_knows_the_credentials(
     API serving the real shapes, as kubectl would to the cluster."""
     import textwrap
 
-    from aiohttp import web
-
     from tests.unit.test_probes_pods import write_kubeconfig
 
     pods = [_pod("api-1"), _pod("api-2")]
-    seen: list[tuple[str, str, dict[str, str]]] = []
-
-    async def list_pods(req: web.Request) -> web.Response:
-        seen.append(("GET", req.path, dict(req.query)))
-        return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": "7"}, "items": pods})  # fmt: skip
-
-    async def delete_pod(req: web.Request) -> web.Response:
-        seen.append(("DELETE", req.path, dict(req.query)))
-        return web.json_response(_pod(req.match_info["name"], deleting=True))
+    seen: list[tuple[str, str, dict[str, str], str]] = []
 
     async def go() -> None:
-        app = web.Application()
-        app.router.add_get("/api/v1/namespaces/shop/pods", list_pods)
-        app.router.add_delete("/api/v1/namespaces/shop/pods/{name}", delete_pod)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         bindir = tmp_path / "bin"
         bindir.mkdir()
         log = tmp_path / "kubectl.log"
-        shim = bindir / "kubectl"
-        shim.write_text(textwrap.dedent(f"""\
-            #!{sys.executable}
-            import sys, urllib.request
-            verb, path = sys.argv[1], sys.argv[sys.argv.index("--raw") + 1]
-            open({str(log)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
-            req = urllib.request.Request("http://127.0.0.1:{port}" + path, method=verb.upper())
-            sys.stdout.write(urllib.request.urlopen(req).read().decode())
-        """))  # fmt: skip
-        shim.chmod(0o755)
         user = {"auth-provider": {"name": "oidc", "config": {"id-token": "x"}}}
         kc = write_kubeconfig(tmp_path / "config", "https://k8s.example:6443", user, name="corp")
         monkeypatch.setenv("KUBECONFIG", str(kc))
         monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-        try:
+        async with _kube_api(pods, seen) as port:
+            shim = bindir / "kubectl"
+            shim.write_text(textwrap.dedent(f"""\
+                #!{sys.executable}
+                import sys, urllib.request
+                verb, path = sys.argv[1], sys.argv[sys.argv.index("--raw") + 1]
+                open({str(log)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+                req = urllib.request.Request("http://127.0.0.1:{port}" + path, method=verb.upper())
+                sys.stdout.write(urllib.request.urlopen(req).read().decode())
+            """))  # fmt: skip
+            shim.chmod(0o755)
             t = FaultTargets(k8s_namespace="shop", k8s_selector="app=api")
             sch = FaultScheduler(t, Events())
             out = await sch.inject(parse_fault_spec("kind=pod-kill,pod=api-2,grace=0"))
             assert out == "#1 pod-kill: deleted pod shop/api-2", out
+            # kubectl carries the credentials itself: no Authorization from loadtop
             assert ("DELETE", "/api/v1/namespaces/shop/pods/api-2",
-                    {"gracePeriodSeconds": "0"}) in seen  # fmt: skip
+                    {"gracePeriodSeconds": "0"}, "") in seen  # fmt: skip
             calls = log.read_text().splitlines()
             assert any(c.startswith("delete --raw") and "--context corp" in c for c in calls)
-        finally:
-            await runner.cleanup()
 
     asyncio.run(go())
